@@ -1,0 +1,226 @@
+"""Agent configuration: TOML file, then ``WATTSPAN_<SECTION>__<KEY>`` environment overrides.
+
+Every key is validated here; an invalid value raises :class:`ConfigError` naming the dotted
+key. Exporter sections are validated by each exporter's own ``from_config``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from wattspan.agent.errors import ConfigError
+
+DEFAULT_METRICS_PORT = 9879  # clear of node_exporter 9100, dcgm 9400, Telegraf 9273, etc.
+DEFAULT_OTLP_PORT = 4317
+
+Check = Callable[[str, Any], Any]
+
+
+def _bool(key: str, v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    raise ConfigError(key, f"expected true or false, got {v!r}")
+
+
+def _pos(key: str, v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not v > 0:
+        raise ConfigError(key, f"expected a positive number, got {v!r}")
+    return float(v)
+
+
+def _port(key: str, v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 65535:
+        raise ConfigError(key, f"expected a port number 0..65535, got {v!r}")
+    return v
+
+
+def _str(key: str, v: Any) -> str:
+    if not isinstance(v, str):
+        raise ConfigError(key, f"expected a string, got {v!r}")
+    return v
+
+
+def _opt_pos(key: str, v: Any) -> float | None:
+    return None if v in (None, 0, "auto") else _pos(key, v)
+
+
+def _ratio(key: str, v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= 1:
+        raise ConfigError(key, f"expected a number between 0 and 1, got {v!r}")
+    return float(v)
+
+
+def _int_list(key: str, v: Any) -> list[int]:
+    if not isinstance(v, list) or not all(isinstance(x, int) and x > 0 for x in v):
+        raise ConfigError(key, f"expected a list of process ids, got {v!r}")
+    return list(v)
+
+
+def _choice(*options: str) -> Check:
+    def check(key: str, v: Any) -> str:
+        if v not in options:
+            raise ConfigError(key, f"expected one of {', '.join(options)}, got {v!r}")
+        return str(v)
+
+    return check
+
+
+SCHEMA: dict[str, dict[str, tuple[Check, Any]]] = {
+    "agent": {
+        "interval": (_pos, 1.0),
+        "host": (_str, ""),
+        "state_dir": (_str, ""),
+        "log_level": (_choice("debug", "info", "warning", "error"), "info"),
+    },
+    "store": {
+        "enabled": (_bool, True),
+        "path": (_str, ""),
+        "retention_hours": (_pos, 168.0),
+    },
+    "metrics": {
+        "enabled": (_bool, True),
+        "listen": (_str, "127.0.0.1"),
+        "port": (_port, DEFAULT_METRICS_PORT),
+    },
+    "otlp": {
+        "enabled": (_bool, True),
+        "listen": (_str, "127.0.0.1"),
+        "port": (_port, DEFAULT_OTLP_PORT),
+        "max_message_bytes": (_pos, 4 * 1024 * 1024),
+        "tls_cert_file": (_str, ""),
+        "tls_key_file": (_str, ""),
+        "tls_client_ca_file": (_str, ""),
+    },
+    "collectors.cpu": {"enabled": (_bool, True), "percpu": (_bool, True)},
+    "collectors.memory": {"enabled": (_bool, True)},
+    "collectors.process": {
+        "enabled": (_bool, True),
+        "pids": (_int_list, []),
+        "per_process": (_bool, True),
+    },
+    "collectors.rapl": {"enabled": (_bool, True), "root": (_str, "/sys/class/powercap")},
+    "collectors.nvml": {"enabled": (_bool, True), "interval": (_opt_pos, None)},
+    "collectors.power_model": {
+        "enabled": (_choice("auto", "always", "never"), "auto"),
+        "tdp_watts": (_opt_pos, None),
+        "idle_fraction": (_ratio, 0.3),
+    },
+}
+
+
+@dataclass
+class Config:
+    sections: dict[str, dict[str, Any]]
+    exporters: dict[str, dict[str, Any]] = field(default_factory=dict)
+    source: str = "defaults"
+
+    def __getitem__(self, section: str) -> dict[str, Any]:
+        return self.sections[section]
+
+    @property
+    def host(self) -> str:
+        return self.sections["agent"]["host"] or socket.gethostname()
+
+    @property
+    def state_dir(self) -> Path:
+        explicit = self.sections["agent"]["state_dir"]
+        if explicit:
+            return Path(explicit).expanduser()
+        base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+        return Path(base) / "wattspan"
+
+
+def _flatten(raw: Mapping[str, Any]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """Split the TOML tree into ``{"collectors.cpu": {...}}`` sections and exporter tables."""
+    sections: dict[str, dict[str, Any]] = {}
+    exporters: dict[str, Any] = {}
+    for top, value in raw.items():
+        if top == "exporters":
+            if not isinstance(value, dict):
+                raise ConfigError("exporters", "expected a table of exporter tables")
+            exporters = dict(value)
+            continue
+        if top == "collectors":
+            if not isinstance(value, dict):
+                raise ConfigError("collectors", "expected a table of collector tables")
+            for name, sub in value.items():
+                if not isinstance(sub, dict):
+                    raise ConfigError(f"collectors.{name}", "expected a table")
+                sections[f"collectors.{name}"] = dict(sub)
+            continue
+        if not isinstance(value, dict):
+            raise ConfigError(top, "expected a table")
+        sections[top] = dict(value)
+    return sections, exporters
+
+
+def _parse_env_value(text: str) -> Any:
+    """TOML literal if it parses (numbers, booleans, arrays, quoted strings), else a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _apply_env(
+    sections: dict[str, dict[str, Any]],
+    exporters: dict[str, Any],
+    environ: Mapping[str, str],
+) -> None:
+    for name, text in environ.items():
+        if not name.startswith("WATTSPAN_") or "__" not in name:
+            continue
+        parts = name[len("WATTSPAN_") :].lower().split("__")
+        value = _parse_env_value(text)
+        if parts[0] == "exporters" and len(parts) == 3:
+            exporters.setdefault(parts[1], {})[parts[2]] = value
+        elif parts[0] == "collectors" and len(parts) == 3:
+            sections.setdefault(f"collectors.{parts[1]}", {})[parts[2]] = value
+        elif len(parts) == 2:
+            sections.setdefault(parts[0], {})[parts[1]] = value
+        else:
+            raise ConfigError(name, "environment override must be WATTSPAN_SECTION__KEY")
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+) -> Config:
+    """Read ``path`` (optional), apply environment overrides, validate, fill defaults."""
+    raw: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        p = Path(path)
+        try:
+            raw = tomllib.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError("--config", f"file not found: {p}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(str(p), f"not valid TOML: {exc}") from None
+        source = str(p)
+    sections, exporters = _flatten(raw)
+    _apply_env(sections, exporters, os.environ if environ is None else environ)
+    out: dict[str, dict[str, Any]] = {}
+    for section, given in sections.items():
+        if section not in SCHEMA:
+            raise ConfigError(section, f"unknown section (known: {', '.join(SCHEMA)})")
+        for key in given:
+            if key not in SCHEMA[section]:
+                raise ConfigError(
+                    f"{section}.{key}", f"unknown key (known: {', '.join(SCHEMA[section])})"
+                )
+    for section, keys in SCHEMA.items():
+        given = sections.get(section, {})
+        out[section] = {
+            key: check(f"{section}.{key}", given[key]) if key in given else default
+            for key, (check, default) in keys.items()
+        }
+    for name, table in exporters.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"exporters.{name}", "expected a table")
+    return Config(out, exporters, source)

@@ -1,0 +1,146 @@
+"""``wattspan run``: one command under an embedded agent, summarised when it ends."""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+from wattspan.agent.config import Config
+from wattspan.agent.daemon import Agent
+from wattspan.agent.store import Run
+from wattspan.agent.summary import summarize
+from wattspan.collectors.base import Sample
+
+log = logging.getLogger("wattspan.run")
+
+_FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+_FROM_TTY = (signal.SIGINT, signal.SIGQUIT)
+
+
+@dataclass
+class RunResult:
+    exit_code: int
+    run: Run
+    summary: dict[str, Any]
+
+
+def _child_in_our_foreground_group() -> bool:
+    """True when we (and so the child) are the terminal's foreground process group: then a
+    Ctrl-C already reached the child from the terminal and must not be sent twice."""
+    for stream in (sys.stdin, sys.stdout, sys.stderr):
+        try:
+            return os.tcgetpgrp(stream.fileno()) == os.getpgrp()
+        except (OSError, ValueError, AttributeError):
+            continue
+    return False
+
+
+def _usage_sample(ru: resource.struct_rusage, now: float) -> Sample:
+    return Sample(
+        "run",
+        now,
+        {},
+        {
+            "cpu_user_seconds_total": ru.ru_utime,
+            "cpu_system_seconds_total": ru.ru_stime,
+            # ru_maxrss is left out on purpose: it counts the forked copy of this agent
+            # before exec, so it overstates a small child. Per-process VmHWM is exact.
+        },
+    )
+
+
+def run_command(
+    cmd: Sequence[str],
+    config: Config,
+    *,
+    interval: float = 0.1,
+    store_path: str | None = None,
+    name: str | None = None,
+    description: str = "",
+    env_extra: dict[str, str] | None = None,
+    on_start: Callable[[Agent], dict[str, str]] | None = None,
+) -> RunResult:
+    """Runs ``cmd`` to completion while sampling it and the node; stores and summarises."""
+    host = config.host
+    run = Run(
+        id=str(uuid.uuid4()),
+        name=name or os.path.basename(cmd[0]),
+        host=host,
+        start_ts=time.time(),
+        kind="run",
+        description=description,
+        command=list(cmd),
+    )
+    agent = Agent(
+        config, interval=interval, store_path=store_path, process_roots=[], run=run,
+        serve_metrics=False,
+    )
+    env = dict(os.environ)
+    env["WATTSPAN_RUN_ID"] = run.id
+    if on_start is not None:
+        env.update(on_start(agent))
+    if env_extra:
+        env.update(env_extra)
+
+    agent.scheduler.tick(force=True)  # baseline: counters at the start of the run
+    start = time.time()
+    try:
+        proc = subprocess.Popen(list(cmd), env=env)
+    except FileNotFoundError:
+        print(f"wattspan: {cmd[0]}: command not found", file=sys.stderr)
+        return _finish(agent, run, start, 127)
+    except PermissionError:
+        print(f"wattspan: {cmd[0]}: Permission denied", file=sys.stderr)
+        return _finish(agent, run, start, 126)
+
+    if agent.process_collector is not None:
+        agent.process_collector.add_root(proc.pid)
+    agent.start()
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        if signum in _FROM_TTY and _child_in_our_foreground_group():
+            return
+        try:
+            proc.send_signal(signum)
+        except ProcessLookupError:
+            pass
+
+    previous = {s: signal.signal(s, forward) for s in _FORWARDED}
+    try:
+        _, status, ru = os.wait4(proc.pid, 0)
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    proc.returncode = status  # the Popen object must not try to reap the pid again
+    end = time.time()
+    code = os.waitstatus_to_exitcode(status)
+    if code < 0:
+        code = 128 - code  # killed by a signal: the shell's convention
+    agent.scheduler.stop()
+    agent.pipeline.emit([_usage_sample(ru, end)])
+    return _finish(agent, run, start, code, end)
+
+
+def _finish(agent: Agent, run: Run, start: float, code: int, end: float | None = None) -> RunResult:
+    end = time.time() if end is None else end
+    agent.scheduler.tick(force=True)  # final counters, so energy covers the whole run
+    agent.stop()
+    summary: dict[str, Any] = {}
+    if agent.store is not None:
+        summary = summarize(agent.store.samples(run_id=run.id), start, end)
+        agent.store.finish_run(run.id, end, code, summary)
+        agent.close_store()
+    else:
+        summary = {"wall_seconds": end - start}
+    run.end_ts, run.exit_code, run.summary = end, code, summary
+    return RunResult(code, run, summary)

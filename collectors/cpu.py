@@ -1,0 +1,82 @@
+"""Node CPU: utilisation by mode (total and per core), frequency, load, context switches."""
+
+from __future__ import annotations
+
+import os
+
+import psutil
+
+from wattspan.collectors.base import Sample
+
+# Modes psutil reports on Linux; others (guest) are already counted inside user/nice.
+_MODES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+_IDLE_MODES = ("idle", "iowait")
+
+
+def _times_dict(t: object) -> dict[str, float]:
+    return {m: float(getattr(t, m, 0.0)) for m in _MODES}
+
+
+def busy_ratio(prev: dict[str, float], cur: dict[str, float]) -> float:
+    """Share of CPU time (0..1) that was not idle between two ``cpu_times`` readings."""
+    deltas = {m: max(cur[m] - prev[m], 0.0) for m in _MODES}
+    total = sum(deltas.values())
+    if total <= 0:
+        return 0.0
+    return 1.0 - sum(deltas[m] for m in _IDLE_MODES) / total
+
+
+class CpuCollector:
+    """Samples ``/proc/stat`` through psutil.
+
+    Emits one ``cpu`` sample tagged ``cpu=total`` and, with ``percpu``, one per logical CPU.
+    Fields: ``<mode>_seconds_total`` (cumulative CPU seconds), ``<mode>_ratio`` (share of the
+    last interval, 0..1), ``utilization_ratio`` (1 - idle - iowait). The total sample also
+    carries ``frequency_hertz``, ``load1``/``load5``/``load15`` and
+    ``context_switches_total``/``interrupts_total``.
+    """
+
+    name = "cpu"
+
+    def __init__(self, percpu: bool = True) -> None:
+        self.percpu = percpu
+        self._prev: dict[str, dict[str, float]] = {}
+
+    def _emit(self, now: float, cpu: str, times: dict[str, float]) -> Sample:
+        fields: dict[str, float | int | str | bool] = {
+            f"{m}_seconds_total": v for m, v in times.items()
+        }
+        prev = self._prev.get(cpu)
+        if prev is not None:
+            deltas = {m: max(times[m] - prev[m], 0.0) for m in _MODES}
+            total = sum(deltas.values())
+            if total > 0:
+                for m in _MODES:
+                    fields[f"{m}_ratio"] = deltas[m] / total
+                fields["utilization_ratio"] = busy_ratio(prev, times)
+        self._prev[cpu] = times
+        return Sample("cpu", now, {"cpu": cpu}, fields)
+
+    def sample(self, now: float) -> list[Sample]:
+        total = self._emit(now, "total", _times_dict(psutil.cpu_times()))
+        freq = psutil.cpu_freq()
+        # VMs often expose no cpufreq; absent is better than a made-up number.
+        if freq is not None and freq.current:
+            total.fields["frequency_hertz"] = freq.current * 1e6
+        load1, load5, load15 = os.getloadavg()
+        total.fields.update({"load1": load1, "load5": load5, "load15": load15})
+        stats = psutil.cpu_stats()
+        total.fields["context_switches_total"] = stats.ctx_switches
+        total.fields["interrupts_total"] = stats.interrupts
+        out = [total]
+        if self.percpu:
+            for i, t in enumerate(psutil.cpu_times(percpu=True)):
+                out.append(self._emit(now, str(i), _times_dict(t)))
+        return out
+
+    def close(self) -> None:
+        self._prev.clear()
+
+
+def create(percpu: bool = True) -> CpuCollector:
+    return CpuCollector(percpu=percpu)

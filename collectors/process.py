@@ -1,0 +1,198 @@
+"""Process trees: a root PID and all its descendants, which appear and vanish while sampled."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import psutil
+
+from wattspan.collectors.base import Sample
+
+_GONE = (psutil.NoSuchProcess, psutil.ZombieProcess)
+
+
+def _peak_rss_bytes(pid: int) -> int | None:
+    """``VmHWM`` from /proc/PID/status: the kernel's own resident high-water mark.
+
+    It catches peaks between our samples, which a polled maximum would miss.
+    """
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+@dataclass(slots=True)
+class _Last:
+    user: float = 0.0
+    system: float = 0.0
+    read: int = 0
+    write: int = 0
+
+
+@dataclass(slots=True)
+class _Tree:
+    root: int
+    name: str = ""
+    peak_rss: int = 0
+    # CPU seconds and I/O of descendants that already exited: keeps the tree's counters
+    # monotonic when a child vanishes between two samples.
+    dead: _Last | None = None
+
+    def __post_init__(self) -> None:
+        if self.dead is None:
+            self.dead = _Last()
+
+
+class ProcessCollector:
+    """Samples every process under each root PID.
+
+    Per tree (source ``process_tree``, tag ``root``): ``cpu_user_seconds_total``,
+    ``cpu_system_seconds_total``, ``rss_bytes`` (sum over live processes),
+    ``peak_rss_bytes`` (largest sum seen), ``read_bytes_total``, ``write_bytes_total``,
+    ``processes``, ``threads``. Per process (source ``process``, tags ``pid``, ``name``,
+    ``root``), when ``per_process`` is on: the same CPU, I/O and thread fields, ``rss_bytes``
+    and ``peak_rss_bytes`` (the kernel's VmHWM).
+
+    The tree's CPU counters include children that exited since the last sample only up to
+    their last sampled value; ``wattspan run`` adds the exact figure from ``wait4`` at the end.
+    """
+
+    name = "process"
+
+    def __init__(self, roots: Iterable[int] = (), per_process: bool = True) -> None:
+        self.per_process = per_process
+        self._trees: dict[int, _Tree] = {}
+        self._procs: dict[int, psutil.Process] = {}
+        self._last: dict[int, tuple[int, _Last]] = {}
+        for pid in roots:
+            self.add_root(pid)
+
+    def add_root(self, pid: int) -> None:
+        self._trees.setdefault(pid, _Tree(root=pid))
+
+    def _process(self, pid: int) -> psutil.Process:
+        p = self._procs.get(pid)
+        if p is None:
+            p = psutil.Process(pid)
+            self._procs[pid] = p
+        return p
+
+    def _members(self, root: int) -> list[psutil.Process]:
+        try:
+            p = self._process(root)
+            kids = p.children(recursive=True)
+        except _GONE:
+            return []
+        except psutil.AccessDenied:
+            return [self._procs[root]] if root in self._procs else []
+        members = [p]
+        for k in kids:
+            # children() returns fresh objects; reuse cached ones so psutil's pid-reuse
+            # check (create_time) stays meaningful across samples.
+            cached = self._procs.setdefault(k.pid, k)
+            members.append(cached)
+        return members
+
+    def sample(self, now: float) -> list[Sample]:
+        out: list[Sample] = []
+        seen: set[int] = set()
+        totals: list[tuple[_Tree, _Last, int, int, int]] = []
+        for tree in self._trees.values():
+            sums = _Last()
+            rss = threads = count = 0
+            for p in self._members(tree.root):
+                try:
+                    with p.oneshot():
+                        # A zombie holds no resources; its CPU time moves to the tree's
+                        # dead totals like any process that vanished.
+                        if p.status() == psutil.STATUS_ZOMBIE:
+                            continue
+                        ct = p.cpu_times()
+                        mem = p.memory_info()
+                        nthreads = p.num_threads()
+                        pname = p.name()
+                        try:
+                            io = p.io_counters()
+                            rd, wr = io.read_bytes, io.write_bytes
+                        except (psutil.AccessDenied, AttributeError):
+                            rd = wr = 0
+                except (*_GONE, psutil.AccessDenied):
+                    continue
+                seen.add(p.pid)
+                self._last[p.pid] = (tree.root, _Last(ct.user, ct.system, rd, wr))
+                sums.user += ct.user
+                sums.system += ct.system
+                sums.read += rd
+                sums.write += wr
+                rss += mem.rss
+                threads += nthreads
+                count += 1
+                if p.pid == tree.root:
+                    tree.name = pname
+                if self.per_process:
+                    fields: dict[str, float | int | str | bool] = {
+                        "cpu_user_seconds_total": ct.user,
+                        "cpu_system_seconds_total": ct.system,
+                        "rss_bytes": mem.rss,
+                        "read_bytes_total": rd,
+                        "write_bytes_total": wr,
+                        "threads": nthreads,
+                    }
+                    hwm = _peak_rss_bytes(p.pid)
+                    if hwm is not None:
+                        fields["peak_rss_bytes"] = max(hwm, mem.rss)
+                    tags = {"pid": str(p.pid), "name": pname, "root": str(tree.root)}
+                    out.append(Sample("process", now, tags, fields))
+            tree.peak_rss = max(tree.peak_rss, rss)
+            totals.append((tree, sums, rss, threads, count))
+        # Fold processes that vanished into their tree's totals before reporting the trees,
+        # so a tree's CPU counter never goes backwards when a child exits.
+        self._forget(seen)
+        for tree, sums, rss, threads, count in totals:
+            dead = tree.dead
+            assert dead is not None
+            out.append(
+                Sample(
+                    "process_tree",
+                    now,
+                    {"root": str(tree.root), "name": tree.name},
+                    {
+                        "cpu_user_seconds_total": sums.user + dead.user,
+                        "cpu_system_seconds_total": sums.system + dead.system,
+                        "read_bytes_total": sums.read + dead.read,
+                        "write_bytes_total": sums.write + dead.write,
+                        "rss_bytes": rss,
+                        "peak_rss_bytes": tree.peak_rss,
+                        "processes": count,
+                        "threads": threads,
+                    },
+                )
+            )
+        return out
+
+    def _forget(self, seen: set[int]) -> None:
+        """Move processes that vanished into their tree's ``dead`` totals."""
+        for pid in [pid for pid in self._last if pid not in seen]:
+            root, last = self._last.pop(pid)
+            self._procs.pop(pid, None)
+            tree = self._trees.get(root)
+            if tree is not None and tree.dead is not None:
+                tree.dead.user += last.user
+                tree.dead.system += last.system
+                tree.dead.read += last.read
+                tree.dead.write += last.write
+        for pid in [pid for pid in self._procs if pid not in seen and pid not in self._trees]:
+            self._procs.pop(pid, None)
+
+    def close(self) -> None:
+        self._procs.clear()
+
+
+def create(roots: Iterable[int] = (), per_process: bool = True) -> ProcessCollector:
+    return ProcessCollector(roots, per_process=per_process)

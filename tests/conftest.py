@@ -1,0 +1,30 @@
+"""Shared fixtures. Real servers are started by the fixtures in their own modules."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture
+def store_path(tmp_path: Path) -> Path:
+    return tmp_path / "wattspan.db"
+
+
+@pytest.fixture
+def wattspan_cmd() -> list[str]:
+    """The installed console script, run with this interpreter."""
+    return [sys.executable, "-m", "wattspan"]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Keep tests away from the user's real store and state.
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg-state"))
+    for k in list(os.environ):
+        if k.startswith("WATTSPAN_"):
+            monkeypatch.delenv(k)

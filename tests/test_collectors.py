@@ -1,0 +1,146 @@
+"""cpu, memory, process and power-model collectors against the real /proc."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from wattspan.collectors import cpu, memory, power_model, process
+from wattspan.collectors.base import Collector
+
+
+def _proc_stat_total_user() -> float:
+    with open("/proc/stat") as f:
+        fields = f.readline().split()
+    return int(fields[1]) / os.sysconf("SC_CLK_TCK")
+
+
+def test_collectors_implement_the_interface() -> None:
+    for c in (cpu.create(), memory.create(), process.create([os.getpid()]), power_model.create()):
+        assert isinstance(c, Collector)
+
+
+def test_cpu_total_and_per_core_against_proc_stat() -> None:
+    c = cpu.create(percpu=True)
+    first = c.sample(time.time())
+    ncpu = os.cpu_count() or 1
+    assert [s.tags["cpu"] for s in first] == ["total"] + [str(i) for i in range(ncpu)]
+    total = first[0]
+    # Same counter as /proc/stat's first line, read a moment apart.
+    assert total.fields["user_seconds_total"] == pytest.approx(_proc_stat_total_user(), abs=0.5)
+    assert "utilization_ratio" not in total.fields  # no interval yet: no made-up ratio
+    end = time.monotonic() + 0.2
+    while time.monotonic() < end:
+        pass
+    second = c.sample(time.time())
+    t = second[0].fields
+    assert 0.0 <= t["utilization_ratio"] <= 1.0
+    modes = [k for k in t if k.endswith("_ratio") and k != "utilization_ratio"]
+    assert sum(t[k] for k in modes) == pytest.approx(1.0, abs=1e-6)
+    assert t["utilization_ratio"] > 0  # we just burned CPU
+    assert t["context_switches_total"] >= first[0].fields["context_switches_total"]
+    assert t["load1"] == pytest.approx(os.getloadavg()[0], abs=1.0)
+    for s in second[1:]:
+        assert 0.0 <= s.fields["utilization_ratio"] <= 1.0
+
+
+def test_memory_matches_proc_meminfo() -> None:
+    s = memory.create().sample(time.time())[0]
+    meminfo = {}
+    with open("/proc/meminfo") as f:
+        for line in f:
+            k, v = line.split(":")
+            meminfo[k] = int(v.split()[0]) * 1024
+    assert s.fields["total_bytes"] == meminfo["MemTotal"]
+    assert s.fields["available_bytes"] == pytest.approx(meminfo["MemAvailable"], rel=0.05)
+    assert s.fields["swap_total_bytes"] == meminfo["SwapTotal"]
+    assert 0 < s.fields["used_ratio"] < 1
+
+
+BURN_TREE = r"""
+import os, subprocess, sys, time
+kids = [subprocess.Popen([sys.executable, "-c",
+        "import time\nt=time.process_time()\nwhile time.process_time()-t<0.4: pass\ntime.sleep(30)"])
+        for _ in range(2)]
+print("ready", flush=True)
+time.sleep(30)
+"""
+
+
+def test_process_tree_follows_descendants_and_survives_exits() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", BURN_TREE], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == b"ready"
+        col = process.create([proc.pid])
+        deadline = time.monotonic() + 20
+        tree = None
+        while time.monotonic() < deadline:
+            samples = col.sample(time.time())
+            tree = next(s for s in samples if s.source == "process_tree")
+            cpu_s = tree.fields["cpu_user_seconds_total"] + tree.fields["cpu_system_seconds_total"]
+            if tree.fields["processes"] == 3 and cpu_s > 0.7:
+                break
+            time.sleep(0.1)
+        assert tree is not None and tree.fields["processes"] == 3
+        per = [s for s in samples if s.source == "process"]
+        assert {int(s.tags["pid"]) for s in per} >= {proc.pid}
+        assert all(s.tags["root"] == str(proc.pid) for s in per)
+        assert sum(s.fields["rss_bytes"] for s in per) == tree.fields["rss_bytes"]
+        assert all(s.fields["peak_rss_bytes"] >= s.fields["rss_bytes"] for s in per)
+        before = tree.fields["cpu_user_seconds_total"] + tree.fields["cpu_system_seconds_total"]
+        # Kill the grandchildren: they vanish between samples, which is normal, and the
+        # tree's CPU counter must not go backwards.
+        kids = [int(s.tags["pid"]) for s in per if int(s.tags["pid"]) != proc.pid]
+        for pid in kids:
+            os.kill(pid, 9)
+        time.sleep(0.3)
+        after_samples = col.sample(time.time())
+        after = next(s for s in after_samples if s.source == "process_tree")
+        assert after.fields["processes"] == 1
+        total_after = (
+            after.fields["cpu_user_seconds_total"] + after.fields["cpu_system_seconds_total"]
+        )
+        assert total_after >= before
+    finally:
+        proc.kill()
+        proc.wait()
+    gone = col.sample(time.time())
+    tree = next(s for s in gone if s.source == "process_tree")
+    assert tree.fields["processes"] == 0
+    assert tree.fields["cpu_user_seconds_total"] + tree.fields["cpu_system_seconds_total"] >= (
+        total_after
+    )
+
+
+def test_process_collector_tolerates_unknown_root() -> None:
+    # A PID that does not exist (pid_max is far below this) is simply an empty tree.
+    col = process.ProcessCollector([2**22 + 12345])
+    tree = next(s for s in col.sample(time.time()) if s.source == "process_tree")
+    assert tree.fields["processes"] == 0
+
+
+def test_power_model_is_linear_and_integrates() -> None:
+    pm = power_model.PowerModelCollector(tdp_watts=100.0, idle_fraction=0.2)
+    assert pm.power(0.0) == pytest.approx(20.0)
+    assert pm.power(1.0) == pytest.approx(100.0)
+    assert pm.power(0.5) == pytest.approx(60.0)
+    assert pm.power(7.0) == pytest.approx(100.0)  # clamped
+    t = time.time()
+    samples = [pm.sample(t)[0]]
+    for i in range(1, 6):
+        time.sleep(0.05)
+        samples.append(pm.sample(t + i * 0.5)[0])
+    assert samples[0].fields["energy_joules_total"] == 0.0
+    for a, b in zip(samples, samples[1:], strict=False):
+        assert b.tags == {"domain": "cpu", "estimated": "true"}
+        watts = b.fields["power_watts"]
+        assert 20.0 <= watts <= 100.0
+        assert watts == pytest.approx(pm.power(b.fields["utilization_ratio"]))
+        # Energy is exactly the integral of the reported power over the sample spacing.
+        delta = b.fields["energy_joules_total"] - a.fields["energy_joules_total"]
+        assert delta == pytest.approx(watts * 0.5)

@@ -1,0 +1,5 @@
+import sys
+
+from wattspan.cli import main
+
+sys.exit(main())

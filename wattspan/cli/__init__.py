@@ -1,0 +1,108 @@
+"""The ``wattspan`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from wattspan import __version__
+
+
+def _positive(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="wattspan",
+        description="Resource and energy attribution for data and ML pipelines.",
+    )
+    p.add_argument("--version", action="version", version=f"wattspan {__version__}")
+    p.add_argument("--log-level", default=None, help="debug, info, warning (default) or error")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    r = sub.add_parser(
+        "run",
+        help="run a command and report its time, CPU, memory, energy and GPU use",
+        description="Run CMD under an embedded agent, print a summary table when it ends, "
+        "store the run, and exit with CMD's exit code.",
+    )
+    r.add_argument("--interval", type=_positive, default=0.1, help="sampling interval, s (0.1)")
+    r.add_argument("--store", metavar="PATH", help="SQLite store (default: $WATTSPAN_STORE or "
+                   "$XDG_DATA_HOME/wattspan/wattspan.db)")
+    r.add_argument("--name", help="run name (default: the command's name)")
+    r.add_argument("--description", default="", help="free text stored with the run")
+    r.add_argument("--config", metavar="FILE", help="agent TOML config (collectors section)")
+    r.add_argument("--json", action="store_true", help="print the summary as one JSON object "
+                   "on stdout instead of the table")
+    r.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ARGS...")
+
+    a = sub.add_parser(
+        "agent",
+        help="run the node agent (daemon)",
+        description="Sample the node, serve Prometheus metrics, store samples, export. "
+        "SIGTERM or SIGINT flushes and exits 0.",
+    )
+    a.add_argument("--config", metavar="FILE", help="TOML config file (see README)")
+    a.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (default 9879; "
+                   "0 picks a free one)")
+    a.add_argument("--metrics-listen", help="address for /metrics (default 127.0.0.1)")
+    a.add_argument("--otlp-port", type=int, help="OTLP/gRPC receiver port (default 4317)")
+    a.add_argument("--interval", type=_positive, help="sampling interval, s (default 1)")
+    a.add_argument("--store", metavar="PATH", help="SQLite store path")
+    a.add_argument("--no-store", action="store_true", help="do not write the embedded store")
+
+    ls = sub.add_parser("runs", help="list stored runs")
+    ls.add_argument("--store", metavar="PATH")
+    ls.add_argument("-n", "--limit", type=int, default=20)
+    ls.add_argument("--kind", choices=["run", "agent"], help="only runs of this kind")
+    ls.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+
+    sh = sub.add_parser("show", help="show one stored run's summary")
+    sh.add_argument("run", help="run id, id prefix, name, or 'latest'")
+    sh.add_argument("--store", metavar="PATH")
+    sh.add_argument("--json", action="store_true")
+    return p
+
+
+def _setup_logging(level: str | None, default: str = "warning") -> None:
+    logging.basicConfig(
+        level=getattr(logging, (level or default).upper(), logging.WARNING),
+        format="wattspan %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    if args.command == "run":
+        from wattspan.cli.run_cmd import cmd_run
+
+        _setup_logging(args.log_level)
+        return cmd_run(args, parser)
+    if args.command == "agent":
+        from wattspan.cli.agent_cmd import cmd_agent
+
+        _setup_logging(args.log_level, default="info")
+        return cmd_agent(args)
+    _setup_logging(args.log_level)
+    from wattspan.cli.store_cmds import cmd_runs, cmd_show
+
+    return {"runs": cmd_runs, "show": cmd_show}[args.command](args)
+
+
+def dump_json(obj: object) -> str:
+    return json.dumps(obj, sort_keys=True, default=str)

@@ -1,0 +1,80 @@
+"""``wattspan agent``: the daemon's main loop, signals and systemd notifications."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from types import FrameType
+
+from wattspan.agent.config import load_config
+from wattspan.agent.errors import ConfigError
+
+log = logging.getLogger("wattspan.agent")
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+        if args.interval:
+            config["agent"]["interval"] = args.interval
+        if args.metrics_port is not None:
+            if not 0 <= args.metrics_port <= 65535:
+                raise ConfigError("--metrics-port", f"not a port: {args.metrics_port}")
+            config["metrics"]["port"] = args.metrics_port
+        if args.metrics_listen:
+            config["metrics"]["listen"] = args.metrics_listen
+        if args.otlp_port is not None:
+            if not 0 <= args.otlp_port <= 65535:
+                raise ConfigError("--otlp-port", f"not a port: {args.otlp_port}")
+            config["otlp"]["port"] = args.otlp_port
+        if args.store:
+            config["store"]["path"] = args.store
+        if args.no_store:
+            config["store"]["enabled"] = False
+        logging.getLogger().setLevel(
+            args.log_level.upper() if args.log_level else config["agent"]["log_level"].upper()
+        )
+        from wattspan.agent.daemon import Agent
+
+        agent = Agent(config)
+    except ConfigError as exc:
+        print(f"wattspan: config error: {exc}", file=sys.stderr)
+        return 2
+
+    from wattspan.agent import systemd
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        agent.start()
+    except OSError as exc:
+        print(f"wattspan: {exc}", file=sys.stderr)
+        agent.stop()
+        return 1
+    log.info(
+        "agent started: %d collectors (%s), interval %.3g s, config %s",
+        len(agent.collectors),
+        ", ".join(c.name for c in agent.collectors),
+        agent.interval,
+        config.source,
+    )
+    systemd.notify("READY=1\nSTATUS=sampling")
+    ping = systemd.watchdog_interval()
+    wait = min(ping, 5.0) if ping else 5.0
+    while not stop.wait(wait):
+        if ping:
+            systemd.notify("WATCHDOG=1")
+        agent.maintain()
+    systemd.notify("STOPPING=1")
+    log.info("stopping: flushing")
+    agent.stop(exit_code=0)
+    agent.close_store()
+    return 0
