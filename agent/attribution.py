@@ -122,6 +122,8 @@ def build_series(samples: Iterable[Sample]) -> NodeSeries:
     rss: dict[int, list[tuple[float, float]]] = defaultdict(list)
     hwm: dict[int, list[tuple[float, float]]] = defaultdict(list)
     gpu: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    pcpu: dict[int, list[tuple[float, float]]] = defaultdict(list)
+    prss: dict[int, list[tuple[float, float]]] = defaultdict(list)
     for s in samples:
         src = s.source
         if src in ("rapl", "power_model"):
@@ -142,11 +144,20 @@ def build_series(samples: Iterable[Sample]) -> NodeSeries:
             if r is not None:
                 rss[pid].append((s.ts, r))
         elif src == "process":
+            pid = int(s.tags["pid"])
             # The kernel's per-process high-water mark (VmHWM) catches peaks that fall
             # between samples.
             h = _f(s, "peak_rss_bytes")
             if h is not None:
-                hwm[int(s.tags["pid"])].append((s.ts, h))
+                hwm[pid].append((s.ts, h))
+            # A process inside a watched tree (a worker of the root, say) gets its own CPU
+            # series; a tree root's series below takes precedence over it.
+            u, sy = _f(s, "cpu_user_seconds_total"), _f(s, "cpu_system_seconds_total")
+            if u is not None and sy is not None:
+                pcpu[pid].append((s.ts, u + sy))
+            r = _f(s, "rss_bytes")
+            if r is not None:
+                prss[pid].append((s.ts, r))
         elif src == "gpu":
             v = _f(s, "energy_joules_total")
             if v is not None:
@@ -156,6 +167,10 @@ def build_series(samples: Iterable[Sample]) -> NodeSeries:
         if (ser := _series(pts)) is not None:
             out.energy[d] = ser
     out.busy_cpu = _series(busy)
+    for pid, pts in pcpu.items():
+        cpu.setdefault(pid, pts)
+    for pid, pts in prss.items():
+        rss.setdefault(pid, pts)
     for pid, pts in cpu.items():
         if (ser := _series(pts)) is not None:
             out.proc_cpu[pid] = ser

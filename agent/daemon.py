@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from wattspan.agent.config import Config
+from wattspan.agent.ingest import TelemetryIngest
 from wattspan.agent.metrics import AgentCollector, MetricsServer
 from wattspan.agent.pipeline import Pipeline
+from wattspan.agent.receiver import OtlpReceiver
 from wattspan.agent.scheduler import Scheduler
 from wattspan.agent.sinks import Sink
 from wattspan.agent.store import Run, Store, StoreSink, default_store_path
@@ -62,6 +64,8 @@ class Agent:
         serve_metrics: bool | None = None,
         metrics_port: int | None = None,
         exporters: list[Sink] | None = None,
+        otlp: bool | None = None,
+        otlp_port: int | None = None,
     ) -> None:
         self.config = config
         self.interval = interval or config["agent"]["interval"]
@@ -88,6 +92,30 @@ class Agent:
             sinks.append(StoreSink(self.store, self.run.id))
         sinks.extend(build_exporters(config) if exporters is None else exporters)
         self.pipeline = Pipeline(sinks, stale_after=max(10 * self.interval, 5.0))
+        store_sink = next((s for s in sinks if isinstance(s, StoreSink)), None)
+        self.ingest = TelemetryIngest(
+            store=self.store,
+            pipeline=self.pipeline,
+            run_id=self.run.id if self.run else None,
+            interval=self.interval,
+            process_collector=self.process_collector,
+            flush_samples=store_sink.flush if store_sink is not None else None,
+        )
+        # First in line: attribution sees each tick's samples before exporters are called.
+        self.pipeline.sinks.insert(0, self.ingest)
+        self.pipeline.sink_errors.setdefault(self.ingest.name, 0)
+        self.receiver: OtlpReceiver | None = None
+        if config["otlp"]["enabled"] if otlp is None else otlp:
+            o = config["otlp"]
+            self.receiver = OtlpReceiver(
+                self.ingest,
+                host=o["listen"],
+                port=o["port"] if otlp_port is None else otlp_port,
+                max_message_bytes=int(o["max_message_bytes"]),
+                tls_cert_file=o["tls_cert_file"] or None,
+                tls_key_file=o["tls_key_file"] or None,
+                tls_client_ca_file=o["tls_client_ca_file"] or None,
+            )
         nvml_interval = config["collectors.nvml"].get("interval")
         self.scheduler = Scheduler(
             self.collectors,
@@ -104,12 +132,26 @@ class Agent:
                 port=config["metrics"]["port"] if metrics_port is None else metrics_port,
             )
         self._last_retention = 0.0
+        self._receiver_started = False
+
+    @property
+    def otlp_endpoint(self) -> str | None:
+        """``http://host:port`` of the running receiver, for ``OTEL_EXPORTER_OTLP_ENDPOINT``."""
+        if self.receiver is None:
+            return None
+        host = self.config["otlp"]["listen"]
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        scheme = "https" if self.config["otlp"]["tls_cert_file"] else "http"
+        return f"{scheme}://{host}:{self.receiver.port}"
 
     def component_stats(self) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
+        if self.receiver is not None:
+            out["receiver:otlp"] = dict(self.receiver.stats())
         for sink in self.pipeline.sinks:
             try:
-                kind = "store" if sink.name == "store" else "exporter"
+                kind = sink.name if sink.name in ("store", "ingest") else "exporter"
                 out[f"{kind}:{sink.name}"] = dict(sink.stats())
             except Exception as exc:  # a broken stats() must not break /metrics
                 log.debug("stats of %s: %s", sink.name, exc)
@@ -125,7 +167,23 @@ class Agent:
                 ) from exc
             log.info("serving Prometheus metrics on http://%s:%d/metrics",
                      self.metrics.host, self.metrics.port)
+        self.start_receiver()
+        self.ingest.start()
         self.scheduler.start()
+
+    def start_receiver(self) -> None:
+        """Starts the OTLP receiver (idempotent: ``wattspan run`` starts it before the child)."""
+        if self.receiver is None or self._receiver_started:
+            return
+        try:
+            self.receiver.start()
+        except (OSError, RuntimeError) as exc:
+            raise OSError(
+                f"cannot serve OTLP on {self.config['otlp']['listen']}:"
+                f"{self.config['otlp']['port']}: {exc}"
+            ) from exc
+        self._receiver_started = True
+        log.info("receiving OTLP/gRPC on %s", self.otlp_endpoint)
 
     def maintain(self) -> None:
         """Periodic housekeeping from the main thread: retention of old samples."""
@@ -141,6 +199,10 @@ class Agent:
             log.info("store retention: removed %d samples older than %.0f h", removed, hours)
 
     def stop(self, exit_code: int | None = None, summary: dict[str, Any] | None = None) -> None:
+        if self.receiver is not None and self._receiver_started:
+            # Finish the requests in flight, so everything acknowledged is stored.
+            self.receiver.stop(grace=5.0)
+            self._receiver_started = False
         self.scheduler.stop()
         self.pipeline.flush()
         if self.metrics is not None:

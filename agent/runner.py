@@ -81,12 +81,23 @@ def run_command(
         description=description,
         command=list(cmd),
     )
+    # The embedded receiver takes a free loopback port: runs may go on side by side, and a
+    # daemon agent may already hold 4317.
     agent = Agent(
         config, interval=interval, store_path=store_path, process_roots=[], run=run,
-        serve_metrics=False,
+        serve_metrics=False, otlp_port=0,
     )
     env = dict(os.environ)
     env["WATTSPAN_RUN_ID"] = run.id
+    try:
+        agent.start_receiver()
+    except OSError as exc:
+        log.warning("%s; the command's spans will not be received", exc)
+    if agent.otlp_endpoint:
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = agent.otlp_endpoint
+        env.pop("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", None)
+        env.pop("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", None)
+        env.pop("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", None)
     if on_start is not None:
         env.update(on_start(agent))
     if env_extra:
@@ -138,9 +149,9 @@ def _finish(agent: Agent, run: Run, start: float, code: int, end: float | None =
     summary: dict[str, Any] = {}
     if agent.store is not None:
         summary = summarize(agent.store.samples(run_id=run.id), start, end)
-        agent.store.finish_run(run.id, end, code, summary)
+        agent.store.finish_run(run.id, end, code, summary, start_ts=start)
         agent.close_store()
     else:
         summary = {"wall_seconds": end - start}
-    run.end_ts, run.exit_code, run.summary = end, code, summary
+    run.start_ts, run.end_ts, run.exit_code, run.summary = start, end, code, summary
     return RunResult(code, run, summary)

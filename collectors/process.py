@@ -40,6 +40,7 @@ class _Tree:
     root: int
     name: str = ""
     peak_rss: int = 0
+    dynamic: bool = False
     # CPU seconds and I/O of descendants that already exited: keeps the tree's counters
     # monotonic when a child vanishes between two samples.
     dead: _Last | None = None
@@ -73,8 +74,18 @@ class ProcessCollector:
         for pid in roots:
             self.add_root(pid)
 
-    def add_root(self, pid: int) -> None:
-        self._trees.setdefault(pid, _Tree(root=pid))
+    def add_root(self, pid: int, dynamic: bool = False) -> None:
+        """Watch ``pid`` and its descendants. A ``dynamic`` root (a process the agent learnt
+        of from its spans) is dropped once it has exited."""
+        self._trees.setdefault(pid, _Tree(root=pid, dynamic=dynamic))
+
+    def watches(self, pid: int) -> bool:
+        """True if ``pid`` is a root or was seen in a watched tree at the last sample."""
+        return pid in self._trees or pid in self._last
+
+    @property
+    def dynamic_roots(self) -> int:
+        return sum(1 for t in self._trees.values() if t.dynamic)
 
     def _process(self, pid: int) -> psutil.Process:
         p = self._procs.get(pid)
@@ -174,6 +185,8 @@ class ProcessCollector:
                     },
                 )
             )
+            if tree.dynamic and count == 0:
+                del self._trees[tree.root]
         return out
 
     def _forget(self, seen: set[int]) -> None:

@@ -94,6 +94,17 @@ MIGRATIONS: list[str] = [
         matrix TEXT NOT NULL
     );
     CREATE INDEX confusion_run ON confusion_matrices(run_id);
+    CREATE TABLE logs (
+        run_id TEXT,
+        ts REAL NOT NULL,
+        severity TEXT NOT NULL DEFAULT '',
+        body TEXT NOT NULL,
+        trace_id TEXT,
+        span_id TEXT,
+        service TEXT NOT NULL DEFAULT '',
+        attributes TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX logs_run ON logs(run_id, ts);
     """,
 ]
 
@@ -227,12 +238,19 @@ class Store:
             )
 
     def finish_run(
-        self, run_id: str, end_ts: float, exit_code: int | None, summary: dict[str, Any] | None
+        self,
+        run_id: str,
+        end_ts: float,
+        exit_code: int | None,
+        summary: dict[str, Any] | None,
+        start_ts: float | None = None,
     ) -> None:
         with self._lock, self._db:
             self._db.execute(
-                "UPDATE runs SET end_ts=?, exit_code=?, summary=? WHERE id=?",
-                (end_ts, exit_code, None if summary is None else _dumps(summary), run_id),
+                "UPDATE runs SET end_ts=?, exit_code=?, summary=?, "
+                "start_ts=COALESCE(?, start_ts) WHERE id=?",
+                (end_ts, exit_code, None if summary is None else _dumps(summary), start_ts,
+                 run_id),
             )
 
     @staticmethod
@@ -439,6 +457,49 @@ class Store:
             ConfusionRow(r[0], r[1], json.loads(r[2]), json.loads(r[3]), *r[4:]) for r in rows
         ]
 
+    def write_logs(self, rows: Iterable[tuple[Any, ...]]) -> int:
+        """Rows of (run_id, ts, severity, body, trace_id, span_id, service, attributes)."""
+        data = [(*r[:7], _dumps(r[7])) for r in rows]
+        if data:
+            with self._lock, self._db:
+                self._db.executemany(
+                    "INSERT INTO logs (run_id, ts, severity, body, trace_id, span_id, service, "
+                    "attributes) VALUES (?,?,?,?,?,?,?,?)",
+                    data,
+                )
+        return len(data)
+
+    def logs(self, run_id: str) -> list[tuple[Any, ...]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT ts, severity, body, trace_id, span_id, service, attributes FROM logs "
+                "WHERE run_id=? ORDER BY ts, rowid",
+                (run_id,),
+            ).fetchall()
+        return [(*r[:6], json.loads(r[6])) for r in rows]
+
+    def set_span_resources(self, items: Iterable[tuple[str, str, dict[str, Any]]]) -> None:
+        """Stores attribution results: (trace_id, span_id, resources)."""
+        data = [(_dumps(res), t, s) for t, s, res in items]
+        if data:
+            with self._lock, self._db:
+                self._db.executemany(
+                    "UPDATE spans SET resources=? WHERE trace_id=? AND span_id=?", data
+                )
+
+    def unattributed_spans(self) -> list[SpanRow]:
+        """Spans stored but not yet attributed (the agent stopped before it got to them)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT run_id, trace_id, span_id, parent_span_id, name, start_ts, end_ts, "
+                "status, service, pid, attributes, resources FROM spans WHERE resources='{}' "
+                "ORDER BY end_ts"
+            ).fetchall()
+        return [
+            SpanRow(*r[:10], attributes=json.loads(r[10]), resources=json.loads(r[11]))
+            for r in rows
+        ]
+
     def delete_samples_before(self, ts: float) -> int:
         with self._lock, self._db:
             return self._db.execute("DELETE FROM samples WHERE ts < ?", (ts,)).rowcount
@@ -463,9 +524,12 @@ class StoreSink:
         self._written = 0
         self._errors = 0
 
+    # Records that have tables of their own (written by the telemetry ingest).
+    SKIP_SOURCES = frozenset({"spans", "ml", "metrics"})
+
     def write(self, samples: Sequence[Sample]) -> None:
         with self._lock:
-            self._buf.extend(samples)
+            self._buf.extend(s for s in samples if s.source not in self.SKIP_SOURCES)
             due = time.monotonic() - self._last_flush >= self.flush_interval
         if due:
             self.flush()

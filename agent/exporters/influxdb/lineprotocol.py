@@ -1,0 +1,295 @@
+"""InfluxDB line protocol, encoded straight from the agent's :class:`Sample` batches.
+
+Why our own encoder: ``influxdb_client.Point`` builds an object per point and escapes every
+key on every call (about 10x slower, see ``bench/bench_influx_encode.py``). The agent's data
+is highly repetitive (the same few hundred series every interval), so the expensive part
+-- measurement and tag set escaping, sorting, merging the global tags -- is done once per
+distinct (source, tags) and cached; per point only the field values and the timestamp are
+formatted.
+
+Escaping follows what influxd's parser (1.x and 2.x share ``models/points.go``) really does,
+verified against a real influxd by ``tests/test_influx_roundtrip.py``:
+
+* measurement: ``,`` and space are escaped with a backslash;
+* tag keys, tag values, field keys: ``,`` ``=`` and space are escaped with a backslash;
+  a backslash is *not* doubled, because the parser only un-escapes those three characters
+  (``a\\,b`` written as ``a\\\\,b`` reads back exactly);
+* string field values: ``"`` and ``\\`` are escaped; a raw line feed is allowed inside the
+  quotes and round-trips.
+
+Not representable, and therefore changed (documented in docs/influxdb.md):
+
+* a line feed in a measurement, tag key/value or field key ends the line in the parser and
+  no escape for it exists, so it is written as the two characters ``\\n``;
+* a trailing backslash in those names would escape the following delimiter, so trailing
+  backslashes are removed;
+* an empty tag key or value is omitted (influx has no empty tags); the key ``time`` is
+  rejected by influxd as tag or field key, so such tags and fields are omitted too;
+* a measurement starting with ``#`` would be read as a comment: such points are dropped.
+
+Values: ``int`` gets the ``i`` suffix (outside int64: dropped), ``bool`` is ``true``/
+``false``, ``float`` is ``repr`` (shortest round-trip form), NaN and +-inf cannot be written
+and the field is dropped and counted; a point left without fields is dropped and counted.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
+
+from wattspan.collectors.base import Sample
+
+#: Multiplier from Sample.ts (seconds) to the integer timestamp of each precision.
+PRECISIONS: dict[str, int] = {"ns": 1_000_000_000, "us": 1_000_000, "ms": 1_000, "s": 1}
+
+_MEASUREMENT_ESCAPES = str.maketrans({",": "\\,", " ": "\\ ", "\n": "\\n"})
+_KEY_ESCAPES = str.maketrans({",": "\\,", "=": "\\=", " ": "\\ ", "\n": "\\n"})
+_STRING_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"'})
+_INT64_MIN = -(2**63)
+_INT64_MAX = 2**63 - 1
+#: Tag and field keys influxd refuses (400 "invalid tag key"/"invalid field name").
+RESERVED_KEYS = frozenset({"time"})
+
+
+def escape_measurement(name: str) -> str:
+    """Escape a measurement name (see module docstring for the unrepresentable cases)."""
+    return name.translate(_MEASUREMENT_ESCAPES).rstrip("\\")
+
+
+def escape_key(name: str) -> str:
+    """Escape a tag key, tag value or field key."""
+    return name.translate(_KEY_ESCAPES).rstrip("\\")
+
+
+def escape_string(value: str) -> str:
+    """Escape a string field value, quotes included."""
+    return '"' + value.translate(_STRING_ESCAPES) + '"'
+
+
+@dataclass(slots=True)
+class EncodeCounts:
+    """What one :meth:`LineEncoder.encode` call did."""
+
+    points: int = 0
+    dropped_points: int = 0
+    dropped_fields: int = 0
+
+
+class _FieldKeys(dict[str, str]):
+    """field key -> ``escaped_key=``; the empty string for keys that cannot be written."""
+
+    __slots__ = ()
+
+    def __missing__(self, key: str) -> str:
+        k = str(key)
+        esc = escape_key(k) if k not in RESERVED_KEYS else ""
+        value = esc + "=" if esc else ""
+        if len(self) < 100_000:
+            self[key] = value
+        return value
+
+
+class LineEncoder:
+    """Encode Samples to line protocol lines (``str``, no trailing newline).
+
+    ``global_tags`` are added to every point (a sample's own tag of the same key wins).
+    ``field_tags`` are tag keys written as string fields instead, for unbounded identifiers
+    (``trace_id``...) that would explode series cardinality as tags.
+    ``precision`` is one of :data:`PRECISIONS`; timestamps are truncated to it.
+    """
+
+    def __init__(
+        self,
+        *,
+        precision: str = "ns",
+        global_tags: Mapping[str, str] | None = None,
+        field_tags: Collection[str] = (),
+        cache_size: int = 50_000,
+    ) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}")
+        self.precision = precision
+        self._mult = PRECISIONS[precision]
+        self._global = {str(k): str(v) for k, v in (global_tags or {}).items()}
+        self._field_tags = frozenset(field_tags)
+        self._cache_size = cache_size
+        # (source, tuple(tags.items())) -> (prefix "meas,k=v,... ", extra fields "k=\"v\"" or "")
+        self._series: dict[tuple[object, ...], tuple[str, str] | None] = {}
+        self._fkeys = _FieldKeys()
+
+    def _series_entry(self, source: str, tags: Mapping[str, str]) -> tuple[str, str] | None:
+        meas = escape_measurement(str(source))
+        if not meas or meas.startswith("#"):
+            return None
+        merged = dict(self._global)
+        extra: list[str] = []
+        for k, v in tags.items():
+            k = str(k)
+            v = "" if v is None else str(v)
+            if k in self._field_tags:
+                merged.pop(k, None)
+                fk = self._fkeys[k]
+                if fk and v:
+                    extra.append(fk + escape_string(v))
+            else:
+                merged[k] = v
+        parts = [meas]
+        # Sorted by key: what influxd does internally anyway, so it does less work.
+        for k in sorted(merged):
+            if k in RESERVED_KEYS:
+                continue
+            ek, ev = escape_key(k), escape_key(merged[k])
+            if ek and ev:
+                parts.append(ek + "=" + ev)
+        return ",".join(parts) + " ", ",".join(extra)
+
+    def encode(self, samples: Iterable[Sample], out: list[str]) -> EncodeCounts:
+        """Append one line per encodable sample to ``out``; return the counts."""
+        counts = EncodeCounts()
+        series = self._series
+        fkeys = self._fkeys
+        mult = self._mult
+        points = dropped_points = dropped_fields = 0
+        append = out.append
+        last_ts: object = None
+        ts_text = ""
+        for s in samples:
+            tags = s.tags
+            try:
+                key: object = (s.source, *tags.items()) if tags else s.source
+                entry = series.get(key)
+            except TypeError:  # unhashable tag value: encode without caching
+                key, entry = None, None
+            if entry is None:
+                entry = self._series_entry(s.source, tags)
+                if entry is None:
+                    dropped_points += 1
+                    dropped_fields += len(s.fields)
+                    continue
+                if key is not None:
+                    if len(series) >= self._cache_size:
+                        series.clear()  # bounded memory; the working set refills it quickly
+                    series[key] = entry
+            prefix, extra = entry
+            parts = [extra] if extra else []
+            for k, v in s.fields.items():
+                fk = fkeys[k]
+                if not fk:  # empty or reserved key
+                    dropped_fields += 1
+                    continue
+                t = type(v)
+                # Exact type checks first: the cheapest path for the common cases.
+                if t is float:
+                    if v - v == 0.0:  # false for NaN and +-inf
+                        parts.append(fk + repr(v))
+                        continue
+                elif t is int:
+                    if _INT64_MIN <= v <= _INT64_MAX:
+                        parts.append(f"{fk}{v}i")
+                        continue
+                elif t is bool:
+                    parts.append(fk + ("true" if v else "false"))
+                    continue
+                elif t is str:
+                    parts.append(fk + escape_string(v))
+                    continue
+                else:
+                    text = _format_other(v)
+                    if text is not None:
+                        parts.append(fk + text)
+                        continue
+                dropped_fields += 1
+            if not parts:
+                dropped_points += 1
+                continue
+            ts = s.ts
+            if ts != last_ts:
+                # Samples of one collector pass share a timestamp: format it once.
+                try:
+                    ts_text = f" {int(ts * mult)}"
+                except (ValueError, OverflowError, TypeError):  # NaN/inf/None timestamp
+                    dropped_points += 1
+                    continue
+                last_ts = ts
+            append(prefix + ",".join(parts) + ts_text)
+            points += 1
+        counts.points = points
+        counts.dropped_points = dropped_points
+        counts.dropped_fields = dropped_fields
+        return counts
+
+
+def _format_other(v: object) -> str | None:
+    """Slow path for numpy scalars, subclasses, Decimals...; None when not writable."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, numbers.Integral):
+        i = int(v)
+        return f"{i}i" if _INT64_MIN <= i <= _INT64_MAX else None
+    if isinstance(v, numbers.Real):
+        f = float(v)
+        return repr(f) if math.isfinite(f) else None
+    if isinstance(v, str):
+        return escape_string(str(v))
+    return None
+
+
+def split_lines(payload: bytes, expected: int | None = None) -> list[bytes]:
+    """Split line protocol into lines (each without its ``\\n``).
+
+    String field values may contain raw line feeds, so a plain split is only used when the
+    number of line feeds equals ``expected`` (the number of points the encoder said it wrote);
+    otherwise the lines are scanned with the parser's own rules. Used only on the rare paths
+    (413 splitting, dead letters), so the scanner favours clarity over speed.
+    """
+    if expected is not None and payload.count(b"\n") == expected:
+        lines = payload.split(b"\n")
+        if lines and not lines[-1]:
+            lines.pop()
+        return lines
+    return list(_scan_lines(payload))
+
+
+def _scan_lines(buf: bytes) -> Iterable[bytes]:
+    n = len(buf)
+    i = 0
+    start = 0
+    BS, SP, NL, EQ, CM, QT = 0x5C, 0x20, 0x0A, 0x3D, 0x2C, 0x22  # noqa: N806
+    while i < n:
+        # Measurement and tags: a delimiter preceded by a backslash is escaped (that is the
+        # rule influxd applies in this section, not "backslash escapes the next byte").
+        while i < n and not (buf[i] == SP and (i == start or buf[i - 1] != BS)):
+            if buf[i] == NL and (i == start or buf[i - 1] != BS):
+                break
+            i += 1
+        if i < n and buf[i] == SP:
+            i += 1
+            # Fields: key=value[,key=value...]
+            while i < n:
+                while i < n and not (buf[i] == EQ and buf[i - 1] != BS):
+                    if buf[i] == NL:
+                        break
+                    i += 1
+                if i >= n or buf[i] == NL:
+                    break
+                i += 1  # '='
+                if i < n and buf[i] == QT:
+                    i += 1
+                    while i < n and buf[i] != QT:
+                        i += 2 if buf[i] == BS else 1
+                    i += 1  # closing quote
+                while i < n and buf[i] not in (CM, SP, NL):
+                    i += 1
+                if i < n and buf[i] == CM:
+                    i += 1
+                    continue
+                break
+            # Timestamp (or end of line).
+            while i < n and buf[i] != NL:
+                i += 1
+        if i > start:
+            yield buf[start:i]
+        i += 1
+        start = i

@@ -1,0 +1,393 @@
+"""From OTLP records to stored, attributed spans and valued metrics.
+
+``TelemetryIngest`` is the receiver's handler and also a sink of node samples. A request is
+acknowledged once its spans, metrics and logs are committed to the embedded store and its
+valued metrics are in every exporter's queue. Spans are attributed a moment later, once a
+node sample at or after their end exists, on a worker thread; the result is written back to
+the store and exported as a ``spans`` record.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from wattspan import semconv as sc
+from wattspan.agent.attribution import (
+    SpanWindow,
+    attribute,
+    build_series,
+    min_interval_power,
+    primary_domains,
+)
+from wattspan.agent.pipeline import Pipeline
+from wattspan.agent.records import LogRecord, MetricPoint, SpanRecord
+from wattspan.agent.store import ConfusionRow, MetricRow, SpanRow, Store
+from wattspan.collectors.base import Sample
+from wattspan.collectors.process import ProcessCollector
+
+log = logging.getLogger("wattspan.ingest")
+
+ATTRIBUTION_SOURCES = frozenset({"rapl", "power_model", "cpu", "process_tree", "process", "gpu"})
+MAX_DYNAMIC_ROOTS = 256
+
+
+def _num(v: Any) -> float | None:
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int | float):
+        return float(v)
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            return None
+    return None
+
+
+def _step(attrs: dict[str, Any]) -> int | None:
+    v = attrs.get(sc.ATTR_STEP, attrs.get("step"))
+    f = _num(v)
+    return int(f) if f is not None and math.isfinite(f) else None
+
+
+def _json_attr(v: Any) -> Any:
+    if isinstance(v, str):
+        try:
+            return json.loads(v)
+        except ValueError:
+            return v
+    return v
+
+
+class SampleRing:
+    """The recent node samples attribution needs, kept for ``max_age`` seconds."""
+
+    def __init__(self, max_age: float) -> None:
+        self.max_age = max_age
+        self._q: deque[Sample] = deque()
+        self._lock = threading.Lock()
+        self.latest_ts = 0.0
+
+    def add(self, samples: Sequence[Sample]) -> None:
+        with self._lock:
+            for s in samples:
+                if s.source in ATTRIBUTION_SOURCES:
+                    self._q.append(s)
+                    if s.ts > self.latest_ts:
+                        self.latest_ts = s.ts
+            cutoff = self.latest_ts - self.max_age
+            while self._q and self._q[0].ts < cutoff:
+                self._q.popleft()
+
+    def between(self, t0: float, t1: float) -> list[Sample] | None:
+        """Samples covering [t0, t1] with one on each side, or None if t0 is too old."""
+        with self._lock:
+            if not self._q or self._q[0].ts > t0:
+                return None
+            return list(self._q)
+
+    def all(self) -> list[Sample]:
+        with self._lock:
+            return list(self._q)
+
+
+class TelemetryIngest:
+    """Receiver handler (``on_spans``/``on_metrics``/``on_logs``) and sample sink."""
+
+    name = "ingest"
+
+    def __init__(
+        self,
+        *,
+        store: Store | None,
+        pipeline: Pipeline,
+        run_id: str | None,
+        interval: float,
+        process_collector: ProcessCollector | None = None,
+        ring_seconds: float = 900.0,
+        flush_samples: Callable[[], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.pipeline = pipeline
+        self.run_id = run_id
+        self.interval = interval
+        self.process_collector = process_collector
+        self.ring = SampleRing(ring_seconds)
+        self.flush_samples = flush_samples
+        self._pending: list[SpanRow] = []
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._idle_watts: float | None = None
+        self.counts = {
+            "spans_stored_total": 0,
+            "spans_attributed_total": 0,
+            "metric_points_stored_total": 0,
+            "logs_stored_total": 0,
+            "attribution_errors_total": 0,
+        }
+        if store is not None:
+            # Spans acknowledged before a crash, never attributed: finish the job now.
+            self._pending.extend(store.unattributed_spans())
+
+    # -- sink of node samples -------------------------------------------------------------
+    def write(self, samples: Sequence[Sample]) -> None:
+        self.ring.add(samples)
+        self._update_idle(samples)
+        if self._pending:
+            self._wake.set()
+
+    def _update_idle(self, samples: Sequence[Sample]) -> None:
+        """Idle power: the lowest interval-mean power seen over the primary domains."""
+        watts: dict[str, float] = {}
+        for s in samples:
+            if s.source in ("rapl", "power_model"):
+                p = s.fields.get("power_watts")
+                if isinstance(p, int | float) and not isinstance(p, bool):
+                    watts[s.tags.get("domain", "?")] = float(p)
+        if not watts:
+            return
+        total = sum(watts[d] for d in primary_domains(watts))
+        if self._idle_watts is None or total < self._idle_watts:
+            self._idle_watts = total
+
+    def flush(self, timeout: float | None = None) -> None:
+        self.attribute_due(force=True)
+
+    def close(self, timeout: float | None = None) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        self.attribute_due(force=True)
+
+    def stats(self) -> dict[str, float | int | str]:
+        with self._lock:
+            pending = len(self._pending)
+        return {**self.counts, "spans_pending": pending}
+
+    # -- receiver handler -----------------------------------------------------------------
+    def _run_of(self, resource: dict[str, Any]) -> str | None:
+        rid = resource.get(sc.ATTR_RUN_ID)
+        return str(rid) if rid else self.run_id
+
+    def on_spans(self, spans: list[SpanRecord]) -> None:
+        rows: list[SpanRow] = []
+        metrics: list[MetricRow] = []
+        matrices: list[ConfusionRow] = []
+        params: list[tuple[str | None, str, dict[str, Any]]] = []
+        for s in spans:
+            run_id = self._run_of(s.resource_attributes)
+            attrs = dict(s.attributes)
+            status = s.status_code
+            rows.append(
+                SpanRow(
+                    run_id=run_id,
+                    trace_id=s.trace_id,
+                    span_id=s.span_id,
+                    parent_span_id=s.parent_span_id,
+                    name=s.name,
+                    start_ts=s.start_ns / 1e9,
+                    end_ts=s.end_ns / 1e9,
+                    status=status,
+                    service=s.service_name,
+                    pid=s.pid,
+                    attributes=attrs,
+                )
+            )
+            hp = attrs.get(sc.ATTR_HYPERPARAMETERS)
+            p: dict[str, Any] = {}
+            if hp is not None:
+                decoded = _json_attr(hp)
+                if isinstance(decoded, dict):
+                    p.update(decoded)
+            for k, v in attrs.items():
+                if k.startswith(sc.ATTR_PARAM_PREFIX):
+                    p.setdefault(k[len(sc.ATTR_PARAM_PREFIX) :], v)
+            if p:
+                params.append((run_id, s.span_id, p))
+            for ev in s.events:
+                ea = ev.attributes
+                if ev.name == sc.EVENT_METRIC:
+                    value = _num(ea.get(sc.ATTR_METRIC_VALUE))
+                    name = ea.get(sc.ATTR_METRIC_NAME)
+                    if value is None or not math.isfinite(value) or not isinstance(name, str):
+                        continue
+                    metrics.append(
+                        MetricRow(run_id, ev.time_ns / 1e9, name, value, _step(ea),
+                                  s.trace_id, s.span_id)
+                    )
+                elif ev.name == sc.EVENT_CONFUSION_MATRIX:
+                    matrix = _json_attr(ea.get(sc.ATTR_CM_MATRIX))
+                    labels = _json_attr(ea.get(sc.ATTR_CM_LABELS))
+                    if not isinstance(matrix, list):
+                        continue
+                    if not isinstance(labels, list):
+                        labels = [str(i) for i in range(len(matrix))]
+                    matrices.append(
+                        ConfusionRow(run_id, ev.time_ns / 1e9, [str(x) for x in labels],
+                                     matrix, step=_step(ea), trace_id=s.trace_id,
+                                     span_id=s.span_id)
+                    )
+        if self.store is not None:
+            self.store.write_spans(rows)
+            self.store.write_metrics(metrics)
+            self.store.write_confusion(matrices)
+            for run_id, span_id, p in params:
+                self.store.write_params(run_id, span_id, p)
+        self.counts["spans_stored_total"] += len(rows)
+        self.counts["metric_points_stored_total"] += len(metrics)
+        if metrics:
+            self.pipeline.submit([self._metric_sample(m) for m in metrics])
+        self._watch_pids(s.pid for s in spans)
+        with self._lock:
+            self._pending.extend(rows)
+        self._wake.set()
+
+    def on_metrics(self, points: list[MetricPoint]) -> None:
+        rows = []
+        for p in points:
+            if not math.isfinite(p.value):
+                continue
+            attrs = dict(p.attributes)
+            rows.append(
+                MetricRow(self._run_of(p.resource_attributes), p.ts_ns / 1e9, p.name, p.value,
+                          _step(attrs), attributes=attrs)
+            )
+        if self.store is not None:
+            self.store.write_metrics(rows)
+        self.counts["metric_points_stored_total"] += len(rows)
+        if rows:
+            self.pipeline.submit([self._metric_sample(m) for m in rows])
+        self._watch_pids(p.pid for p in points)
+
+    def on_logs(self, logs: list[LogRecord]) -> None:
+        rows = [
+            (self._run_of(r.resource_attributes), r.ts_ns / 1e9, r.severity, r.body,
+             r.trace_id, r.span_id, r.service_name, r.attributes)
+            for r in logs
+        ]
+        if self.store is not None:
+            self.store.write_logs(rows)
+        self.counts["logs_stored_total"] += len(rows)
+
+    def _metric_sample(self, m: MetricRow) -> Sample:
+        tags = {"name": m.name}
+        if m.run_id:
+            tags["run"] = m.run_id
+        fields: dict[str, float | int | str | bool] = {"value": m.value}
+        if m.step is not None:
+            fields["step"] = m.step
+        if m.span_id:
+            fields["span_id"] = m.span_id
+            fields["trace_id"] = m.trace_id or ""
+        source = "ml" if m.name.startswith(sc.ML_PREFIX) else "metrics"
+        return Sample(source, m.ts, tags, fields)
+
+    def _watch_pids(self, pids: Any) -> None:
+        pc = self.process_collector
+        if pc is None:
+            return
+        for pid in set(pids):
+            if pid is None or pc.watches(pid):
+                continue
+            if pc.dynamic_roots >= MAX_DYNAMIC_ROOTS:
+                log.warning("not watching process %d: %d processes watched already",
+                            pid, MAX_DYNAMIC_ROOTS)
+                continue
+            pc.add_root(pid, dynamic=True)
+
+    # -- attribution ----------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._loop, name="wattspan-attribution", daemon=True
+            )
+            self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(max(self.interval, 0.1))
+            self._wake.clear()
+            try:
+                self.attribute_due()
+            except Exception as exc:
+                self.counts["attribution_errors_total"] += 1
+                log.error("attribution failed: %s: %s", type(exc).__name__, exc)
+
+    def attribute_due(self, force: bool = False) -> int:
+        """Attributes pending spans that a sample already covers (all of them with ``force``)."""
+        latest = self.ring.latest_ts
+        with self._lock:
+            if force:
+                due, self._pending = self._pending, []
+            else:
+                due = [r for r in self._pending if r.end_ts <= latest]
+                if due:
+                    self._pending = [r for r in self._pending if r.end_ts > latest]
+        if not due:
+            return 0
+        t0 = min(r.start_ts for r in due)
+        t1 = max(r.end_ts for r in due)
+        samples = self.ring.between(t0, t1)
+        if samples is None and self.store is not None:
+            if self.flush_samples is not None:
+                self.flush_samples()
+            margin = 2 * self.interval
+            samples = [
+                s
+                for s in self.store.samples(start=t0 - margin - 60, end=t1 + margin)
+                if s.source in ATTRIBUTION_SOURCES
+            ] + self.ring.all()
+        series = build_series(samples or self.ring.all())
+        idle = self._idle_watts
+        if idle is None:
+            idle = min_interval_power(series, primary_domains(series.energy))
+        windows = [
+            SpanWindow(r.start_ts, r.end_ts, r.pid, _num(r.attributes.get(sc.ATTR_ITEMS)))
+            for r in due
+        ]
+        results = attribute(windows, series, idle)
+        for r, res in zip(due, results, strict=True):
+            r.resources = res
+        if self.store is not None:
+            self.store.set_span_resources((r.trace_id, r.span_id, r.resources) for r in due)
+        self.counts["spans_attributed_total"] += len(due)
+        self.pipeline.emit([span_sample(r) for r in due])
+        return len(due)
+
+
+def span_sample(r: SpanRow) -> Sample:
+    """The exported form of an attributed span (measurement ``spans``)."""
+    tags = {"span_name": r.name, "service": r.service, "status": r.status}
+    if r.run_id:
+        tags["run"] = r.run_id
+    fields: dict[str, float | int | str | bool] = {
+        "trace_id": r.trace_id,
+        "span_id": r.span_id,
+        "duration_seconds": r.end_ts - r.start_ts,
+        "start_time": r.start_ts,
+    }
+    if r.parent_span_id:
+        fields["parent_span_id"] = r.parent_span_id
+    if r.pid is not None:
+        fields["pid"] = r.pid
+    for k, v in r.resources.items():
+        if isinstance(v, dict):
+            for sub, x in v.items():
+                if isinstance(x, int | float) and not isinstance(x, bool):
+                    fields[f"{k.removesuffix('_joules')}_{sub}_joules".replace("/", "_")] = x
+        elif isinstance(v, int | float | bool):
+            fields[k] = v
+    return Sample("spans", r.end_ts, tags, fields)
+
+

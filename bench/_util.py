@@ -1,0 +1,122 @@
+"""Small helpers shared by the bench scripts (not part of the installed package).
+
+Units: CPU and wall times in seconds, memory in bytes, unless a name says otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import socket
+import statistics
+import sys
+import time
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+REPO = Path(__file__).resolve().parent.parent
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """``utime + stime`` of process ``pid`` (all its threads, live and exited), in seconds.
+
+    Resolution is one clock tick (``1/CLK_TCK``, usually 10 ms): measure over enough work.
+    """
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        data = f.read()
+    # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
+    rest = data[data.rindex(b")") + 2 :].split()
+    utime, stime = int(rest[11]), int(rest[12])  # fields 14 and 15 of proc(5)
+    return (utime + stime) / CLK_TCK
+
+
+def proc_rss_bytes(pid: int) -> tuple[int, int]:
+    """``(VmRSS, VmHWM)`` of ``pid`` in bytes, from /proc/PID/status."""
+    rss = hwm = 0
+    with open(f"/proc/{pid}/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"VmRSS:"):
+                rss = int(line.split()[1]) * 1024
+            elif line.startswith(b"VmHWM:"):
+                hwm = int(line.split()[1]) * 1024
+    return rss, hwm
+
+
+def proc_rss_breakdown(pid: int) -> dict[str, int]:
+    """``RssAnon``/``RssFile``/``RssShmem`` of ``pid`` in bytes (what the RSS is made of)."""
+    out: dict[str, int] = {}
+    with open(f"/proc/{pid}/status", "rb") as f:
+        for line in f:
+            if line.startswith((b"RssAnon:", b"RssFile:", b"RssShmem:", b"Threads:")):
+                key, value = line.decode().split(":", 1)
+                n = int(value.split()[0])
+                out[key] = n if key == "Threads" else n * 1024
+    return out
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def http_get(url: str, timeout: float = 10.0) -> bytes:
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        return bytes(resp.read())
+
+
+def wait_http(url: str, timeout: float = 15.0) -> bytes:
+    """GET ``url`` until it answers 200 or ``timeout`` passes (then raises)."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            return http_get(url, timeout=2.0)
+        except OSError as exc:
+            last = exc
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} did not answer within {timeout} s: {last}")
+
+
+def wattspan_cmd() -> list[str]:
+    """The ``wattspan`` CLI of the interpreter running the bench (its venv's script)."""
+    script = Path(sys.executable).with_name("wattspan")
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("wattspan")
+    if found:
+        return [found]
+    return [sys.executable, "-m", "wattspan"]
+
+
+def median(xs: Sequence[float]) -> float:
+    return statistics.median(xs)
+
+
+def machine() -> str:
+    """One line: CPU count, CPU model, kernel, Python."""
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    rapl = "RAPL" if Path("/sys/class/powercap/intel-rapl:0").exists() else "no RAPL"
+    return (
+        f"{os.cpu_count()} CPUs ({model or platform.machine()}), {rapl}, "
+        f"Linux {platform.release()}, Python {platform.python_version()}"
+    )
+
+
+def verdict(ratio: float, target: float) -> str:
+    return "target met" if ratio <= target else "target missed"
+
+
+def fmt_ms(seconds: float) -> str:
+    return f"{seconds * 1e3:8.3f} ms"

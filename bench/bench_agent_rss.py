@@ -1,0 +1,161 @@
+"""Resident memory of the ``wattspan agent`` daemon over time, scraped like Prometheus would.
+
+Run: ``python bench/bench_agent_rss.py [--duration S] [--scrape-every S] [--interval S]``
+
+Target (the issue): steady RSS of ``wattspan agent`` with the default collectors is at most
+60 MB. The agent runs as ``wattspan agent --interval 1 --metrics-port 0 --store TMP`` (the
+port it picked is read from its log); ``/metrics`` is scraped every ``--scrape-every`` s and
+VmRSS is read from /proc every second. "Steady" is the median of the second half of the run;
+the peak (VmHWM) and the anonymous/file split of the last reading are reported too, since file
+pages (shared libraries, mapped .so of numpy, grpc...) are reclaimable and shared while
+anonymous pages (the Python heap) are the agent's own.
+
+For comparison the same is read for ``prometheus-node-exporter`` when installed, and for a
+bare ``python3 -c`` that sleeps (the interpreter's floor).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _util import (  # noqa: E402
+    free_port,
+    http_get,
+    machine,
+    median,
+    proc_rss_breakdown,
+    proc_rss_bytes,
+    verdict,
+    wait_http,
+    wattspan_cmd,
+)
+
+TARGET_BYTES = 60 * 1000 * 1000  # 60 MB (decimal; 57.2 MiB): the stricter reading
+MIB = 1024 * 1024
+_PORT = re.compile(rb"serving Prometheus metrics on http://[^:]+:(\d+)/metrics")
+
+
+def _find_port(log: Path, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        m = _PORT.search(log.read_bytes())
+        if m:
+            return int(m.group(1))
+        if proc.poll() is not None:
+            raise RuntimeError(f"agent exited with {proc.returncode}: {log.read_text()[-2000:]}")
+        time.sleep(0.05)
+    raise RuntimeError(f"agent did not log its metrics port: {log.read_text()[-2000:]}")
+
+
+def _floor_rss(argv: list[str], settle: float = 2.0, url: str | None = None) -> int:
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        if url:
+            wait_http(url)
+            for _ in range(3):
+                http_get(url)
+        time.sleep(settle)
+        return proc_rss_bytes(proc.pid)[0]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--duration", type=float, default=60.0, help="seconds to run the agent (60)")
+    ap.add_argument("--scrape-every", type=float, default=5.0, help="scrape period, s (5)")
+    ap.add_argument("--interval", type=float, default=1.0, help="agent --interval, s (1)")
+    args = ap.parse_args()
+
+    print(f"machine: {machine()}")
+    with tempfile.TemporaryDirectory(prefix="wattspan-bench-") as tmp:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("WATTSPAN_")}
+        env.update(XDG_DATA_HOME=f"{tmp}/data", XDG_STATE_HOME=f"{tmp}/state")
+        log = Path(tmp) / "agent.log"
+        argv = [
+            *wattspan_cmd(),
+            "agent",
+            "--interval",
+            str(args.interval),
+            "--metrics-port",
+            "0",
+            "--store",
+            f"{tmp}/agent.db",
+        ]
+        print("agent:", " ".join(argv[-7:]))
+        with open(log, "wb") as logf:
+            proc = subprocess.Popen(argv, env=env, stdout=logf, stderr=subprocess.STDOUT)
+        try:
+            port = _find_port(log, proc)
+            url = f"http://127.0.0.1:{port}/metrics"
+            t0 = time.monotonic()
+            readings: list[tuple[float, int]] = []
+            next_scrape = 0.0
+            scrapes = 0
+            body = b""
+            print(f"{'t (s)':>6} {'VmRSS MiB':>10}")
+            while (t := time.monotonic() - t0) < args.duration:
+                if t >= next_scrape:
+                    body = http_get(url)
+                    scrapes += 1
+                    next_scrape += args.scrape_every
+                rss, _ = proc_rss_bytes(proc.pid)
+                readings.append((t, rss))
+                if len(readings) == 1 or int(t) % 10 == 0:
+                    print(f"{t:6.1f} {rss / MIB:10.1f}")
+                time.sleep(1.0)
+            rss, hwm = proc_rss_bytes(proc.pid)
+            parts = proc_rss_breakdown(proc.pid)
+        finally:
+            proc.terminate()
+            proc.wait(15)
+        agent_exit = proc.returncode
+
+    half = [r for t, r in readings if t >= args.duration / 2] or [readings[-1][1]]
+    steady = median(half)
+    first = readings[0][1]
+    series = sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))
+    print()
+    print(f"scrapes: {scrapes} (last: {series} series, {len(body)} B); agent exit code {agent_exit}")
+    print(f"first reading:        {first / MIB:7.1f} MiB")
+    print(f"steady (median, 2nd half): {steady / MIB:7.1f} MiB = {steady / 1e6:.1f} MB")
+    print(f"max over run:         {max(r for _, r in readings) / MIB:7.1f} MiB")
+    print(f"growth first->last:   {(readings[-1][1] - first) / MIB:+7.1f} MiB")
+    print(f"VmHWM (peak):         {hwm / MIB:7.1f} MiB")
+    print(
+        f"last reading split:   anon {parts.get('RssAnon', 0) / MIB:.1f} MiB, "
+        f"file {parts.get('RssFile', 0) / MIB:.1f} MiB, "
+        f"shmem {parts.get('RssShmem', 0) / MIB:.1f} MiB, threads {parts.get('Threads', 0)}"
+    )
+
+    floor = _floor_rss([sys.executable, "-c", "import time; time.sleep(60)"])
+    print(f"reference: bare python3 sleeping: {floor / MIB:.1f} MiB")
+    ne = shutil.which("prometheus-node-exporter")
+    if ne:
+        port = free_port()
+        ne_rss = _floor_rss(
+            [ne, f"--web.listen-address=127.0.0.1:{port}"],
+            url=f"http://127.0.0.1:{port}/metrics",
+        )
+        print(f"reference: prometheus-node-exporter after 3 scrapes: {ne_rss / MIB:.1f} MiB")
+    print()
+    print(
+        f"steady RSS {steady / 1e6:.1f} MB vs target <= 60 MB: "
+        f"{verdict(steady, TARGET_BYTES)}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

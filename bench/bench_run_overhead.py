@@ -1,0 +1,171 @@
+"""``wattspan run`` overhead on a CPU-bound child: bare child vs the same child under wattspan.
+
+Run: ``python bench/bench_run_overhead.py [--reps N] [--seconds S] [--parallel K] [--interval S]``
+
+Target (the issue): the child's wall time under ``wattspan run`` (default 0.1 s sampling
+interval, ``--store`` in a temporary directory) is at most 1.01x its bare wall time.
+
+The child is ``python3 -c <busy loop>`` with a fixed amount of work, calibrated once so that
+the bare child takes about ``--seconds``; with ``--parallel K`` it forks K-1 copies so K
+cores are busy (K = the number of CPUs leaves wattspan no idle core to sample from). Bare and
+wrapped runs are interleaved (ABBA order, after one unmeasured warm-up of each), and the
+medians are compared. Three wall times are reported for each run:
+
+  loop         the busy loop timed by the child itself (perf_counter around the loop):
+               pure interference, no process start-up on either side.
+  child        spawn to exit of the child process: for bare runs as this script sees it
+               (Popen to wait), under wattspan as wattspan reports it (``wall_seconds`` in
+               ``--json``: Popen to wait4). This is the figure the target applies to.
+  end-to-end   ``wattspan run ...`` as a whole, including wattspan's own start-up (imports,
+               store), the final sample and the summary; for bare runs the same as child.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _util import machine, median, verdict, wattspan_cmd  # noqa: E402
+
+TARGET = 1.01
+
+CHILD = r"""
+import os, sys, time
+n, k = int(sys.argv[1]), int(sys.argv[2])
+def work():
+    x = 0
+    for i in range(n):
+        x += i * i
+    return x
+t = time.perf_counter()
+kids = []
+for _ in range(k - 1):
+    pid = os.fork()
+    if pid == 0:
+        work()
+        os._exit(0)
+    kids.append(pid)
+work()
+for pid in kids:
+    os.waitpid(pid, 0)
+print(f"LOOP {time.perf_counter() - t:.6f}", flush=True)
+"""
+
+
+def _loop_seconds(stdout: str) -> float:
+    for line in stdout.splitlines():
+        if line.startswith("LOOP "):
+            return float(line.split()[1])
+    raise RuntimeError(f"child printed no LOOP line: {stdout!r}")
+
+
+def child_cmd(python: str, n: int, k: int) -> list[str]:
+    return [python, "-c", CHILD, str(n), str(k)]
+
+
+def run_bare(cmd: list[str], env: dict[str, str]) -> dict[str, float]:
+    t0 = time.perf_counter()
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    wall = time.perf_counter() - t0
+    return {"loop": _loop_seconds(out.stdout), "child": wall, "end_to_end": wall}
+
+
+def run_wrapped(
+    cmd: list[str], env: dict[str, str], store: Path, interval: float | None
+) -> dict[str, float]:
+    argv = [*wattspan_cmd(), "run", "--json", "--store", str(store), "--name", "bench"]
+    if interval is not None:
+        argv += ["--interval", str(interval)]
+    t0 = time.perf_counter()
+    out = subprocess.run([*argv, "--", *cmd], env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if out.returncode != 0:
+        raise RuntimeError(f"wattspan run failed ({out.returncode}): {out.stderr[-2000:]}")
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    return {
+        "loop": _loop_seconds(out.stdout),
+        "child": float(summary["wall_seconds"]),
+        "end_to_end": wall,
+    }
+
+
+def calibrate(python: str, seconds: float, env: dict[str, str]) -> int:
+    n = 2_000_000
+    r = run_bare(child_cmd(python, n, 1), env)
+    return max(int(n * seconds / r["loop"]), 1000)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--reps", type=int, default=6, help="measured runs of each kind (6)")
+    ap.add_argument("--seconds", type=float, default=3.0, help="bare child's target time (3)")
+    ap.add_argument("--parallel", type=int, default=1, help="busy processes in the child (1)")
+    ap.add_argument(
+        "--interval", type=float, default=None, help="wattspan run --interval (its default 0.1)"
+    )
+    ap.add_argument("--python", default="python3", help="interpreter for the child (python3)")
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="wattspan-bench-") as tmp:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("WATTSPAN_")}
+        env.update(XDG_DATA_HOME=f"{tmp}/data", XDG_STATE_HOME=f"{tmp}/state")
+        store = Path(tmp) / "bench.db"
+        n = calibrate(args.python, args.seconds, env)
+        cmd = child_cmd(args.python, n, args.parallel)
+        print(f"machine: {machine()}")
+        print(
+            f"child: {args.python} busy loop of {n} iterations x {args.parallel} process(es); "
+            f"wattspan run --interval {args.interval or 'default (0.1)'} --store {store.name}"
+        )
+        run_bare(cmd, env)  # warm-up: page cache, store schema
+        run_wrapped(cmd, env, store, args.interval)
+        bare: list[dict[str, float]] = []
+        wrapped: list[dict[str, float]] = []
+        for i in range(args.reps):
+            order = ("bare", "wrapped") if i % 2 == 0 else ("wrapped", "bare")
+            for kind in order:
+                if kind == "bare":
+                    bare.append(run_bare(cmd, env))
+                else:
+                    wrapped.append(run_wrapped(cmd, env, store, args.interval))
+            b, w = bare[-1], wrapped[-1]
+            print(
+                f"  rep {i + 1}: bare child {b['child']:.3f} s (loop {b['loop']:.3f}) | "
+                f"wattspan child {w['child']:.3f} s (loop {w['loop']:.3f}, "
+                f"end-to-end {w['end_to_end']:.3f})"
+            )
+
+    print()
+    print(f"{'median wall time':18} {'bare':>10} {'wattspan':>10} {'ratio':>8}")
+    ratios = {}
+    for key, label in (("loop", "loop"), ("child", "child"), ("end_to_end", "end-to-end")):
+        mb = median([r[key] for r in bare])
+        mw = median([r[key] for r in wrapped])
+        ratios[key] = mw / mb
+        print(f"{label:18} {mb:9.3f}s {mw:9.3f}s {mw / mb:7.4f}x")
+    fixed = median([r["end_to_end"] - r["child"] for r in wrapped]) - median(
+        [r["end_to_end"] - r["child"] for r in bare]
+    )
+    print(f"wattspan's fixed start-up + summary cost (end-to-end minus child): {fixed:.3f} s")
+    print()
+    print(
+        f"ratio child under wattspan / bare: {ratios['child']:.4f}x "
+        f"(target <= {TARGET}x: {verdict(ratios['child'], TARGET)})"
+    )
+    print(
+        f"ratio end-to-end / bare:           {ratios['end_to_end']:.4f}x "
+        f"(target <= {TARGET}x: {verdict(ratios['end_to_end'], TARGET)})"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
