@@ -146,10 +146,16 @@ class TelemetryIngest:
             self._wake.set()
 
     def _update_idle(self, samples: Sequence[Sample]) -> None:
-        """Idle power: the lowest interval-mean power seen over the primary domains."""
+        """Idle power: the model's own figure when CPU power is estimated, else the lowest
+        interval-mean power seen over the primary domains."""
         watts: dict[str, float] = {}
         for s in samples:
-            if s.source in ("rapl", "power_model"):
+            if s.source == "power_model":
+                idle = s.fields.get("idle_power_watts")
+                if isinstance(idle, int | float) and not isinstance(idle, bool):
+                    self._idle_watts = float(idle)
+                    return
+            if s.source == "rapl":
                 p = s.fields.get("power_watts")
                 if isinstance(p, int | float) and not isinstance(p, bool):
                     watts[s.tags.get("domain", "?")] = float(p)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import platform
+import resource
 import shutil
 import socket
 import statistics
@@ -55,6 +56,21 @@ def proc_rss_breakdown(pid: int) -> dict[str, int]:
                 n = int(value.split()[0])
                 out[key] = n if key == "Threads" else n * 1024
     return out
+
+
+def node_busy_seconds() -> float:
+    """CPU seconds all CPUs of the node have spent busy since boot (/proc/stat ``cpu`` line:
+    user + nice + system + irq + softirq + steal; guest time is already inside user)."""
+    with open("/proc/stat", "rb") as f:
+        fields = f.readline().split()
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[1:9])
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
+def children_cpu_seconds() -> float:
+    """User + system CPU of this process's waited-for children (``RUSAGE_CHILDREN``)."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -3,8 +3,8 @@
 Run: ``python bench/bench_agent_rss.py [--duration S] [--scrape-every S] [--interval S]``
 
 Target (the issue): steady RSS of ``wattspan agent`` with the default collectors is at most
-60 MB. The agent runs as ``wattspan agent --interval 1 --metrics-port 0 --store TMP`` (the
-port it picked is read from its log); ``/metrics`` is scraped every ``--scrape-every`` s and
+60 MB. The agent runs as ``wattspan agent --interval 1 --metrics-port 0 --otlp-port 0 --store TMP``
+(the metrics port it picked is read from its log; the OTLP receiver is on, as by default); ``/metrics`` is scraped every ``--scrape-every`` s and
 VmRSS is read from /proc every second. "Steady" is the median of the second half of the run;
 the peak (VmHWM) and the anonymous/file split of the last reading are reported too, since file
 pages (shared libraries, mapped .so of numpy, grpc...) are reclaimable and shared while
@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _util import (  # noqa: E402
+from _util import (
     free_port,
     http_get,
     machine,
@@ -90,10 +90,12 @@ def main() -> int:
             str(args.interval),
             "--metrics-port",
             "0",
+            "--otlp-port",
+            "0",  # the OTLP receiver runs (default on) on a free port: no clash with 4317
             "--store",
             f"{tmp}/agent.db",
         ]
-        print("agent:", " ".join(argv[-7:]))
+        print("agent:", " ".join(argv[len(wattspan_cmd()) :]))
         with open(log, "wb") as logf:
             proc = subprocess.Popen(argv, env=env, stdout=logf, stderr=subprocess.STDOUT)
         try:
@@ -127,7 +129,9 @@ def main() -> int:
     first = readings[0][1]
     series = sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))
     print()
-    print(f"scrapes: {scrapes} (last: {series} series, {len(body)} B); agent exit code {agent_exit}")
+    print(
+        f"scrapes: {scrapes} (last: {series} series, {len(body)} B); agent exit code {agent_exit}"
+    )
     print(f"first reading:        {first / MIB:7.1f} MiB")
     print(f"steady (median, 2nd half): {steady / MIB:7.1f} MiB = {steady / 1e6:.1f} MB")
     print(f"max over run:         {max(r for _, r in readings) / MIB:7.1f} MiB")
@@ -150,10 +154,7 @@ def main() -> int:
         )
         print(f"reference: prometheus-node-exporter after 3 scrapes: {ne_rss / MIB:.1f} MiB")
     print()
-    print(
-        f"steady RSS {steady / 1e6:.1f} MB vs target <= 60 MB: "
-        f"{verdict(steady, TARGET_BYTES)}"
-    )
+    print(f"steady RSS {steady / 1e6:.1f} MB vs target <= 60 MB: {verdict(steady, TARGET_BYTES)}")
     return 0
 
 

@@ -33,7 +33,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _util import machine, median, verdict, wattspan_cmd  # noqa: E402
+from _util import (
+    children_cpu_seconds,
+    machine,
+    median,
+    node_busy_seconds,
+    verdict,
+    wattspan_cmd,
+)
 
 TARGET = 1.01
 
@@ -71,11 +78,31 @@ def child_cmd(python: str, n: int, k: int) -> list[str]:
     return [python, "-c", CHILD, str(n), str(k)]
 
 
+class _Load:
+    """CPU that processes other than this script's children used while one run lasted."""
+
+    def __enter__(self) -> _Load:
+        self.b0, self.c0 = node_busy_seconds(), children_cpu_seconds()
+        self.p0, self.w0 = time.process_time(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        wall = time.perf_counter() - self.w0
+        ours = children_cpu_seconds() - self.c0 + time.process_time() - self.p0
+        self.cores = max(node_busy_seconds() - self.b0 - ours, 0.0) / wall
+
+
 def run_bare(cmd: list[str], env: dict[str, str]) -> dict[str, float]:
-    t0 = time.perf_counter()
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
-    wall = time.perf_counter() - t0
-    return {"loop": _loop_seconds(out.stdout), "child": wall, "end_to_end": wall}
+    with _Load() as load:
+        t0 = time.perf_counter()
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+        wall = time.perf_counter() - t0
+    return {
+        "loop": _loop_seconds(out.stdout),
+        "child": wall,
+        "end_to_end": wall,
+        "other_load": load.cores,
+    }
 
 
 def run_wrapped(
@@ -84,9 +111,10 @@ def run_wrapped(
     argv = [*wattspan_cmd(), "run", "--json", "--store", str(store), "--name", "bench"]
     if interval is not None:
         argv += ["--interval", str(interval)]
-    t0 = time.perf_counter()
-    out = subprocess.run([*argv, "--", *cmd], env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
+    with _Load() as load:
+        t0 = time.perf_counter()
+        out = subprocess.run([*argv, "--", *cmd], env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
     if out.returncode != 0:
         raise RuntimeError(f"wattspan run failed ({out.returncode}): {out.stderr[-2000:]}")
     summary = json.loads(out.stdout.strip().splitlines()[-1])
@@ -94,6 +122,7 @@ def run_wrapped(
         "loop": _loop_seconds(out.stdout),
         "child": float(summary["wall_seconds"]),
         "end_to_end": wall,
+        "other_load": load.cores,
     }
 
 
@@ -103,26 +132,53 @@ def calibrate(python: str, seconds: float, env: dict[str, str]) -> int:
     return max(int(n * seconds / r["loop"]), 1000)
 
 
+def _resolve(python: str) -> str:
+    """The real interpreter behind ``python`` (a pyenv shim costs ~100 ms per start)."""
+    out = subprocess.run(
+        [python, "-c", "import sys; print(sys.executable)"], capture_output=True, text=True
+    )
+    return out.stdout.strip() or python
+
+
+def _table(bare: list[dict[str, float]], wrapped: list[dict[str, float]]) -> dict[str, float]:
+    print(f"  {'median wall time':16} {'bare':>10} {'wattspan':>10} {'ratio':>8}")
+    ratios = {}
+    for key, label in (("loop", "loop"), ("child", "child"), ("end_to_end", "end-to-end")):
+        mb = median([r[key] for r in bare])
+        mw = median([r[key] for r in wrapped])
+        ratios[key] = mw / mb
+        print(f"  {label:16} {mb:9.3f}s {mw:9.3f}s {mw / mb:7.4f}x")
+    return ratios
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--reps", type=int, default=6, help="measured runs of each kind (6)")
+    ap.add_argument("--reps", type=int, default=8, help="measured runs of each kind (8)")
     ap.add_argument("--seconds", type=float, default=3.0, help="bare child's target time (3)")
     ap.add_argument("--parallel", type=int, default=1, help="busy processes in the child (1)")
     ap.add_argument(
         "--interval", type=float, default=None, help="wattspan run --interval (its default 0.1)"
     )
     ap.add_argument("--python", default="python3", help="interpreter for the child (python3)")
+    ap.add_argument(
+        "--quiet-load",
+        type=float,
+        default=0.05,
+        help="a pair of runs is 'quiet' when other processes used less than this many cores "
+        "during both (0.05)",
+    )
     args = ap.parse_args()
+    python = _resolve(args.python)
 
     with tempfile.TemporaryDirectory(prefix="wattspan-bench-") as tmp:
         env = {k: v for k, v in os.environ.items() if not k.startswith("WATTSPAN_")}
         env.update(XDG_DATA_HOME=f"{tmp}/data", XDG_STATE_HOME=f"{tmp}/state")
         store = Path(tmp) / "bench.db"
-        n = calibrate(args.python, args.seconds, env)
-        cmd = child_cmd(args.python, n, args.parallel)
+        n = calibrate(python, args.seconds, env)
+        cmd = child_cmd(python, n, args.parallel)
         print(f"machine: {machine()}")
         print(
-            f"child: {args.python} busy loop of {n} iterations x {args.parallel} process(es); "
+            f"child: {python} busy loop of {n} iterations x {args.parallel} process(es); "
             f"wattspan run --interval {args.interval or 'default (0.1)'} --store {store.name}"
         )
         run_bare(cmd, env)  # warm-up: page cache, store schema
@@ -138,22 +194,26 @@ def main() -> int:
                     wrapped.append(run_wrapped(cmd, env, store, args.interval))
             b, w = bare[-1], wrapped[-1]
             print(
-                f"  rep {i + 1}: bare child {b['child']:.3f} s (loop {b['loop']:.3f}) | "
-                f"wattspan child {w['child']:.3f} s (loop {w['loop']:.3f}, "
-                f"end-to-end {w['end_to_end']:.3f})"
+                f"  rep {i + 1}: bare child {b['child']:.3f} s (loop {b['loop']:.3f}, "
+                f"other load {b['other_load']:.2f} cores) | wattspan child {w['child']:.3f} s "
+                f"(loop {w['loop']:.3f}, end-to-end {w['end_to_end']:.3f}, "
+                f"other load {w['other_load']:.2f} cores)"
             )
 
     print()
-    print(f"{'median wall time':18} {'bare':>10} {'wattspan':>10} {'ratio':>8}")
-    ratios = {}
-    for key, label in (("loop", "loop"), ("child", "child"), ("end_to_end", "end-to-end")):
-        mb = median([r[key] for r in bare])
-        mw = median([r[key] for r in wrapped])
-        ratios[key] = mw / mb
-        print(f"{label:18} {mb:9.3f}s {mw:9.3f}s {mw / mb:7.4f}x")
-    fixed = median([r["end_to_end"] - r["child"] for r in wrapped]) - median(
-        [r["end_to_end"] - r["child"] for r in bare]
-    )
+    print(f"all {len(bare)} pairs:")
+    ratios = _table(bare, wrapped)
+    quiet = [
+        (b, w)
+        for b, w in zip(bare, wrapped, strict=True)
+        if max(b["other_load"], w["other_load"]) < args.quiet_load
+    ]
+    if quiet:
+        print(f"{len(quiet)} quiet pairs (other processes < {args.quiet_load} cores during both):")
+        ratios = _table([b for b, _ in quiet], [w for _, w in quiet])
+    else:
+        print("no quiet pair: the machine was busy with other work throughout; ratios are noisy")
+    fixed = median([r["end_to_end"] - r["child"] for r in wrapped])
     print(f"wattspan's fixed start-up + summary cost (end-to-end minus child): {fixed:.3f} s")
     print()
     print(

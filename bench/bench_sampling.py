@@ -46,7 +46,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _util import (  # noqa: E402
+from _util import (
     CLK_TCK,
     fmt_ms,
     free_port,
@@ -85,9 +85,7 @@ def _series(body: bytes) -> int:
     return sum(1 for line in text.splitlines() if line and not line.startswith(b"#"))
 
 
-def measure_http(
-    pid: int, url: str, scrapes: int, rounds: int, gap: float, gzip: bool
-) -> HttpCost:
+def measure_http(pid: int, url: str, scrapes: int, rounds: int, gap: float, gzip: bool) -> HttpCost:
     """CPU that process ``pid`` spends per GET of ``url``, net of its idle background CPU."""
     for _ in range(5):  # warm-up: first scrapes allocate, JIT-free but cache-cold
         body = _get(url, gzip)
@@ -286,12 +284,18 @@ def main() -> int:
     r_tick = tick / ne.per_scrape
     r_full = (tick + agent.per_scrape) / ne.per_scrape
     r_render = tick_render / ne.per_scrape
-    print(f"ratio tick / node_exporter scrape:                 {r_tick:.3f}x  "
-          f"(target <= {TARGET}x: {verdict(r_tick, TARGET)})")
-    print(f"ratio tick+generate_latest / node_exporter scrape: {r_render:.3f}x  "
-          f"(target <= {TARGET}x: {verdict(r_render, TARGET)})")
-    print(f"ratio tick+HTTP scrape / node_exporter scrape:     {r_full:.3f}x  "
-          f"(target <= {TARGET}x: {verdict(r_full, TARGET)})")
+    print(
+        f"ratio tick / node_exporter scrape:                 {r_tick:.3f}x  "
+        f"(target <= {TARGET}x: {verdict(r_tick, TARGET)})"
+    )
+    print(
+        f"ratio tick+generate_latest / node_exporter scrape: {r_render:.3f}x  "
+        f"(target <= {TARGET}x: {verdict(r_render, TARGET)})"
+    )
+    print(
+        f"ratio tick+HTTP scrape / node_exporter scrape:     {r_full:.3f}x  "
+        f"(target <= {TARGET}x: {verdict(r_full, TARGET)})"
+    )
     return 0
 
 

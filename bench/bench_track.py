@@ -84,6 +84,8 @@ def _codecarbon_column(calls: int) -> tuple[Callable[[int], Any] | None, str, Ca
         from codecarbon import OfflineEmissionsTracker
     except Exception as exc:  # not installed / broken install
         return None, f"codecarbon not importable ({type(exc).__name__}: {exc})", lambda: None
+    # Its import installs an INFO-level handler; the bench output should stay a table.
+    logging.getLogger("codecarbon").setLevel(logging.ERROR)
     outdir = tempfile.mkdtemp(prefix="bench-codecarbon-")
     try:
         # Offline tracker: no network at runtime (the online one geolocates the IP over HTTP).
@@ -96,8 +98,10 @@ def _codecarbon_column(calls: int) -> tuple[Callable[[int], Any] | None, str, Ca
         )
         tracker.start()
     except Exception as exc:
-        return None, f"codecarbon tracker failed to start ({type(exc).__name__}: {exc})", (
-            lambda: None
+        return (
+            None,
+            f"codecarbon tracker failed to start ({type(exc).__name__}: {exc})",
+            (lambda: None),
         )
 
     def call(i: int) -> int:
@@ -182,7 +186,6 @@ def main(argv: list[str] | None = None) -> int:
 
     cc_note = "skipped (--no-codecarbon)"
     if not args.no_codecarbon:
-        logging.getLogger("codecarbon").setLevel(logging.ERROR)
         cc_call, cc_note, cc_stop = _codecarbon_column(args.codecarbon_calls)
         if cc_call is not None:
             results["codecarbon"] = _time(cc_call, args.codecarbon_calls, 3)

@@ -32,7 +32,8 @@ class PowerModelCollector:
 
     Fields: ``power_watts`` (mean over the last interval), ``energy_joules_total``
     (cumulative since the collector started), ``utilization_ratio`` used for the estimate,
-    ``tdp_watts``.
+    ``tdp_watts`` and ``idle_power_watts`` (the model's power at zero utilisation, which
+    attribution uses as idle power).
     """
 
     name = "power_model"
@@ -52,7 +53,10 @@ class PowerModelCollector:
 
     def sample(self, now: float) -> list[Sample]:
         times = _times_dict(psutil.cpu_times())
-        fields: dict[str, float | int | str | bool] = {"tdp_watts": self.tdp_watts}
+        fields: dict[str, float | int | str | bool] = {
+            "tdp_watts": self.tdp_watts,
+            "idle_power_watts": self.power(0.0),
+        }
         if self._prev is not None:
             prev_ts, prev_times = self._prev
             dt = now - prev_ts

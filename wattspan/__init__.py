@@ -1,3 +1,46 @@
-"""wattspan: resource and energy attribution for data and ML pipelines."""
+"""wattspan: resource and energy attribution for data and ML pipelines.
+
+The instrumentation API (``span``, ``track``, ``log_metric``, ``log_params``,
+``log_confusion_matrix``, ``count_items``, ``flush``) lives in :mod:`wattspan.instrument`
+and is loaded on first use, so that the agent and CLI never pay for the OpenTelemetry SDK
+import they do not need.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+_API = (
+    "count_items",
+    "flush",
+    "log_confusion_matrix",
+    "log_metric",
+    "log_params",
+    "span",
+    "track",
+)
+
+if TYPE_CHECKING:
+    from wattspan.instrument import (
+        count_items,
+        flush,
+        log_confusion_matrix,
+        log_metric,
+        log_params,
+        span,
+        track,
+    )
+
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        from wattspan import instrument
+
+        value = getattr(instrument, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'wattspan' has no attribute {name!r}")

@@ -91,6 +91,7 @@ _RUN_ROOT: Span | None = None
 _ITEMS: dict[int, int | float] = {}  # id(span) -> items counted on a wattspan span
 _ITEMS_LOCK = threading.Lock()
 _WARNED = False
+_WARN_LOCK = threading.Lock()
 _EXITED = False
 
 # Bound once: attribute lookups on modules cost measurable time per call.
@@ -106,7 +107,7 @@ _get_current_span = trace.get_current_span
 
 def _warn_once(message: str, *args: object) -> None:
     global _WARNED
-    with _ITEMS_LOCK:
+    with _WARN_LOCK:
         if _WARNED:
             return
         _WARNED = True
@@ -268,14 +269,15 @@ def _after_fork_in_child() -> None:
         if not _PID_PROCESSOR_ADDED:
             _PROVIDER.add_span_processor(_PID_PROCESSOR)
             _PID_PROCESSOR_ADDED = True
-        # multiprocessing children leave through os._exit(), which skips atexit but runs
-        # multiprocessing's own finalizers: flush there too.
-        try:
-            from multiprocessing import util as mp_util
 
-            mp_util.Finalize(None, _at_exit, exitpriority=0)
-        except Exception:
-            pass
+
+def _mp_after_fork(_obj: object) -> None:
+    # multiprocessing's fork children leave through os._exit(), which skips atexit but runs
+    # multiprocessing's finalizers. Registered via register_after_fork because the child's
+    # bootstrap clears the finalizer registry after os-level at-fork hooks have run.
+    from multiprocessing import util as mp_util
+
+    mp_util.Finalize(None, _at_exit, exitpriority=0)
 
 
 def _build_provider() -> Any:
@@ -349,6 +351,12 @@ def _configure() -> trace.Tracer:
     _PROVIDER, _EXPORTER = provider, exporter
     if hasattr(os, "register_at_fork"):
         os.register_at_fork(after_in_child=_after_fork_in_child)
+    try:
+        from multiprocessing import util as mp_util
+
+        mp_util.register_after_fork(_PID_PROCESSOR, _mp_after_fork)
+    except Exception:  # no multiprocessing support on this platform: nothing to flush
+        pass
     atexit.register(_at_exit)
     return provider.get_tracer(TRACER_NAME, __version__)
 
@@ -431,10 +439,13 @@ def _attr_value(value: Any) -> Any:
         kinds = {type(v) for v in value}
         if len(kinds) == 1 and kinds <= {str, bool, int, float}:
             return list(value)
-    try:
-        return json.dumps(value, default=str, separators=(",", ":"))
-    except (TypeError, ValueError):
-        return str(value)
+    if value is None or isinstance(value, Mapping | list | tuple):
+        # Structured values keep their structure as JSON text (the agent can parse it back).
+        try:
+            return json.dumps(value, default=str, separators=(",", ":"))
+        except (TypeError, ValueError):
+            pass
+    return str(value)
 
 
 def _flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

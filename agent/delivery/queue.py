@@ -249,7 +249,9 @@ class DiskQueue:
             if magic == CHECKPOINT_MAGIC and zlib.crc32(data[:-4]) == crc:
                 return seg, off
         # A corrupt checkpoint only costs re-sending what is still on disk, never data.
-        log.warning("queue %s: checkpoint file is corrupt, starting from the oldest data", self.name)
+        log.warning(
+            "queue %s: checkpoint file is corrupt, starting from the oldest data", self.name
+        )
         return None
 
     def _scan_segment(self, path: Path, ckpt_off: int | None) -> tuple[int, int, int, int | None]:

@@ -124,7 +124,9 @@ def parse_size(value: object, key: str) -> int:
     elif isinstance(value, str) and (m := _SIZE_RE.match(value)):
         n = int(float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "").lower()])
     else:
-        raise ConfigError(key, f'expected a size in bytes (e.g. 268435456 or "256MiB"), got {value!r}')
+        raise ConfigError(
+            key, f'expected a size in bytes (e.g. 268435456 or "256MiB"), got {value!r}'
+        )
     if n <= 0:
         raise ConfigError(key, "must be > 0")
     return n
@@ -189,7 +191,9 @@ def _secret(
             text = Path(path).expanduser().read_text(encoding="utf-8").strip()
         except OSError as e:
             # The message names the file, never its content.
-            raise ConfigError(f"{SECTION}.{file_key}", f"cannot read {path}: {e.strerror}") from None
+            raise ConfigError(
+                f"{SECTION}.{file_key}", f"cannot read {path}: {e.strerror}"
+            ) from None
         if not text:
             raise ConfigError(f"{SECTION}.{file_key}", f"{path} is empty")
         return Secret(text)
@@ -250,14 +254,18 @@ def parse_config(
     env = os.environ if env is None else env
     unknown = sorted(set(section) - _KNOWN_KEYS)
     if unknown:
-        raise ConfigError(f"{SECTION}.{unknown[0]}", f"unknown key (known: {', '.join(sorted(_KNOWN_KEYS))})")
+        raise ConfigError(
+            f"{SECTION}.{unknown[0]}", f"unknown key (known: {', '.join(sorted(_KNOWN_KEYS))})"
+        )
 
     url = _str(section, "url", InfluxDBConfig.url) or ""
     parsed = urllib.parse.urlsplit(url)
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise ConfigError(f"{SECTION}.url", f"expected an http(s):// URL, got {url!r}")
     if parsed.username or parsed.password:
-        raise ConfigError(f"{SECTION}.url", "put credentials in username/password or token, not in the URL")
+        raise ConfigError(
+            f"{SECTION}.url", "put credentials in username/password or token, not in the URL"
+        )
     if parsed.query or parsed.fragment:
         raise ConfigError(f"{SECTION}.url", "must not contain a query string or fragment")
 
@@ -281,7 +289,14 @@ def parse_config(
     else:
         if not bucket:
             raise ConfigError(f"{SECTION}.bucket", 'required with api = "v2"')
-        for k in ("database", "retention_policy", "username", "password", "password_file", "create_database"):
+        for k in (
+            "database",
+            "retention_policy",
+            "username",
+            "password",
+            "password_file",
+            "create_database",
+        ):
             if k in section:
                 raise ConfigError(f"{SECTION}.{k}", 'only valid with api = "v1"')
 
@@ -298,7 +313,9 @@ def parse_config(
 
     precision = _str(section, "precision", "ns")
     if precision not in PRECISIONS:
-        raise ConfigError(f"{SECTION}.precision", f"expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+        raise ConfigError(
+            f"{SECTION}.precision", f"expected one of {', '.join(PRECISIONS)}, got {precision!r}"
+        )
 
     tags_raw = section.get("tags", {})
     if not isinstance(tags_raw, Mapping):
@@ -310,7 +327,9 @@ def parse_config(
         tags[str(k)] = str(v)
 
     field_tags_raw = section.get("field_tags", list(InfluxDBConfig.field_tags))
-    if not isinstance(field_tags_raw, list | tuple) or not all(isinstance(x, str) for x in field_tags_raw):
+    if not isinstance(field_tags_raw, list | tuple) or not all(
+        isinstance(x, str) for x in field_tags_raw
+    ):
         raise ConfigError(f"{SECTION}.field_tags", "expected a list of tag keys")
 
     queue_dir_raw = section.get("queue_dir")
@@ -326,10 +345,14 @@ def parse_config(
     except ValueError as e:
         raise ConfigError(f"{SECTION}.fsync", str(e)) from None
 
-    max_queue_bytes = parse_size(section.get("max_queue_bytes", InfluxDBConfig.max_queue_bytes), f"{SECTION}.max_queue_bytes")
+    max_queue_bytes = parse_size(
+        section.get("max_queue_bytes", InfluxDBConfig.max_queue_bytes), f"{SECTION}.max_queue_bytes"
+    )
     if max_queue_bytes < 64 * 1024:
         raise ConfigError(f"{SECTION}.max_queue_bytes", "must be at least 64KiB")
-    retry_initial = _number(section, "retry_initial_interval", InfluxDBConfig.retry_initial_interval)
+    retry_initial = _number(
+        section, "retry_initial_interval", InfluxDBConfig.retry_initial_interval
+    )
     retry_max = _number(section, "retry_max_interval", InfluxDBConfig.retry_max_interval)
     if retry_max < retry_initial:
         raise ConfigError(f"{SECTION}.retry_max_interval", "must be >= retry_initial_interval")
@@ -346,7 +369,10 @@ def parse_config(
         bucket=bucket,
         token=token,
         batch_size=_int(section, "batch_size", InfluxDBConfig.batch_size),
-        max_batch_bytes=parse_size(section.get("max_batch_bytes", InfluxDBConfig.max_batch_bytes), f"{SECTION}.max_batch_bytes"),
+        max_batch_bytes=parse_size(
+            section.get("max_batch_bytes", InfluxDBConfig.max_batch_bytes),
+            f"{SECTION}.max_batch_bytes",
+        ),
         flush_interval=_number(section, "flush_interval", InfluxDBConfig.flush_interval),
         gzip=_bool(section, "gzip", False),
         precision=precision,
@@ -355,10 +381,17 @@ def parse_config(
         field_tags=tuple(field_tags_raw),
         queue_dir=queue_dir,
         max_queue_bytes=max_queue_bytes,
-        segment_bytes=parse_size(section.get("segment_bytes", InfluxDBConfig.segment_bytes), f"{SECTION}.segment_bytes"),
+        segment_bytes=parse_size(
+            section.get("segment_bytes", InfluxDBConfig.segment_bytes), f"{SECTION}.segment_bytes"
+        ),
         fsync=fsync,
         retry_initial_interval=retry_initial,
         retry_max_interval=retry_max,
-        max_dead_letter_bytes=parse_size(section.get("max_dead_letter_bytes", InfluxDBConfig.max_dead_letter_bytes), f"{SECTION}.max_dead_letter_bytes"),
-        close_timeout=_number(section, "close_timeout", InfluxDBConfig.close_timeout, allow_zero=True),
+        max_dead_letter_bytes=parse_size(
+            section.get("max_dead_letter_bytes", InfluxDBConfig.max_dead_letter_bytes),
+            f"{SECTION}.max_dead_letter_bytes",
+        ),
+        close_timeout=_number(
+            section, "close_timeout", InfluxDBConfig.close_timeout, allow_zero=True
+        ),
     )

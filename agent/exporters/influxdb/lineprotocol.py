@@ -256,7 +256,7 @@ def _scan_lines(buf: bytes) -> Iterable[bytes]:
     n = len(buf)
     i = 0
     start = 0
-    BS, SP, NL, EQ, CM, QT = 0x5C, 0x20, 0x0A, 0x3D, 0x2C, 0x22  # noqa: N806
+    BS, SP, NL, EQ, CM, QT = 0x5C, 0x20, 0x0A, 0x3D, 0x2C, 0x22
     while i < n:
         # Measurement and tags: a delimiter preceded by a backslash is escaped (that is the
         # rule influxd applies in this section, not "backslash escapes the next byte").
