@@ -8,16 +8,16 @@ same machine.
 
 What is measured, all in ONE run of this script, on the same machine, one after the other:
 
-  tick         ``Scheduler.tick(force=True)`` over the collectors ``build_collectors`` makes
-               from the default config (cpu with per-core, memory, process watching this
+  collectors tick  ``Scheduler.tick(force=True)`` over the collectors ``build_collectors``
+               makes from the default config (cpu with per-core, memory, process watching this
                process, rapl/nvml when present, the power model when RAPL is absent), emitting
                into a ``Pipeline`` with no sinks. CPU = ``time.process_time()`` of this
-               process (single-threaded while measuring) / N.
-  tick+render  the same plus ``generate_latest`` on the registry the agent's
-               ``MetricsServer`` serves, i.e. what the latest samples cost to expose.
-  tick+store   the same as ``tick`` with the embedded SQLite store as a sink (the daemon's
-               default; one transaction per second of wall time).
-  agent http   a real ``wattspan agent`` subprocess (``--interval 3600 --no-store``: it ticks
+               process (no other thread runs while measuring) / N.
+  agent tick   the daemon's real tick: an ``Agent`` from the default config (store sink in a
+               temporary SQLite file, span-ingest sample ring), receiver and HTTP not started.
+  agent tick + generate_latest  the same plus rendering the registry the agent's
+               ``MetricsServer`` serves: what exposing the latest samples costs.
+  HTTP scrape  a real ``wattspan agent`` subprocess (``--interval 3600 --no-store``: it ticks
                once at start, then only serves) scraped over HTTP exactly like node_exporter
                and measured the same way from /proc: render + HTTP serving per scrape.
   node_exporter  ``prometheus-node-exporter --web.listen-address=127.0.0.1:PORT`` (its default
@@ -33,6 +33,7 @@ for gzip, as Prometheus does.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import os
 import shutil
@@ -41,6 +42,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,63 +170,88 @@ def measure_agent_http(scrapes: int, rounds: int, gap: float, gzip: bool) -> Htt
             proc.wait(10)
 
 
-def measure_ticks(ticks: int, gap: float, render: bool, store: bool) -> tuple[float, dict]:
-    """CPU seconds per tick (optionally + a /metrics render, + the SQLite store sink)."""
-    from prometheus_client import generate_latest
-
+def _agent_path(tmp: str, render: bool):  # -> (scheduler, registry | None, closer)
+    """The daemon's own tick: an ``Agent`` with its store sink, span ingest ring and
+    exporters as configured by default, its OTLP receiver and HTTP server not started."""
     from wattspan.agent.config import load_config
-    from wattspan.agent.metrics import AgentCollector, MetricsServer
+    from wattspan.agent.daemon import Agent
+
+    config = load_config(None, environ={})
+    config["otlp"]["enabled"] = False
+    agent = Agent(config, store_path=Path(tmp) / "bench.db", serve_metrics=render)
+    registry = agent.metrics.registry if agent.metrics is not None else None
+
+    def close() -> None:
+        agent.stop(exit_code=0)
+        agent.close_store()
+
+    return agent.scheduler, registry, close
+
+
+def _collectors_path():  # -> (scheduler, None, closer)
+    """Sampling alone: the collectors ``build_collectors`` makes from the default config,
+    emitting into a ``Pipeline`` without sinks."""
+    from wattspan.agent.config import load_config
     from wattspan.agent.pipeline import Pipeline
     from wattspan.agent.scheduler import Scheduler
     from wattspan.collectors.registry import build_collectors
 
     config = load_config(None, environ={})
-    collectors = build_collectors(config.sections)
-    tmp = tempfile.TemporaryDirectory()
-    sinks = []
-    db = None
-    if store:
-        from wattspan.agent.store import Run, Store, StoreSink
+    pipeline = Pipeline([])
+    scheduler = Scheduler(build_collectors(config.sections), 1.0, pipeline.emit)
+    return scheduler, None, scheduler.close
 
-        db = Store(Path(tmp.name) / "bench.db")
-        run = Run(id="bench", name="bench", host="bench", start_ts=time.time(), kind="agent")
-        db.create_run(run)
-        sinks.append(StoreSink(db, run.id))
-    pipeline = Pipeline(sinks)
-    scheduler = Scheduler(collectors, config["agent"]["interval"], pipeline.emit)
-    registry = MetricsServer(AgentCollector(pipeline, scheduler)).registry
-    for _ in range(5):
-        scheduler.tick(force=True)
-        if render:
-            body = generate_latest(registry)
-    gc.collect()
-    cpu = 0.0
-    samples = 0
-    for _ in range(ticks):
-        c0 = time.process_time()
-        out = scheduler.tick(force=True)
-        if render:
-            body = generate_latest(registry)
-        cpu += time.process_time() - c0
-        samples = len(out)
-        if gap:
-            time.sleep(gap)
-    info = {
-        "collectors": ", ".join(c.name for c in collectors),
-        "samples": samples,
-        "per_collector_wall": {
-            name: st["seconds_total"] / (ticks + 5) for name, st in scheduler.stats().items()
-        },
-    }
-    if render:
-        info["body_bytes"] = len(body)
-        info["series"] = _series(body)
-    scheduler.close()
-    pipeline.close()
-    if db is not None:
-        db.close()
-    tmp.cleanup()
+
+def measure_ticks(ticks: int, gap: float, path: str) -> tuple[float, dict]:
+    """CPU seconds per tick of ``path``: ``collectors``, ``agent`` or ``agent+render``."""
+    from prometheus_client import generate_latest
+
+    with tempfile.TemporaryDirectory(prefix="wattspan-bench-") as tmp:
+        if path == "collectors":
+            scheduler, registry, close = _collectors_path()
+        else:
+            scheduler, registry, close = _agent_path(tmp, render=path == "agent+render")
+        body = b""
+        for _ in range(5):
+            scheduler.tick(force=True)
+            if registry is not None:
+                body = generate_latest(registry)
+        gc.collect()
+        cpu = 0.0
+        samples = 0
+        for _ in range(ticks):
+            c0 = time.process_time()
+            out = scheduler.tick(force=True)
+            if registry is not None:
+                body = generate_latest(registry)
+            cpu += time.process_time() - c0
+            samples = len(out)
+            if gap:
+                time.sleep(gap)
+        info = {
+            "collectors": ", ".join(c.name for c in scheduler.collectors),
+            "samples": samples,
+            "per_collector_wall": {
+                name: st["seconds_total"] / (ticks + 5) for name, st in scheduler.stats().items()
+            },
+            "series": _series(body) if body else 0,
+            "body_bytes": len(body),
+        }
+        close()
     return cpu / ticks, info
+
+
+@contextlib.contextmanager
+def extra_processes(n: int) -> Iterator[None]:
+    """``n`` sleeping processes, to show how each side scales with the node's process count."""
+    procs = [subprocess.Popen(["sleep", "3600"]) for _ in range(n)]
+    try:
+        yield
+    finally:
+        for p in procs:
+            p.kill()
+        for p in procs:
+            p.wait()
 
 
 def main() -> int:
@@ -235,39 +262,54 @@ def main() -> int:
     ap.add_argument("--gap", type=float, default=0.01, help="sleep between ticks/scrapes, s")
     ap.add_argument("--gzip", action="store_true", help="request gzip like Prometheus does")
     ap.add_argument(
+        "--extra-procs",
+        type=int,
+        default=0,
+        help="start this many idle processes first (shows scaling with the process count)",
+    )
+    ap.add_argument(
         "--node-exporter",
         default=shutil.which("prometheus-node-exporter") or "/usr/bin/prometheus-node-exporter",
     )
     args = ap.parse_args()
 
     print(f"machine: {machine()}")
-    print(f"clock tick for /proc CPU times: {1e3 / CLK_TCK:.0f} ms")
-    tick, info = measure_ticks(args.ticks, args.gap, render=False, store=False)
-    tick_render, rinfo = measure_ticks(args.ticks, args.gap, render=True, store=False)
-    tick_store, _ = measure_ticks(args.ticks, args.gap, render=False, store=True)
-    print(f"wattspan collectors: {info['collectors']} ({info['samples']} samples per tick)")
-    print(
-        "  wall per collector per tick: "
-        + ", ".join(f"{k} {v * 1e3:.3f} ms" for k, v in info["per_collector_wall"].items())
-    )
-    agent = measure_agent_http(args.scrapes, args.rounds, args.gap, args.gzip)
-    if not os.path.exists(args.node_exporter):
-        print(f"node_exporter not found at {args.node_exporter}: no baseline, no ratio")
-        return 0
-    ne = measure_node_exporter(args.node_exporter, args.scrapes, args.rounds, args.gap, args.gzip)
+    with extra_processes(args.extra_procs):
+        nprocs = sum(1 for d in os.listdir("/proc") if d.isdigit())
+        print(f"processes on the node: {nprocs}; /proc CPU time resolution {1e3 / CLK_TCK:.0f} ms")
+        tick, info = measure_ticks(args.ticks, args.gap, "collectors")
+        atick, _ = measure_ticks(args.ticks, args.gap, "agent")
+        arender, rinfo = measure_ticks(args.ticks, args.gap, "agent+render")
+        print(f"wattspan collectors: {info['collectors']} ({info['samples']} samples per tick)")
+        print(
+            "  wall per collector per tick: "
+            + ", ".join(f"{k} {v * 1e3:.3f} ms" for k, v in info["per_collector_wall"].items())
+        )
+        agent = measure_agent_http(args.scrapes, args.rounds, args.gap, args.gzip)
+        if not os.path.exists(args.node_exporter):
+            print(f"node_exporter not found at {args.node_exporter}: no baseline, no ratio")
+            return 0
+        ne = measure_node_exporter(
+            args.node_exporter, args.scrapes, args.rounds, args.gap, args.gzip
+        )
 
     print()
-    print(f"{'path':44} {'CPU per op':>12} {'ratio':>7}  body")
+    print(f"{'path':46} {'CPU per op':>12} {'ratio':>7}  body")
     rows = [
-        ("wattspan tick (all collectors)", tick, ""),
-        ("wattspan tick + generate_latest", tick_render, f"{rinfo['series']} series"),
-        ("wattspan tick + SQLite store sink", tick_store, ""),
+        ("collectors tick (sampling only)", tick, ""),
+        ("agent tick (+ store sink, span ingest ring)", atick, ""),
         (
-            "wattspan agent: HTTP scrape (render+serve)",
+            "agent tick + generate_latest",
+            arender,
+            f"{rinfo['series']} series, {rinfo['body_bytes']} B",
+        ),
+        ("  of which generate_latest", arender - atick, ""),
+        (
+            "agent process: HTTP scrape (render+serve)",
             agent.per_scrape,
             f"{agent.series} series, {agent.body_bytes} B",
         ),
-        ("wattspan tick + agent HTTP scrape", tick + agent.per_scrape, ""),
+        ("agent tick + HTTP scrape", atick + agent.per_scrape, ""),
         (
             "node_exporter: HTTP scrape",
             ne.per_scrape,
@@ -275,27 +317,20 @@ def main() -> int:
         ),
     ]
     for name, cpu, note in rows:
-        print(f"{name:44} {fmt_ms(cpu):>12} {cpu / ne.per_scrape:7.3f}x  {note}")
+        print(f"{name:46} {fmt_ms(cpu):>12} {cpu / ne.per_scrape:7.3f}x  {note}")
     print(
         f"idle background CPU: node_exporter {ne.idle_per_second * 1e3:.2f} ms/s, "
-        f"wattspan agent (interval 3600) {agent.idle_per_second * 1e3:.2f} ms/s"
+        f"wattspan agent (interval 3600, no OTLP) {agent.idle_per_second * 1e3:.2f} ms/s"
     )
     print()
-    r_tick = tick / ne.per_scrape
-    r_full = (tick + agent.per_scrape) / ne.per_scrape
-    r_render = tick_render / ne.per_scrape
-    print(
-        f"ratio tick / node_exporter scrape:                 {r_tick:.3f}x  "
-        f"(target <= {TARGET}x: {verdict(r_tick, TARGET)})"
-    )
-    print(
-        f"ratio tick+generate_latest / node_exporter scrape: {r_render:.3f}x  "
-        f"(target <= {TARGET}x: {verdict(r_render, TARGET)})"
-    )
-    print(
-        f"ratio tick+HTTP scrape / node_exporter scrape:     {r_full:.3f}x  "
-        f"(target <= {TARGET}x: {verdict(r_full, TARGET)})"
-    )
+    for label, value in (
+        ("collectors tick / node_exporter scrape", tick),
+        ("agent tick / node_exporter scrape", atick),
+        ("agent tick+generate_latest / node_exporter scrape", arender),
+        ("agent tick+HTTP scrape / node_exporter scrape", atick + agent.per_scrape),
+    ):
+        r = value / ne.per_scrape
+        print(f"ratio {label:50} {r:6.3f}x  (target <= {TARGET}x: {verdict(r, TARGET)})")
     return 0
 
 

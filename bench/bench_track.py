@@ -1,4 +1,4 @@
-"""Per-call cost of ``@wattspan.track`` next to a bare OpenTelemetry SDK span and no instrumentation.
+"""Per-call cost of ``@wattspan.track`` beside a bare OpenTelemetry SDK span and no instrumentation.
 
 Run: ``python bench/bench_track.py [--calls N] [--repeat R] [--pipeline noop|receiver]``
 
@@ -26,6 +26,7 @@ per-call time over the ``otel-with`` column, and instrumentation overhead (time 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import logging
 import os
@@ -112,10 +113,8 @@ def _codecarbon_column(calls: int) -> tuple[Callable[[int], Any] | None, str, Ca
             tracker.stop_task()
 
     def stop() -> None:
-        try:
+        with contextlib.suppress(Exception):
             tracker.stop()
-        except Exception:
-            pass
 
     return call, "", stop
 

@@ -61,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--store", metavar="PATH", help="SQLite store path")
     a.add_argument("--no-store", action="store_true", help="do not write the embedded store")
 
+    st = sub.add_parser("status", help="show a running agent's delivery and ingest counters")
+    st.add_argument("--config", metavar="FILE", help="the agent's config (for its metrics port)")
+    st.add_argument("--metrics-port", type=int, help="the agent's metrics port")
+    st.add_argument("--json", action="store_true")
+
     ls = sub.add_parser("runs", help="list stored runs")
     ls.add_argument("--store", metavar="PATH")
     ls.add_argument("-n", "--limit", type=int, default=20)
@@ -99,6 +104,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _setup_logging(args.log_level, default="info")
         return cmd_agent(args)
     _setup_logging(args.log_level)
+    if args.command == "status":
+        from wattspan.cli.status_cmd import cmd_status
+
+        return cmd_status(args)
     from wattspan.cli.store_cmds import cmd_runs, cmd_show
 
     return {"runs": cmd_runs, "show": cmd_show}[args.command](args)

@@ -28,7 +28,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,6 +129,8 @@ class InfluxDBExporter:
         self._closed = False
         self._deadline = float("inf")
         self._interrupt = threading.Event()
+        # Sleeps between retries; cut short by close(). Replaceable by tests to record delays.
+        self._sleep: Callable[[float], object] = self._interrupt.wait
 
         self._queue = DiskQueue(
             config.queue_dir,
@@ -449,7 +451,7 @@ class InfluxDBExporter:
             delay = min(delay, self._deadline - time.monotonic())
             if delay <= 0:
                 return False
-        self._interrupt.wait(delay)
+        self._sleep(delay)
         return not (self._closing and time.monotonic() >= self._deadline)
 
     def _succeeded(self, count: int) -> None:

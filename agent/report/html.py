@@ -1,0 +1,1048 @@
+"""One self-contained HTML file with interactive plots of one or more stored runs.
+
+What the page shows (UMLAUT's single- and multi-pipeline views, plus attribution):
+
+* a summary table of the runs, with differences against the first run;
+* per run, resources over time: node and process-tree CPU (cores busy), memory, power per
+  energy domain and GPU, GPU utilisation, with the pipeline's spans as a Gantt lane on top
+  and as shaded bands behind every panel;
+* energy per span (stacked: this process / other processes / idle / GPU for one run,
+  grouped by run for several);
+* valued metrics (``ml.loss``, ``ml.accuracy``...) of all runs overlaid, one plot each;
+* the last confusion matrix of each run as a heatmap;
+* hyperparameters as parallel coordinates, one line per run, coloured by final accuracy.
+
+Why plotly.js embedded rather than hand-written SVG: the plots must stay interactive (hover
+for exact values, zoom into a spike, brush parallel-coordinate axes) in a file that opens
+without network. That costs ~4.8 MB of inlined JavaScript per file, which is small next to
+the runs it describes; an SVG-only report would be ~100 kB but static.
+
+Figures are plain plotly.js JSON built here from dicts (no plotly Python figure objects):
+the Python package is only the carrier of ``plotly.min.js``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import itertools
+import json
+import math
+import shlex
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from wattspan.agent.analysis import (
+    Comparison,
+    SpanNode,
+    compare_runs,
+    iter_tree,
+    metric_curves,
+    metric_mode,
+    metric_summaries,
+    run_figures,
+    span_tree,
+)
+from wattspan.agent.attribution import primary_domains
+from wattspan.agent.report._template import CSS, ERROR_RECORDER_JS, RENDER_JS
+from wattspan.agent.store import Run, Store
+from wattspan.collectors.base import Sample
+
+MAX_POINTS = 2000  # per series; more points than pixels only bloat the file
+MAX_TIMELINE_RUNS = 6
+MAX_GANTT_SPANS = 400
+MAX_BANDS = 60
+MAX_BAR_NAMES = 40
+MAX_METRIC_PLOTS = 8
+MAX_CONFUSION_RUNS = 6
+MAX_PROCESS_TREES = 5
+GIB = 1024.0**3
+
+# d3 category10: distinct, colour-blind-tolerant and the colours users know from plotly.
+PALETTE = [
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+    "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+]  # fmt: skip
+_BUSY_FIELDS = (
+    "user_seconds_total",
+    "nice_seconds_total",
+    "system_seconds_total",
+    "irq_seconds_total",
+    "softirq_seconds_total",
+    "steal_seconds_total",
+)
+_BASE_LAYOUT: dict[str, Any] = {
+    "paper_bgcolor": "#ffffff",
+    "plot_bgcolor": "#fbfcfd",
+    "font": {"family": "system-ui, -apple-system, Segoe UI, Roboto, sans-serif", "size": 12},
+    "margin": {"l": 70, "r": 30, "t": 40, "b": 50},
+    "legend": {"orientation": "h", "y": -0.12},
+    "hoverlabel": {"namelength": -1},
+}
+
+
+@dataclass(slots=True)
+class Figure:
+    """One plot: a div id, a section heading, and the plotly.js ``data``/``layout``."""
+
+    id: str
+    title: str
+    data: list[dict[str, Any]]
+    layout: dict[str, Any]
+    note: str = ""
+    height: int = 420
+    section: str = "plots"
+
+
+@dataclass
+class _Ctx:
+    """Per-report state: stable colours per run and per span name."""
+
+    runs: list[Run]
+    colors: dict[str, str] = field(default_factory=dict)
+
+    def run_color(self, run: Run) -> str:
+        return PALETTE[self.runs.index(run) % len(PALETTE)]
+
+    def name_color(self, name: str) -> str:
+        if name not in self.colors:
+            self.colors[name] = PALETTE[len(self.colors) % len(PALETTE)]
+        return self.colors[name]
+
+
+def _layout(**kw: Any) -> dict[str, Any]:
+    out = json.loads(json.dumps(_BASE_LAYOUT))
+    out.update(kw)
+    return out
+
+
+def _label(run: Run) -> str:
+    return f"{run.name} ({run.id[:8]})"
+
+
+# -- series helpers -----------------------------------------------------------------------
+
+
+def _num(s: Sample, key: str) -> float | None:
+    v = s.fields.get(key)
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return None
+    return float(v)
+
+
+def _downsample(
+    xs: list[float], ys: list[float], max_points: int = MAX_POINTS
+) -> tuple[list[float], list[float]]:
+    """Bucket means: keeps the shape and the level of a long series at screen resolution.
+    (Means flatten single-sample spikes; the hover on the raw data is what export is for.)"""
+    n = len(xs)
+    if n <= max_points:
+        return xs, ys
+    size = math.ceil(n / max_points)
+    ox, oy = [], []
+    for i in range(0, n, size):
+        bx, by = xs[i : i + size], ys[i : i + size]
+        ox.append(sum(bx) / len(bx))
+        oy.append(sum(by) / len(by))
+    return ox, oy
+
+
+def _rate(points: list[tuple[float, float]]) -> tuple[list[float], list[float]]:
+    """Per-second rate of a cumulative counter, at the end of each sampling interval.
+    A counter that went backwards (restart) gives no point rather than a negative rate."""
+    xs, ys = [], []
+    for (t0, v0), (t1, v1) in itertools.pairwise(points):
+        if t1 > t0 and v1 >= v0:
+            xs.append(t1)
+            ys.append((v1 - v0) / (t1 - t0))
+    return xs, ys
+
+
+def _line(name: str, xs: list[float], ys: list[float], yaxis: str, **kw: Any) -> dict[str, Any]:
+    xs, ys = _downsample(xs, ys)
+    return {
+        "type": "scatter",
+        "mode": "lines",
+        "name": name,
+        "x": xs,
+        "y": ys,
+        "xaxis": "x",
+        "yaxis": yaxis,
+        **kw,
+    }
+
+
+def _band_level(roots: list[SpanNode]) -> list[SpanNode]:
+    """The spans to shade behind the time series: the shallowest level with at least two
+    spans (a run's single root span, covering everything, says nothing as a band)."""
+    level = roots
+    for _ in range(3):
+        if len(level) >= 2:
+            return level
+        nxt = [c for n in level for c in n.children]
+        if not nxt:
+            break
+        level = nxt
+    return level
+
+
+def _span_hover(node: SpanNode) -> str:
+    r = node.resources
+    s = node.span
+    parts = [f"<b>{html.escape(s.name)}</b>", f"wall {s.end_ts - s.start_ts:.3f} s"]
+    if r.get("cpu_seconds") is not None:
+        parts.append(f"CPU {r['cpu_seconds']:.3f} s")
+    if r.get("node_energy_total_joules") is not None:
+        est = " (estimated)" if r.get("energy_estimated") else ""
+        parts.append(f"node {r['node_energy_total_joules']:.2f} J{est}")
+    if r.get("process_energy_joules") is not None:
+        parts.append(f"process {r['process_energy_joules']:.2f} J")
+    if r.get("gpu_energy_total_joules") is not None:
+        parts.append(f"GPU {r['gpu_energy_total_joules']:.2f} J")
+    if r.get("peak_rss_bytes") is not None:
+        parts.append(f"peak RSS {r['peak_rss_bytes'] / 2**20:.1f} MiB")
+    return "<br>".join(parts)
+
+
+# -- figures ------------------------------------------------------------------------------
+
+
+def timeline_figure(store: Store, run: Run, ctx: _Ctx, fid: str) -> Figure | None:
+    """CPU, memory, power (and GPU) over time, with spans as a Gantt lane and bands."""
+    t0 = run.start_ts
+    samples = store.samples(run.id)
+    by_src: dict[str, list[Sample]] = defaultdict(list)
+    for s in samples:
+        by_src[s.source].append(s)
+    panels: list[tuple[str, list[dict[str, Any]]]] = []
+
+    # CPU in cores busy: node (from /proc/stat counters) and process trees share the unit,
+    # so "my job used 3 of the 5 busy cores" reads straight off the plot.
+    cpu: list[dict[str, Any]] = []
+    busy = [
+        (s.ts - t0, sum(v for k in _BUSY_FIELDS if (v := _num(s, k)) is not None))
+        for s in by_src.get("cpu", [])
+        if s.tags.get("cpu") == "total"
+    ]
+    if len(busy) >= 2:
+        cpu.append(_line("node", *_rate(busy), "y?", line={"color": "#555"}))
+    trees: dict[str, list[Sample]] = defaultdict(list)
+    for s in by_src.get("process_tree", []):
+        trees[s.tags.get("root", "?")].append(s)
+    # The busiest trees only: an agent session can watch dozens of processes.
+    ranked = sorted(
+        trees.items(),
+        key=lambda kv: (
+            -(
+                (_num(kv[1][-1], "cpu_user_seconds_total") or 0)
+                + (_num(kv[1][-1], "cpu_system_seconds_total") or 0)
+            )
+        ),
+    )[:MAX_PROCESS_TREES]
+    for i, (root, pts) in enumerate(ranked):
+        name = pts[-1].tags.get("name") or "process"
+        counter = [
+            (
+                s.ts - t0,
+                (_num(s, "cpu_user_seconds_total") or 0.0)
+                + (_num(s, "cpu_system_seconds_total") or 0.0),
+            )
+            for s in pts
+        ]
+        if len(counter) >= 2:
+            cpu.append(
+                _line(
+                    f"{name} ({root})",
+                    *_rate(counter),
+                    "y?",
+                    line={"color": PALETTE[(i + 1) % len(PALETTE)]},
+                )
+            )
+    if cpu:
+        panels.append(("CPU cores busy", cpu))
+
+    mem: list[dict[str, Any]] = []
+    node_mem = [
+        (s.ts - t0, v / GIB)
+        for s in by_src.get("memory", [])
+        if (v := _num(s, "used_bytes")) is not None
+    ]
+    if node_mem:
+        mem.append(
+            _line(
+                "node used",
+                [p[0] for p in node_mem],
+                [p[1] for p in node_mem],
+                "y?",
+                line={"color": "#555"},
+            )
+        )
+    for i, (root, pts) in enumerate(ranked):
+        rss = [(s.ts - t0, v / GIB) for s in pts if (v := _num(s, "rss_bytes")) is not None]
+        if rss:
+            name = pts[-1].tags.get("name") or "process"
+            mem.append(
+                _line(
+                    f"{name} ({root}) RSS",
+                    [p[0] for p in rss],
+                    [p[1] for p in rss],
+                    "y?",
+                    line={"color": PALETTE[(i + 1) % len(PALETTE)]},
+                )
+            )
+    if mem:
+        panels.append(("memory GiB", mem))
+
+    power: list[dict[str, Any]] = []
+    domains: dict[str, list[Sample]] = defaultdict(list)
+    for src in ("rapl", "power_model"):
+        for s in by_src.get(src, []):
+            domains[s.tags.get("domain", "?")].append(s)
+    primary = set(primary_domains(domains))
+    for i, (domain, pts) in enumerate(sorted(domains.items())):
+        estimated = pts[0].tags.get("estimated") == "true"
+        watts = [(s.ts - t0, v) for s in pts if (v := _num(s, "power_watts")) is not None]
+        if not watts:  # older samples without power_watts: derive it from the counter
+            xs, ys = _rate(
+                [(s.ts - t0, v) for s in pts if (v := _num(s, "energy_joules_total")) is not None]
+            )
+            watts = list(zip(xs, ys, strict=True))
+        if watts:
+            label = domain + (" (estimated)" if estimated else "")
+            style = {"color": PALETTE[(i + 3) % len(PALETTE)]}
+            if estimated:
+                style["dash"] = "dash"  # never let an estimate look like a measurement
+            elif domain not in primary:
+                style["dash"] = "dot"  # a sub-domain, already inside its package
+            power.append(
+                _line(label, [p[0] for p in watts], [p[1] for p in watts], "y?", line=style)
+            )
+    gpus: dict[str, list[Sample]] = defaultdict(list)
+    for s in by_src.get("gpu", []):
+        gpus[s.tags.get("gpu", "?")].append(s)
+    for i, (gpu, pts) in enumerate(sorted(gpus.items())):
+        watts = [(s.ts - t0, v) for s in pts if (v := _num(s, "power_watts")) is not None]
+        if watts:
+            power.append(
+                _line(
+                    f"GPU {gpu}",
+                    [p[0] for p in watts],
+                    [p[1] for p in watts],
+                    "y?",
+                    line={"color": PALETTE[(i + 6) % len(PALETTE)]},
+                )
+            )
+    if power:
+        panels.append(("power W", power))
+
+    gpu_util: list[dict[str, Any]] = []
+    for i, (gpu, pts) in enumerate(sorted(gpus.items())):
+        util = [
+            (s.ts - t0, v * 100.0)
+            for s in pts
+            if (v := _num(s, "utilization_gpu_ratio")) is not None
+        ]
+        if util:
+            gpu_util.append(
+                _line(
+                    f"GPU {gpu} util",
+                    [p[0] for p in util],
+                    [p[1] for p in util],
+                    "y?",
+                    line={"color": PALETTE[(i + 6) % len(PALETTE)]},
+                )
+            )
+    if gpu_util:
+        panels.append(("GPU util %", gpu_util))
+
+    roots = span_tree(store.spans(run.id))
+    if not panels and not roots:
+        return None
+
+    # Gantt lane of spans (depth on y), above the series panels.
+    gantt_nodes = [n for n in iter_tree(roots) if n.depth < 4]
+    gantt_nodes.sort(key=lambda n: (n.depth, -(n.span.end_ts - n.span.start_ts)))
+    gantt_nodes = gantt_nodes[:MAX_GANTT_SPANS]
+    lanes = sorted({n.depth for n in gantt_nodes})
+    n_panels = len(panels) + (1 if gantt_nodes else 0)
+    gap = 0.05
+    gantt_h = 0.1 + 0.05 * len(lanes) if gantt_nodes else 0.0
+    series_h = (1.0 - gantt_h - gap * (n_panels - 1)) / max(len(panels), 1)
+    layout = _layout(
+        title={"text": f"Resources over time: {html.escape(_label(run))}"},
+        hovermode="closest",
+        barmode="overlay",
+        showlegend=True,
+    )
+    data: list[dict[str, Any]] = []
+    top = 1.0
+    axis_i = 0
+    if gantt_nodes:
+        axis_i += 1
+        layout["yaxis"] = {
+            "domain": [top - gantt_h, top],
+            "title": {"text": "spans"},
+            "tickvals": lanes,
+            "ticktext": [f"depth {d}" for d in lanes],
+            "autorange": "reversed",
+            "fixedrange": True,
+            "zeroline": False,
+        }
+        data.append(
+            {
+                "type": "bar",
+                "orientation": "h",
+                "name": "spans",
+                "showlegend": False,
+                "xaxis": "x",
+                "yaxis": "y",
+                "base": [n.span.start_ts - t0 for n in gantt_nodes],
+                "x": [max(n.span.end_ts - n.span.start_ts, 1e-6) for n in gantt_nodes],
+                "y": [n.depth for n in gantt_nodes],
+                "width": 0.8,
+                "text": [html.escape(n.name) for n in gantt_nodes],
+                "textposition": "inside",
+                "insidetextanchor": "start",
+                "hovertext": [_span_hover(n) for n in gantt_nodes],
+                "hoverinfo": "text",
+                "marker": {"color": [ctx.name_color(n.name) for n in gantt_nodes], "opacity": 0.8},
+            }
+        )
+        top -= gantt_h + gap
+    for title, traces in panels:
+        axis_i += 1
+        ref = "y" if axis_i == 1 else f"y{axis_i}"
+        key = "yaxis" if axis_i == 1 else f"yaxis{axis_i}"
+        layout[key] = {
+            "domain": [max(top - series_h, 0.0), top],
+            "title": {"text": title},
+            "rangemode": "tozero",
+        }
+        for t in traces:
+            t["yaxis"] = ref
+            data.append(t)
+        top -= series_h + gap
+    layout["xaxis"] = {
+        "title": {"text": "seconds since run start"},
+        "anchor": "y" if axis_i == 1 else f"y{axis_i}",
+        "showspikes": True,
+        "spikemode": "across",
+        "spikethickness": 1,
+    }
+    # Shaded bands of one span level behind every panel (shapes use paper y: full height).
+    bands = sorted(_band_level(roots), key=lambda n: n.span.end_ts - n.span.start_ts, reverse=True)[
+        :MAX_BANDS
+    ]
+    layout["shapes"] = (
+        [
+            {
+                "type": "rect",
+                "xref": "x",
+                "yref": "paper",
+                "x0": n.span.start_ts - t0,
+                "x1": n.span.end_ts - t0,
+                "y0": 0,
+                "y1": 1 - gantt_h - gap if gantt_nodes else 1,
+                "fillcolor": ctx.name_color(n.name),
+                "opacity": 0.08,
+                "line": {"width": 0},
+                "layer": "below",
+            }
+            for n in bands
+        ]
+        if len(bands) >= 2
+        else []
+    )
+    height = int(160 * max(len(panels), 1) + (60 + 40 * len(lanes) if gantt_nodes else 0) + 140)
+    return Figure(
+        fid,
+        f"Resources over time: {_label(run)}",
+        data,
+        layout,
+        note="Shaded bands and the top lane are the pipeline's spans (hover for attributed "
+        "time, CPU and energy). CPU in cores busy: node from /proc/stat, processes from "
+        "their CPU-time counters. Dashed power lines are estimates (power model), dotted "
+        "ones RAPL sub-domains already included in their package.",
+        height=height,
+    )
+
+
+def span_energy_figure(store: Store, runs: Sequence[Run], ctx: _Ctx, fid: str) -> Figure | None:
+    """Energy per span name. One run: stacked by where the energy went; several: totals
+    (node + GPU) grouped by run."""
+    per_run: list[tuple[Run, dict[str, dict[str, float]]]] = []
+    order: dict[str, None] = {}
+    estimated = False
+    for run in runs:
+        agg: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+        for node in iter_tree(span_tree(store.spans(run.id))):
+            r = node.resources
+            if (
+                r.get("node_energy_total_joules") is None
+                and r.get("gpu_energy_total_joules") is None
+            ):
+                continue
+            estimated |= bool(r.get("energy_estimated"))
+            a = agg[node.name]
+            order.setdefault(node.name)
+            a["count"] += 1
+            a["wall"] += r.get("wall_seconds") or 0.0
+            node_j = r.get("node_energy_total_joules") or 0.0
+            idle = r.get("idle_energy_joules") or 0.0
+            a["node"] += node_j
+            a["idle"] += idle
+            if r.get("process_energy_joules") is not None:
+                a["process"] += r["process_energy_joules"]
+                a["other"] += r.get("other_energy_joules") or 0.0
+            else:
+                a["active"] += max(node_j - idle, 0.0)
+            a["gpu"] += r.get("gpu_energy_total_joules") or 0.0
+        per_run.append((run, agg))
+    if not order:
+        return None
+    # Keep pipeline order (first start), but only the names that matter most.
+    totals = {n: sum(a[n]["node"] + a[n]["gpu"] for _, a in per_run if n in a) for n in order}
+    keep = set(sorted(order, key=lambda n: -totals[n])[:MAX_BAR_NAMES])
+    names = [n for n in order if n in keep]
+    rev = list(reversed(names))  # horizontal bars read top-down in pipeline order
+    ys = [html.escape(n) for n in rev]  # plotly renders labels as pseudo-HTML
+    data: list[dict[str, Any]] = []
+    if len(runs) == 1:
+        _, agg = per_run[0]
+        parts = [
+            ("process", "this process", "#1f77b4"),
+            ("other", "other processes", "#aec7e8"),
+            ("active", "active (no process split)", "#6baed6"),
+            ("idle", "idle", "#c7c7c7"),
+            ("gpu", "GPU", "#2ca02c"),
+        ]
+        for key, label, color in parts:
+            xs = [agg[n][key] for n in rev]
+            if any(x > 0 for x in xs):
+                data.append(
+                    {
+                        "type": "bar",
+                        "orientation": "h",
+                        "name": label,
+                        "x": xs,
+                        "y": ys,
+                        "marker": {"color": color},
+                        "customdata": [[agg[n]["count"], agg[n]["wall"]] for n in rev],
+                        "hovertemplate": "%{y}: %{x:.2f} J "
+                        + label
+                        + "<br>%{customdata[0]} spans, %{customdata[1]:.2f} s<extra></extra>",
+                    }
+                )
+        barmode = "stack"
+    else:
+        for run, agg in per_run:
+            data.append(
+                {
+                    "type": "bar",
+                    "orientation": "h",
+                    "name": _label(run),
+                    "x": [agg[n]["node"] + agg[n]["gpu"] if n in agg else 0.0 for n in rev],
+                    "y": ys,
+                    "marker": {"color": ctx.run_color(run)},
+                    "hovertemplate": "%{y}: %{x:.2f} J<extra>"
+                    + html.escape(_label(run))
+                    + "</extra>",
+                }
+            )
+        barmode = "group"
+    if not data:
+        return None
+    est = " (CPU side estimated by the power model)" if estimated else ""
+    height = max(300, 120 + len(names) * (22 if len(runs) == 1 else 14 * len(runs) + 8))
+    return Figure(
+        fid,
+        "Energy per span",
+        data,
+        _layout(
+            title={"text": f"Energy per span, J{est}"},
+            barmode=barmode,
+            xaxis={"title": {"text": "joules"}},
+            yaxis={"automargin": True, "type": "category"},
+            margin={"l": 160, "r": 30, "t": 40, "b": 50},
+        ),
+        note="Summed over spans of the same name. Spans nest, so a parent's bar includes its "
+        "children's energy. Node energy is split per the attribution model: the span's "
+        "process gets its CPU-time share of active power; idle power is shown apart.",
+        height=height,
+    )
+
+
+def metric_figures(
+    store: Store, runs: Sequence[Run], ctx: _Ctx, fid: str, target: dict[str, Any] | None
+) -> list[Figure]:
+    """One plot per valued metric, all runs overlaid."""
+    names = sorted({n for run in runs for n in metric_curves(store, run)})
+    # Common x across runs: steps only if every run logged steps for this metric.
+    figs = []
+    for i, name in enumerate(names[:MAX_METRIC_PLOTS]):
+        use_step = all(
+            all(r.step is not None for r in store.metrics(run.id, name=name)) for run in runs
+        )
+        data = []
+        for run in runs:
+            if use_step:
+                pts = [
+                    (float(r.step), r.value)
+                    for r in store.metrics(run.id, name=name)
+                    if r.step is not None
+                ]
+            else:
+                pts = [(r.ts - run.start_ts, r.value) for r in store.metrics(run.id, name=name)]
+            if not pts:
+                continue
+            data.append(
+                {
+                    "type": "scatter",
+                    "mode": "lines+markers",
+                    "name": _label(run),
+                    "x": [p[0] for p in pts],
+                    "y": [p[1] for p in pts],
+                    "line": {"color": ctx.run_color(run)},
+                    "marker": {"size": 5},
+                }
+            )
+        shapes = []
+        if target and target.get("metric") == name and target.get("target") is not None:
+            shapes.append(
+                {
+                    "type": "line",
+                    "xref": "paper",
+                    "x0": 0,
+                    "x1": 1,
+                    "yref": "y",
+                    "y0": target["target"],
+                    "y1": target["target"],
+                    "line": {"dash": "dash", "color": "#888", "width": 1},
+                }
+            )
+        better = "higher" if metric_mode(name) == "max" else "lower"
+        figs.append(
+            Figure(
+                f"{fid}-{i}",
+                name,
+                data,
+                _layout(
+                    title={"text": f"{html.escape(name)} ({better} is better)"},
+                    xaxis={"title": {"text": "step" if use_step else "seconds since run start"}},
+                    yaxis={"title": {"text": html.escape(name)}},
+                    shapes=shapes,
+                ),
+                note="Dashed line: the time-to-target level." if shapes else "",
+                height=380,
+                section="metrics",
+            )
+        )
+    return figs
+
+
+def confusion_figures(store: Store, runs: Sequence[Run], fid: str) -> list[Figure]:
+    """The last confusion matrix of each run: rows true class, columns predicted."""
+    figs = []
+    for i, run in enumerate(runs[:MAX_CONFUSION_RUNS]):
+        cms = store.confusion_matrices(run.id)
+        if not cms:
+            continue
+        cm = cms[-1]
+        n = len(cm.matrix)
+        labels = [str(x) for x in cm.labels] if len(cm.labels) == n else [str(k) for k in range(n)]
+        step = f", step {cm.step}" if cm.step is not None else ""
+        figs.append(
+            Figure(
+                f"{fid}-{i}",
+                f"Confusion matrix: {_label(run)}",
+                [
+                    {
+                        "type": "heatmap",
+                        "z": cm.matrix,
+                        "x": labels,
+                        "y": labels,
+                        "colorscale": "Blues",
+                        "texttemplate": "%{z}",
+                        "hoverongaps": False,
+                        "hovertemplate": "true %{y}, predicted %{x}: %{z}<extra></extra>",
+                    }
+                ],
+                _layout(
+                    title={"text": f"{html.escape(cm.name)}: {html.escape(_label(run))}{step}"},
+                    xaxis={"title": {"text": "predicted"}, "type": "category", "side": "bottom"},
+                    yaxis={"title": {"text": "true"}, "type": "category", "autorange": "reversed"},
+                    margin={"l": 90, "r": 30, "t": 40, "b": 60},
+                ),
+                height=min(200 + 40 * n, 700),
+                section="confusion",
+            )
+        )
+    return figs
+
+
+def params_figure(store: Store, runs: Sequence[Run], fid: str, color_metric: str) -> Figure | None:
+    """Parallel coordinates: one line per run over its hyperparameters and outcomes.
+
+    Only parameters every run has can be drawn (a line needs a value on every axis).
+    Strings and booleans become categorical axes.
+    """
+    params = [store.params(r.id) for r in runs]
+    keys = sorted(set.intersection(*(set(p) for p in params))) if params else []
+    dims: list[dict[str, Any]] = []
+    for key in keys:
+        vals = [p[key] for p in params]
+        if all(isinstance(v, int | float) and not isinstance(v, bool) for v in vals):
+            fv = [float(v) for v in vals]
+            if not all(math.isfinite(v) for v in fv):
+                continue
+            dim: dict[str, Any] = {"label": key, "values": fv}
+            lo, hi = min(fv), max(fv)
+            if lo == hi:  # a constant axis needs a range or plotly collapses it
+                pad = abs(lo) * 0.1 or 1.0
+                dim["range"] = [lo - pad, hi + pad]
+            dims.append(dim)
+        elif all(isinstance(v, str | bool) for v in vals):
+            cats = sorted({json.dumps(v) if isinstance(v, bool) else v for v in vals})
+            if len(cats) > 30:
+                continue
+            idx = {c: j for j, c in enumerate(cats)}
+            dims.append(
+                {
+                    "label": key,
+                    "values": [idx[json.dumps(v) if isinstance(v, bool) else v] for v in vals],
+                    "tickvals": list(range(len(cats))),
+                    "ticktext": cats,
+                    "range": [-0.5, len(cats) - 0.5],
+                }
+            )
+    if not dims:
+        return None
+    # Outcome axes: final value of each metric all runs have, time and energy.
+    summaries = [metric_summaries(store, r) for r in runs]
+    figs = [run_figures(store, r) for r in runs]
+    color_vals: list[float] | None = None
+    color_title = ""
+    common = sorted(set.intersection(*(set(s) for s in summaries)))
+    for name in common[:4]:
+        vals = [s[name].last for s in summaries]
+        if all(v is not None and math.isfinite(v) for v in vals):
+            dims.append({"label": f"{name} final", "values": vals})
+            if name == color_metric:
+                color_vals, color_title = vals, f"{name} final"  # type: ignore[assignment]
+    for key, label in (("wall_seconds", "wall s"), ("total_energy_joules", "energy J")):
+        vals = [f[key] for f in figs]
+        if all(v is not None for v in vals):
+            dims.append({"label": label, "values": vals})
+            if color_vals is None and key == "total_energy_joules":
+                color_vals, color_title = vals, label
+    line: dict[str, Any] = {"color": "#1f77b4"}
+    if color_vals is not None:
+        line = {
+            "color": color_vals,
+            "colorscale": "Viridis",
+            "showscale": True,
+            "colorbar": {"title": {"text": color_title}},
+        }
+        lo, hi = min(color_vals), max(color_vals)
+        if lo == hi:
+            line.update(cmin=lo - 1, cmax=hi + 1)
+    return Figure(
+        fid,
+        "Hyperparameters",
+        [
+            {
+                "type": "parcoords",
+                "line": line,
+                "dimensions": dims,
+                "labelangle": -20,
+                "labelside": "top",
+            }
+        ],
+        _layout(margin={"l": 70, "r": 70, "t": 90, "b": 40}),
+        note=f"One line per run ({len(runs)}), coloured by {color_title or 'run'}. Drag along "
+        "an axis to filter runs; drag axis titles to reorder.",
+        height=460,
+        section="params",
+    )
+
+
+def build_figures(
+    store: Store,
+    runs: Sequence[Run],
+    comparison: Comparison | None = None,
+    target_metric: str = "ml.accuracy",
+) -> list[Figure]:
+    """All figures of a report, in page order."""
+    ctx = _Ctx(list(runs))
+    out: list[Figure] = []
+    for i, run in enumerate(runs[:MAX_TIMELINE_RUNS]):
+        f = timeline_figure(store, run, ctx, f"timeline-{i}")
+        if f is not None:
+            f.section = "timeline"
+            out.append(f)
+    f = span_energy_figure(store, runs, ctx, "span-energy")
+    if f is not None:
+        f.section = "energy"
+        out.append(f)
+    out += metric_figures(store, runs, ctx, "metric", comparison.target if comparison else None)
+    out += confusion_figures(store, runs, "confusion")
+    f = params_figure(store, runs, "params", target_metric)
+    if f is not None:
+        out.append(f)
+    return out
+
+
+# -- HTML ---------------------------------------------------------------------------------
+
+
+def _json_safe(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None  # plotly draws null as a gap; NaN is not JSON
+    if isinstance(v, dict):
+        return {k: _json_safe(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_json_safe(x) for x in v]
+    return v
+
+
+def _script_json(obj: Any) -> str:
+    """JSON safe inside <script>: no ``</script>``, ``<!--`` or ``&`` can end or confuse the
+    element, whatever run names or labels contain."""
+    text = json.dumps(_json_safe(obj), separators=(",", ":"), allow_nan=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _fmt(v: Any, unit: str = "") -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, int | float):
+        if isinstance(v, float) and not math.isfinite(v):
+            return str(v)
+        if unit == "B":
+            return _fmt_bytes(float(v))
+        text = f"{v:,.2f}" if abs(v) >= 100 else f"{v:.4g}"
+        return f"{text} {unit}".strip()
+    if isinstance(v, str):
+        return v
+    return json.dumps(v)
+
+
+def _fmt_delta(d: float, pct: float | None, unit: str) -> str:
+    sign = "+" if d >= 0 else "−"
+    mag = _fmt_bytes(abs(d)) if unit == "B" else _fmt(abs(d), unit)
+    p = f", {'+' if pct >= 0 else '−'}{abs(pct):.1f}%" if pct is not None else ""
+    return f"{sign}{mag}{p}"
+
+
+def _summary_table(comp: Comparison) -> str:
+    runs = comp.runs
+    head = "".join(
+        f"<th>{html.escape(r.name)}<br><code>{html.escape(r.id[:8])}</code>"
+        f"{'<br>baseline' if i == 0 and len(runs) > 1 else ''}</th>"
+        for i, r in enumerate(runs)
+    )
+    body = []
+    titles = {
+        "resources": "Resources",
+        "metrics": "Valued metrics",
+        "target": "Time and energy to target",
+        "params": "Hyperparameters",
+    }
+    group = None
+    for row in comp.rows:
+        if row.group != group:
+            group = row.group
+            body.append(
+                f'<tr class="group"><th colspan="{len(runs) + 1}">{titles[group]}</th></tr>'
+            )
+        nums = [
+            v
+            for v in row.values
+            if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+        ]
+        best = None
+        if row.better and len(nums) > 1 and len(set(nums)) > 1:
+            best = max(nums) if row.better == "max" else min(nums)
+        cells = []
+        for i, v in enumerate(row.values):
+            cls = ' class="best"' if best is not None and v == best else ""
+            text = html.escape(_fmt(v, row.unit))
+            d = row.delta[i]
+            if d is not None and i > 0:
+                tone = ""
+                if row.better and d != 0:
+                    good = (d < 0) == (row.better == "min")
+                    tone = " good" if good else " bad"
+                text += (
+                    f'<span class="delta{tone}">'
+                    f"{html.escape(_fmt_delta(d, row.pct[i], row.unit))}</span>"
+                )
+            cells.append(f"<td{cls}>{text}</td>")
+        body.append(f"<tr><td>{html.escape(row.label)}</td>{''.join(cells)}</tr>")
+    return (
+        f"<table><thead><tr><th>run</th>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    )
+
+
+def _runs_table(runs: Sequence[Run]) -> str:
+    rows = []
+    for r in runs:
+        when = dt.datetime.fromtimestamp(r.start_ts).strftime("%Y-%m-%d %H:%M:%S")
+        rows.append(
+            "<tr>"
+            + "".join(
+                f"<td>{html.escape(str(c))}</td>"
+                for c in (
+                    r.name,
+                    r.id,
+                    r.kind,
+                    r.host,
+                    when,
+                    "–" if r.exit_code is None else r.exit_code,
+                )
+            )
+            + f"<td><code>{html.escape(shlex.join(r.command)[:300])}</code></td></tr>"
+        )
+    return (
+        "<table><thead><tr><th>name</th><th>id</th><th>kind</th><th>host</th>"
+        "<th>start</th><th>exit</th><th>command</th></tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+def _plotly_js() -> str:
+    try:
+        from plotly.offline import get_plotlyjs
+    except ImportError as exc:  # pragma: no cover - plotly is a declared dependency
+        raise RuntimeError("the HTML report needs plotly: pip install plotly") from exc
+    # The bundle contains no "</script"; guard anyway, as the element would end there.
+    return get_plotlyjs().replace("</script", "<\\/script")
+
+
+def render_report(
+    store: Store,
+    run_refs: Sequence[str | Run],
+    title: str | None = None,
+    target_metric: str = "ml.accuracy",
+    target: float | None = None,
+) -> str:
+    """The report page as one HTML string (plotly.js, data and styles all inline)."""
+    runs = [r if isinstance(r, Run) else store.resolve_run(r) for r in run_refs]
+    if not runs:
+        raise ValueError("a report needs at least one run")
+    comp = compare_runs(store, runs, target_metric=target_metric, target=target)
+    figures = build_figures(store, runs, comp, target_metric)
+    title = title or "wattspan report: " + ", ".join(r.name for r in runs[:4]) + (
+        f" and {len(runs) - 4} more" if len(runs) > 4 else ""
+    )
+    generated = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+
+    sections: list[str] = []
+    sections.append(f'<section id="runs"><h2>Runs</h2>{_runs_table(runs)}</section>')
+    note = ""
+    if comp.target:
+        op = ">=" if comp.target["mode"] == "max" else "<="
+        how = (
+            "the best value every run reached"
+            if comp.target.get("chosen") == "common best"
+            else "as given"
+        )
+        note = (
+            f'<p class="note">Target: {html.escape(comp.target["metric"])} {op} '
+            f"{comp.target['target']:g} ({how}); energy is node (primary RAPL domains or "
+            "power model) plus GPU from the run start.</p>"
+        )
+    diff_note = (
+        '<p class="note">Below each value: the difference to the first run '
+        "(green better, red worse). Bold: the best run.</p>"
+        if len(runs) > 1
+        else ""
+    )
+    sections.append(
+        f'<section id="summary"><h2>Summary</h2>{diff_note}{note}{_summary_table(comp)}</section>'
+    )
+    headings = {
+        "timeline": "Resources over time",
+        "energy": "Energy per span",
+        "metrics": "Valued metrics",
+        "confusion": "Confusion matrices",
+        "params": "Hyperparameters",
+    }
+    toc = ['<a href="#runs">Runs</a>', '<a href="#summary">Summary</a>']
+    seen: set[str] = set()
+    for f in figures:
+        anchor = ""
+        if f.section not in seen:
+            seen.add(f.section)
+            anchor = f' id="{f.section}"'
+            toc.append(f'<a href="#{f.section}">{headings.get(f.section, f.section)}</a>')
+        sections.append(
+            f"<section{anchor}><h2>{html.escape(f.title)}</h2>"
+            + (f'<p class="note">{html.escape(f.note)}</p>' if f.note else "")
+            + f'<div class="plot" id="{f.id}" style="height:{f.height}px"></div></section>'
+        )
+    fig_json = _script_json([{"id": f.id, "data": f.data, "layout": f.layout} for f in figures])
+    return "".join(
+        [
+            '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">',
+            '<meta name="viewport" content="width=device-width, initial-scale=1">',
+            '<meta name="generator" content="wattspan">',
+            f"<title>{html.escape(title)}</title>",
+            f"<script>{ERROR_RECORDER_JS}</script>",
+            f"<style>{CSS}</style>",
+            f"<script>{_plotly_js()}</script>",
+            "</head><body>",
+            f"<header><h1>{html.escape(title)}</h1><p>{len(runs)} run(s), generated "
+            f"{html.escape(generated)} by wattspan</p></header>",
+            f"<nav>{''.join(toc)}</nav>",
+            '<div id="wattspan-errors" hidden></div>',
+            f"<main>{''.join(sections)}</main>",
+            f'<script type="application/json" id="wattspan-figures">{fig_json}</script>',
+            f"<script>{RENDER_JS}</script>",
+            "</body></html>\n",
+        ]
+    )
+
+
+def write_report(
+    store: Store,
+    run_refs: Sequence[str | Run],
+    path: str | Path,
+    title: str | None = None,
+    target_metric: str = "ml.accuracy",
+    target: float | None = None,
+) -> Path:
+    """Writes :func:`render_report` to ``path`` atomically (temp file, then rename), so a
+    reader never sees half a report. Returns the path."""
+    out = Path(path)
+    text = render_report(store, run_refs, title, target_metric, target)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(out)
+    return out
+
+
+__all__ = [
+    "Figure",
+    "build_figures",
+    "confusion_figures",
+    "metric_figures",
+    "params_figure",
+    "render_report",
+    "span_energy_figure",
+    "timeline_figure",
+    "write_report",
+]
