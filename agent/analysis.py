@@ -468,9 +468,14 @@ def compare_runs(
     tmode = metric_mode(target_metric) if mode == "auto" else mode
     target_info: dict[str, Any] | None = None
     if target is None:
-        bests = [s[target_metric].best if target_metric in s else None for s in summaries]
-        if bests and all(b is not None for b in bests):
-            target = min(bests) if tmode == "max" else max(bests)  # type: ignore[type-var]
+        # Best per run in the direction asked (which --mode may set against the name).
+        points = [
+            [m.value for m in store.metrics(r.id, name=target_metric) if _finite(m.value)]
+            for r in runs
+        ]
+        if points and all(points):
+            bests = [max(p) if tmode == "max" else min(p) for p in points]
+            target = min(bests) if tmode == "max" else max(bests)
             target_info = {
                 "metric": target_metric,
                 "target": target,

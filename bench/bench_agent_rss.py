@@ -3,12 +3,14 @@
 Run: ``python bench/bench_agent_rss.py [--duration S] [--scrape-every S] [--interval S]``
 
 Target (the issue): steady RSS of ``wattspan agent`` with the default collectors is at most
-60 MB. The agent runs as ``wattspan agent --interval 1 --metrics-port 0 --otlp-port 0 --store TMP``
-(the metrics port it picked is read from its log; the OTLP receiver is on, as by default); ``/metrics`` is scraped every ``--scrape-every`` s and
-VmRSS is read from /proc every second. "Steady" is the median of the second half of the run;
-the peak (VmHWM) and the anonymous/file split of the last reading are reported too, since file
-pages (shared libraries, mapped .so of numpy, grpc...) are reclaimable and shared while
-anonymous pages (the Python heap) are the agent's own.
+60 MB. The agent runs as
+``wattspan agent --interval 1 --metrics-port 0 --otlp-port 0 --store TMP`` (the metrics port
+it picked is read from its log; the OTLP receiver is on, as by default, on a free port);
+``/metrics`` is scraped every ``--scrape-every`` s and VmRSS is read from /proc every second.
+"Steady" is the median of the second half of the run; the peak (VmHWM) and the
+anonymous/file split of the last reading are reported too, since file pages (shared
+libraries: numpy's OpenBLAS, grpc's core...) are shared and reclaimable while anonymous pages
+(the Python heap) are the agent's own.
 
 For comparison the same is read for ``prometheus-node-exporter`` when installed, and for a
 bare ``python3 -c`` that sleeps (the interpreter's floor).

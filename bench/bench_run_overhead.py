@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -88,7 +89,8 @@ class _Load:
 
     def __exit__(self, *exc: object) -> None:
         wall = time.perf_counter() - self.w0
-        ours = children_cpu_seconds() - self.c0 + time.process_time() - self.p0
+        self.children_cpu = children_cpu_seconds() - self.c0
+        ours = self.children_cpu + time.process_time() - self.p0
         self.cores = max(node_busy_seconds() - self.b0 - ours, 0.0) / wall
 
 
@@ -123,6 +125,9 @@ def run_wrapped(
         "child": float(summary["wall_seconds"]),
         "end_to_end": wall,
         "other_load": load.cores,
+        # wattspan's own CPU: all CPU of the wattspan process tree minus the child tree's
+        # (the summary's cpu_seconds, exact from wait4).
+        "agent_cpu": load.children_cpu - float(summary["cpu_seconds"]),
     }
 
 
@@ -171,17 +176,26 @@ def main() -> int:
     python = _resolve(args.python)
 
     with tempfile.TemporaryDirectory(prefix="wattspan-bench-") as tmp:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("WATTSPAN_")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("WATTSPAN_", "OTEL_"))}
         env.update(XDG_DATA_HOME=f"{tmp}/data", XDG_STATE_HOME=f"{tmp}/state")
+        # An installed wattspan has its bytecode cached; let the editable checkout cache it too.
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        # The bare child gets variables of the same size as those wattspan adds, so both
+        # children start with the same environment (and stack) layout.
+        bare_env = dict(
+            env,
+            WATTSPAN_RUN_ID=str(uuid.uuid4()),
+            OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:40000",
+        )
         store = Path(tmp) / "bench.db"
-        n = calibrate(python, args.seconds, env)
+        n = calibrate(python, args.seconds, bare_env)
         cmd = child_cmd(python, n, args.parallel)
         print(f"machine: {machine()}")
         print(
             f"child: {python} busy loop of {n} iterations x {args.parallel} process(es); "
             f"wattspan run --interval {args.interval or 'default (0.1)'} --store {store.name}"
         )
-        run_bare(cmd, env)  # warm-up: page cache, store schema
+        run_bare(cmd, bare_env)  # warm-up: page cache, store schema
         run_wrapped(cmd, env, store, args.interval)
         bare: list[dict[str, float]] = []
         wrapped: list[dict[str, float]] = []
@@ -189,7 +203,7 @@ def main() -> int:
             order = ("bare", "wrapped") if i % 2 == 0 else ("wrapped", "bare")
             for kind in order:
                 if kind == "bare":
-                    bare.append(run_bare(cmd, env))
+                    bare.append(run_bare(cmd, bare_env))
                 else:
                     wrapped.append(run_wrapped(cmd, env, store, args.interval))
             b, w = bare[-1], wrapped[-1]
@@ -215,6 +229,12 @@ def main() -> int:
         print("no quiet pair: the machine was busy with other work throughout; ratios are noisy")
     fixed = median([r["end_to_end"] - r["child"] for r in wrapped])
     print(f"wattspan's fixed start-up + summary cost (end-to-end minus child): {fixed:.3f} s")
+    agent_cpu = median([r["agent_cpu"] for r in wrapped])
+    print(
+        f"wattspan's own CPU per run: {agent_cpu:.3f} s (start-up, sampling, summary), "
+        f"{agent_cpu / median([r['child'] for r in wrapped]) * 100:.1f}% of one core over the "
+        f"child's wall time"
+    )
     print()
     print(
         f"ratio child under wattspan / bare: {ratios['child']:.4f}x "

@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import json
 import os
 import shutil
 import subprocess
@@ -243,8 +244,13 @@ def measure_ticks(ticks: int, gap: float, path: str) -> tuple[float, dict]:
 
 @contextlib.contextmanager
 def extra_processes(n: int) -> Iterator[None]:
-    """``n`` sleeping processes, to show how each side scales with the node's process count."""
-    procs = [subprocess.Popen(["sleep", "3600"]) for _ in range(n)]
+    """``n`` sleeping children of this script, to show how each side scales with the number
+    of processes on the node. The ticks are measured in a worker subprocess (a sibling of
+    these), so they are not in the tree its process collector watches."""
+    procs = [
+        subprocess.Popen(["sleep", "3600"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        for _ in range(n)
+    ]
     try:
         yield
     finally:
@@ -252,6 +258,20 @@ def extra_processes(n: int) -> Iterator[None]:
             p.kill()
         for p in procs:
             p.wait()
+
+
+def ticks_in_worker(ticks: int, gap: float, path: str) -> tuple[float, dict]:
+    """Runs :func:`measure_ticks` in a fresh interpreter: its process collector then
+    watches that interpreter only, as the daemon watches itself."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--worker", path, "--ticks", str(ticks), "--gap", str(gap)],
+        capture_output=True,
+        text=True,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"worker {path} failed: {out.stderr[-3000:]}")
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    return float(result["cpu_per_tick"]), result["info"]
 
 
 def main() -> int:
@@ -271,15 +291,22 @@ def main() -> int:
         "--node-exporter",
         default=shutil.which("prometheus-node-exporter") or "/usr/bin/prometheus-node-exporter",
     )
+    ap.add_argument(
+        "--worker", choices=["collectors", "agent", "agent+render"], help=argparse.SUPPRESS
+    )
     args = ap.parse_args()
+    if args.worker:
+        cpu, info = measure_ticks(args.ticks, args.gap, args.worker)
+        print(json.dumps({"cpu_per_tick": cpu, "info": info}))
+        return 0
 
     print(f"machine: {machine()}")
     with extra_processes(args.extra_procs):
         nprocs = sum(1 for d in os.listdir("/proc") if d.isdigit())
         print(f"processes on the node: {nprocs}; /proc CPU time resolution {1e3 / CLK_TCK:.0f} ms")
-        tick, info = measure_ticks(args.ticks, args.gap, "collectors")
-        atick, _ = measure_ticks(args.ticks, args.gap, "agent")
-        arender, rinfo = measure_ticks(args.ticks, args.gap, "agent+render")
+        tick, info = ticks_in_worker(args.ticks, args.gap, "collectors")
+        atick, _ = ticks_in_worker(args.ticks, args.gap, "agent")
+        arender, rinfo = ticks_in_worker(args.ticks, args.gap, "agent+render")
         print(f"wattspan collectors: {info['collectors']} ({info['samples']} samples per tick)")
         print(
             "  wall per collector per tick: "

@@ -41,6 +41,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def unused_url() -> str:
+    """An http URL on 127.0.0.1 where nothing listens (connection refused)."""
+    return f"http://127.0.0.1:{free_port()}"
+
+
 def http(
     method: str,
     url: str,

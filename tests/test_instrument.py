@@ -712,3 +712,6 @@ def test_attribute_coercion() -> None:
         "ml.param.d": "x",
         "ml.hyperparameters": '{"a": {"b": {"c": 1}}, "d": "x"}',
     }
+    mixed_keys = w._param_attributes({1: "one", "two": 2})
+    assert mixed_keys["ml.param.1"] == "one"
+    assert json.loads(mixed_keys["ml.hyperparameters"]) == {"1": "one", "two": 2}

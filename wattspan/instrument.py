@@ -41,6 +41,25 @@ from opentelemetry import context as _otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode
 
+# Names on the wire, shared with the agent (docs/otlp-names.md).
+from wattspan.semconv import (
+    ATTR_CM_LABELS,
+    ATTR_CM_MATRIX,
+    ATTR_HYPERPARAMETERS,
+    ATTR_ITEMS,
+    ATTR_METRIC_NAME,
+    ATTR_METRIC_VALUE,
+    ATTR_PARAM_PREFIX,
+    ATTR_RUN_ID,
+    ATTR_STEP,
+    ATTR_TAG_PREFIX,
+    EVENT_CONFUSION_MATRIX,
+    EVENT_METRIC,
+    ML_PREFIX,
+    RUN_ROOT_SPAN,
+    TRACER_NAME,
+)
+
 __all__ = [
     "count_items",
     "flush",
@@ -53,21 +72,6 @@ __all__ = [
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-# Names on the wire (docs/otlp-names.md). Kept as constants so tests and the agent agree.
-TRACER_NAME = "wattspan"
-ATTR_ITEMS = "wattspan.items"
-ATTR_RUN_ID = "wattspan.run_id"
-ATTR_TAG_PREFIX = "wattspan.tag."
-ATTR_PARAM_PREFIX = "ml.param."
-ATTR_HYPERPARAMETERS = "ml.hyperparameters"
-ATTR_STEP = "ml.step"
-EVENT_METRIC = "ml.metric"
-ATTR_METRIC_NAME = "ml.metric.name"
-ATTR_METRIC_VALUE = "ml.metric.value"
-EVENT_CONFUSION_MATRIX = "ml.confusion_matrix"
-ATTR_CM_MATRIX = "ml.confusion_matrix.matrix"
-ATTR_CM_LABELS = "ml.confusion_matrix.labels"
-RUN_ROOT_SPAN = "wattspan.run"
 
 _EXPORT_TIMEOUT_S = 2.0
 """Per-export deadline (all retries included) unless OTEL_EXPORTER_OTLP_[TRACES_]TIMEOUT is set."""
@@ -177,11 +181,14 @@ class _GuardedExporter:
     def export(self, spans: Sequence[Any]) -> Any:
         from opentelemetry.sdk.trace.export import SpanExportResult
 
-        if (
-            self._shut
-            or self._exit_failed
-            or (self.drop_after is not None and time.monotonic() > self.drop_after)
-        ):
+        if self._shut or self._exit_failed:
+            return SpanExportResult.FAILURE
+        if self.drop_after is not None and time.monotonic() > self.drop_after:
+            _warn_once(
+                "wattspan: exit flush took too long, %d or more spans not sent to %s",
+                len(spans),
+                _endpoint(),
+            )
             return SpanExportResult.FAILURE
         _QUIET.active = True
         try:
@@ -459,9 +466,20 @@ def _flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _str_keys(value: Any) -> Any:
+    # JSON objects have string keys, and sort_keys cannot order mixed int/str keys.
+    if isinstance(value, Mapping):
+        return {str(k): _str_keys(v) for k, v in value.items()}
+    return value
+
+
+def _params_json(params: Mapping[str, Any]) -> str:
+    return json.dumps(_str_keys(params), default=str, sort_keys=True)
+
+
 def _param_attributes(params: Mapping[str, Any]) -> dict[str, Any]:
     attrs = {ATTR_PARAM_PREFIX + k: _attr_value(v) for k, v in _flatten(params).items()}
-    attrs[ATTR_HYPERPARAMETERS] = json.dumps(params, default=str, sort_keys=True)
+    attrs[ATTR_HYPERPARAMETERS] = _params_json(params)
     return attrs
 
 
@@ -738,7 +756,7 @@ def log_metric(name: str, value: float, step: int | None = None) -> None:
     target = _target_span()
     if not target.is_recording():
         return
-    metric = name if name.startswith("ml.") else "ml." + name
+    metric = name if name.startswith(ML_PREFIX) else ML_PREFIX + name
     attrs: dict[str, Any] = {ATTR_METRIC_NAME: metric, ATTR_METRIC_VALUE: float(value)}
     if step is not None:
         attrs[ATTR_STEP] = int(step)
@@ -754,13 +772,13 @@ def log_params(params: Mapping[str, Any]) -> None:
     target = _target_span()
     if not target.is_recording() or not params:
         return
-    merged: dict[str, Any] = dict(params)
+    merged: dict[str, Any] = _str_keys(params)
     previous = (getattr(target, "attributes", None) or {}).get(ATTR_HYPERPARAMETERS)
     if isinstance(previous, str):
         with contextlib.suppress(ValueError):
             merged = {**json.loads(previous), **merged}
     attrs = _param_attributes(params)
-    attrs[ATTR_HYPERPARAMETERS] = json.dumps(merged, default=str, sort_keys=True)
+    attrs[ATTR_HYPERPARAMETERS] = _params_json(merged)
     target.set_attributes(attrs)
 
 

@@ -200,7 +200,7 @@ class DiskQueue:
         self._outstanding: QueueBatch | None = None
         self._orphaned_items = 0  # items of the outstanding batch whose segment was dropped
         self._disk_bytes = 0
-        self._queued_items = 0  # not yet committed and not dropped (in-flight included)
+        self._queued_items = 0  # neither committed nor dropped (in-flight batch included)
         self._unread_items = 0  # not yet handed to the consumer
         self._dropped_items_total = 0
         self._dropped_bytes_total = 0
@@ -469,7 +469,8 @@ class DiskQueue:
         nxt = self._segments[0]
         unread = seg.items - seg.read_items
         inflight = seg.read_items - seg.consumed_items
-        self._queued_items -= unread + inflight
+        # In-flight items stay counted as queued until the consumer commits or abandons them.
+        self._queued_items -= unread
         self._unread_items -= unread
         self._dropped_items_total += unread
         self._disk_bytes -= seg.size
@@ -693,7 +694,9 @@ class DiskQueue:
             if self._orphaned_items:
                 # Its segment was dropped meanwhile; it was delivered after all, so it is not
                 # counted as dropped. The checkpoint has already moved past it.
+                self._queued_items -= self._orphaned_items
                 self._orphaned_items = 0
+                self._cond.notify_all()
                 return
             seg = self._segment(batch.segment)
             if seg is None or self._closed:
@@ -720,6 +723,7 @@ class DiskQueue:
             if self._orphaned_items:
                 n = batch.count if undelivered is None else undelivered
                 self._dropped_items_total += n
+                self._queued_items -= self._orphaned_items
                 self._orphaned_items = 0
                 return
             seg = self._segment(batch.segment)

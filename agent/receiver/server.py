@@ -34,6 +34,7 @@ import grpc
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+
 from wattspan.agent.receiver import convert
 from wattspan.agent.records import LogRecord, MetricPoint, SpanRecord
 

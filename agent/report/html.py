@@ -74,6 +74,14 @@ _BUSY_FIELDS = (
     "softirq_seconds_total",
     "steal_seconds_total",
 )
+# Light to dark (plotly.js's built-in "Blues" runs dark to light, which reads inverted).
+_BLUES = [
+    [0.0, "#f7fbff"],
+    [0.25, "#c6dbef"],
+    [0.5, "#6baed6"],
+    [0.75, "#2171b5"],
+    [1.0, "#08306b"],
+]
 _BASE_LAYOUT: dict[str, Any] = {
     "paper_bgcolor": "#ffffff",
     "plot_bgcolor": "#fbfcfd",
@@ -176,16 +184,24 @@ def _line(name: str, xs: list[float], ys: list[float], yaxis: str, **kw: Any) ->
 
 
 def _band_level(roots: list[SpanNode]) -> list[SpanNode]:
-    """The spans to shade behind the time series: the shallowest level with at least two
-    spans (a run's single root span, covering everything, says nothing as a band)."""
+    """The spans to shade behind the time series: the top level, with wrapper spans (ones
+    covering >= 90% of the level's extent, like a run's root span) replaced by their
+    children, down to three levels. A band over everything says nothing."""
     level = roots
     for _ in range(3):
-        if len(level) >= 2:
-            return level
-        nxt = [c for n in level for c in n.children]
-        if not nxt:
+        if not level:
             break
-        level = nxt
+        lo = min(n.span.start_ts for n in level)
+        hi = max(n.span.end_ts for n in level)
+        extent = hi - lo
+        wrappers = [
+            n
+            for n in level
+            if n.children and extent > 0 and n.span.end_ts - n.span.start_ts >= 0.9 * extent
+        ]
+        if not wrappers:
+            break
+        level = [c for n in level for c in (n.children if n in wrappers else [n])]
     return level
 
 
@@ -213,10 +229,12 @@ def _span_hover(node: SpanNode) -> str:
 def timeline_figure(store: Store, run: Run, ctx: _Ctx, fid: str) -> Figure | None:
     """CPU, memory, power (and GPU) over time, with spans as a Gantt lane and bands."""
     t0 = run.start_ts
-    samples = store.samples(run.id)
-    by_src: dict[str, list[Sample]] = defaultdict(list)
-    for s in samples:
-        by_src[s.source].append(s)
+    # Per source, so per-process and per-GPU-process samples (the bulk of a long agent
+    # session) are never decoded.
+    by_src: dict[str, list[Sample]] = {
+        src: store.samples(run.id, source=src)
+        for src in ("cpu", "memory", "process_tree", "rapl", "power_model", "gpu")
+    }
     panels: list[tuple[str, list[dict[str, Any]]]] = []
 
     # CPU in cores busy: node (from /proc/stat counters) and process trees share the unit,
@@ -564,6 +582,7 @@ def span_energy_figure(store: Store, runs: Sequence[Run], ctx: _Ctx, fid: str) -
         _layout(
             title={"text": f"Energy per span, J{est}"},
             barmode=barmode,
+            legend={"orientation": "h", "y": -0.12, "traceorder": "normal"},
             xaxis={"title": {"text": "joules"}},
             yaxis={"automargin": True, "type": "category"},
             margin={"l": 160, "r": 30, "t": 40, "b": 50},
@@ -664,7 +683,7 @@ def confusion_figures(store: Store, runs: Sequence[Run], fid: str) -> list[Figur
                         "z": cm.matrix,
                         "x": labels,
                         "y": labels,
-                        "colorscale": "Blues",
+                        "colorscale": _BLUES,
                         "texttemplate": "%{z}",
                         "hoverongaps": False,
                         "hovertemplate": "true %{y}, predicted %{x}: %{z}<extra></extra>",
@@ -683,13 +702,25 @@ def confusion_figures(store: Store, runs: Sequence[Run], fid: str) -> list[Figur
     return figs
 
 
+def _num_dim(label: str, values: list[float]) -> dict[str, Any]:
+    dim: dict[str, Any] = {"label": label, "values": values}
+    lo, hi = min(values), max(values)
+    if lo == hi:  # a constant axis needs a range, or plotly invents a meaningless one
+        pad = abs(lo) * 0.1 or 1.0
+        dim["range"] = [lo - pad, hi + pad]
+    return dim
+
+
 def params_figure(store: Store, runs: Sequence[Run], fid: str, color_metric: str) -> Figure | None:
     """Parallel coordinates: one line per run over its hyperparameters and outcomes.
 
-    Only parameters every run has can be drawn (a line needs a value on every axis).
-    Strings and booleans become categorical axes.
+    Only parameters every run has can be drawn (a line needs a value on every axis); runs
+    without any parameters are left out. Strings and booleans become categorical axes.
     """
-    params = [store.params(r.id) for r in runs]
+    # Runs that logged no parameters at all (a plain command) have no line to draw.
+    pairs = [(r, p) for r in runs if (p := store.params(r.id))]
+    runs = [r for r, _ in pairs]
+    params = [p for _, p in pairs]
     keys = sorted(set.intersection(*(set(p) for p in params))) if params else []
     dims: list[dict[str, Any]] = []
     for key in keys:
@@ -698,12 +729,7 @@ def params_figure(store: Store, runs: Sequence[Run], fid: str, color_metric: str
             fv = [float(v) for v in vals]
             if not all(math.isfinite(v) for v in fv):
                 continue
-            dim: dict[str, Any] = {"label": key, "values": fv}
-            lo, hi = min(fv), max(fv)
-            if lo == hi:  # a constant axis needs a range or plotly collapses it
-                pad = abs(lo) * 0.1 or 1.0
-                dim["range"] = [lo - pad, hi + pad]
-            dims.append(dim)
+            dims.append(_num_dim(key, fv))
         elif all(isinstance(v, str | bool) for v in vals):
             cats = sorted({json.dumps(v) if isinstance(v, bool) else v for v in vals})
             if len(cats) > 30:
@@ -729,13 +755,13 @@ def params_figure(store: Store, runs: Sequence[Run], fid: str, color_metric: str
     for name in common[:4]:
         vals = [s[name].last for s in summaries]
         if all(v is not None and math.isfinite(v) for v in vals):
-            dims.append({"label": f"{name} final", "values": vals})
+            dims.append(_num_dim(f"{name} final", vals))
             if name == color_metric:
                 color_vals, color_title = vals, f"{name} final"  # type: ignore[assignment]
     for key, label in (("wall_seconds", "wall s"), ("total_energy_joules", "energy J")):
         vals = [f[key] for f in figs]
         if all(v is not None for v in vals):
-            dims.append({"label": label, "values": vals})
+            dims.append(_num_dim(label, vals))
             if color_vals is None and key == "total_energy_joules":
                 color_vals, color_title = vals, label
     line: dict[str, Any] = {"color": "#1f77b4"}
@@ -779,17 +805,17 @@ def build_figures(
     ctx = _Ctx(list(runs))
     out: list[Figure] = []
     for i, run in enumerate(runs[:MAX_TIMELINE_RUNS]):
-        f = timeline_figure(store, run, ctx, f"timeline-{i}")
+        f = timeline_figure(store, run, ctx, f"fig-timeline-{i}")
         if f is not None:
             f.section = "timeline"
             out.append(f)
-    f = span_energy_figure(store, runs, ctx, "span-energy")
+    f = span_energy_figure(store, runs, ctx, "fig-span-energy")
     if f is not None:
         f.section = "energy"
         out.append(f)
-    out += metric_figures(store, runs, ctx, "metric", comparison.target if comparison else None)
-    out += confusion_figures(store, runs, "confusion")
-    f = params_figure(store, runs, "params", target_metric)
+    out += metric_figures(store, runs, ctx, "fig-metric", comparison.target if comparison else None)
+    out += confusion_figures(store, runs, "fig-confusion")
+    f = params_figure(store, runs, "fig-params", target_metric)
     if f is not None:
         out.append(f)
     return out
@@ -951,7 +977,7 @@ def render_report(
     generated = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
 
     sections: list[str] = []
-    sections.append(f'<section id="runs"><h2>Runs</h2>{_runs_table(runs)}</section>')
+    sections.append(f'<section id="sec-runs"><h2>Runs</h2>{_runs_table(runs)}</section>')
     note = ""
     if comp.target:
         op = ">=" if comp.target["mode"] == "max" else "<="
@@ -972,7 +998,8 @@ def render_report(
         else ""
     )
     sections.append(
-        f'<section id="summary"><h2>Summary</h2>{diff_note}{note}{_summary_table(comp)}</section>'
+        f'<section id="sec-summary"><h2>Summary</h2>{diff_note}{note}'
+        f"{_summary_table(comp)}</section>"
     )
     headings = {
         "timeline": "Resources over time",
@@ -981,14 +1008,16 @@ def render_report(
         "confusion": "Confusion matrices",
         "params": "Hyperparameters",
     }
-    toc = ['<a href="#runs">Runs</a>', '<a href="#summary">Summary</a>']
+    toc = ['<a href="#sec-runs">Runs</a>', '<a href="#sec-summary">Summary</a>']
     seen: set[str] = set()
     for f in figures:
         anchor = ""
         if f.section not in seen:
             seen.add(f.section)
-            anchor = f' id="{f.section}"'
-            toc.append(f'<a href="#{f.section}">{headings.get(f.section, f.section)}</a>')
+            # "sec-" keeps section anchors apart from plot div ids (Plotly draws into the
+            # first element with the id it is given).
+            anchor = f' id="sec-{f.section}"'
+            toc.append(f'<a href="#sec-{f.section}">{headings.get(f.section, f.section)}</a>')
         sections.append(
             f"<section{anchor}><h2>{html.escape(f.title)}</h2>"
             + (f'<p class="note">{html.escape(f.note)}</p>' if f.note else "")

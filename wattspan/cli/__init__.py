@@ -29,9 +29,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"wattspan {__version__}")
     p.add_argument("--log-level", default=None, help="debug, info, warning (default) or error")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    # Also accepted after the subcommand (``wattspan agent --log-level debug``).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--log-level", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     r = sub.add_parser(
         "run",
+        parents=[common],
         help="run a command and report its time, CPU, memory, energy and GPU use",
         description="Run CMD under an embedded agent, print a summary table when it ends, "
         "store the run, and exit with CMD's exit code.",
@@ -48,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser(
         "agent",
+        parents=[common],
         help="run the node agent (daemon)",
         description="Sample the node, serve Prometheus metrics, store samples, export. "
         "SIGTERM or SIGINT flushes and exits 0.",
@@ -76,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("run", help="run id, id prefix, name, or 'latest'")
     sh.add_argument("--store", metavar="PATH")
     sh.add_argument("--json", action="store_true")
+
+    from wattspan.cli.analysis_cmds import add_analysis_parsers
+
+    add_analysis_parsers(sub)
     return p
 
 
@@ -104,6 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _setup_logging(args.log_level, default="info")
         return cmd_agent(args)
     _setup_logging(args.log_level)
+    if hasattr(args, "handler"):
+        return int(args.handler(args))
     if args.command == "status":
         from wattspan.cli.status_cmd import cmd_status
 

@@ -48,7 +48,13 @@ def cmd_show(args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(json.dumps(dataclasses.asdict(run), sort_keys=True) + "\n")
         return 0
+    from rich.console import Console
+
+    from wattspan.cli.analysis_cmds import show_details
     from wattspan.cli.tables import print_table, summary_table
 
     print_table(summary_table(run, run.summary or {}))
+    console = Console()
+    for renderable in show_details(store, run):
+        console.print(renderable)
     return 0

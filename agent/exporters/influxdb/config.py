@@ -92,6 +92,8 @@ class InfluxDBConfig:
         return self.url.rstrip("/") + path
 
 
+_DEFAULTS = InfluxDBConfig()
+
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {
     "": 1,
@@ -258,7 +260,7 @@ def parse_config(
             f"{SECTION}.{unknown[0]}", f"unknown key (known: {', '.join(sorted(_KNOWN_KEYS))})"
         )
 
-    url = _str(section, "url", InfluxDBConfig.url) or ""
+    url = _str(section, "url", _DEFAULTS.url) or ""
     parsed = urllib.parse.urlsplit(url)
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise ConfigError(f"{SECTION}.url", f"expected an http(s):// URL, got {url!r}")
@@ -326,7 +328,7 @@ def parse_config(
             raise ConfigError(f"{SECTION}.tags.{k}", "expected a string value")
         tags[str(k)] = str(v)
 
-    field_tags_raw = section.get("field_tags", list(InfluxDBConfig.field_tags))
+    field_tags_raw = section.get("field_tags", list(_DEFAULTS.field_tags))
     if not isinstance(field_tags_raw, list | tuple) or not all(
         isinstance(x, str) for x in field_tags_raw
     ):
@@ -346,14 +348,14 @@ def parse_config(
         raise ConfigError(f"{SECTION}.fsync", str(e)) from None
 
     max_queue_bytes = parse_size(
-        section.get("max_queue_bytes", InfluxDBConfig.max_queue_bytes), f"{SECTION}.max_queue_bytes"
+        section.get("max_queue_bytes", _DEFAULTS.max_queue_bytes), f"{SECTION}.max_queue_bytes"
     )
     if max_queue_bytes < 64 * 1024:
         raise ConfigError(f"{SECTION}.max_queue_bytes", "must be at least 64KiB")
     retry_initial = _number(
-        section, "retry_initial_interval", InfluxDBConfig.retry_initial_interval
+        section, "retry_initial_interval", _DEFAULTS.retry_initial_interval
     )
-    retry_max = _number(section, "retry_max_interval", InfluxDBConfig.retry_max_interval)
+    retry_max = _number(section, "retry_max_interval", _DEFAULTS.retry_max_interval)
     if retry_max < retry_initial:
         raise ConfigError(f"{SECTION}.retry_max_interval", "must be >= retry_initial_interval")
 
@@ -368,30 +370,30 @@ def parse_config(
         org=org,
         bucket=bucket,
         token=token,
-        batch_size=_int(section, "batch_size", InfluxDBConfig.batch_size),
+        batch_size=_int(section, "batch_size", _DEFAULTS.batch_size),
         max_batch_bytes=parse_size(
-            section.get("max_batch_bytes", InfluxDBConfig.max_batch_bytes),
+            section.get("max_batch_bytes", _DEFAULTS.max_batch_bytes),
             f"{SECTION}.max_batch_bytes",
         ),
-        flush_interval=_number(section, "flush_interval", InfluxDBConfig.flush_interval),
+        flush_interval=_number(section, "flush_interval", _DEFAULTS.flush_interval),
         gzip=_bool(section, "gzip", False),
         precision=precision,
-        timeout=_number(section, "timeout", InfluxDBConfig.timeout),
+        timeout=_number(section, "timeout", _DEFAULTS.timeout),
         tags=tags,
         field_tags=tuple(field_tags_raw),
         queue_dir=queue_dir,
         max_queue_bytes=max_queue_bytes,
         segment_bytes=parse_size(
-            section.get("segment_bytes", InfluxDBConfig.segment_bytes), f"{SECTION}.segment_bytes"
+            section.get("segment_bytes", _DEFAULTS.segment_bytes), f"{SECTION}.segment_bytes"
         ),
         fsync=fsync,
         retry_initial_interval=retry_initial,
         retry_max_interval=retry_max,
         max_dead_letter_bytes=parse_size(
-            section.get("max_dead_letter_bytes", InfluxDBConfig.max_dead_letter_bytes),
+            section.get("max_dead_letter_bytes", _DEFAULTS.max_dead_letter_bytes),
             f"{SECTION}.max_dead_letter_bytes",
         ),
         close_timeout=_number(
-            section, "close_timeout", InfluxDBConfig.close_timeout, allow_zero=True
+            section, "close_timeout", _DEFAULTS.close_timeout, allow_zero=True
         ),
     )

@@ -24,6 +24,7 @@ network error, 5xx, 401...  retry the same batch forever (until close), exponent
 from __future__ import annotations
 
 import gzip as gzip_module
+import json
 import logging
 import threading
 import time
@@ -393,7 +394,7 @@ class InfluxDBExporter:
         status = r.status
         if 200 <= status < 300:
             return _Outcome(_OK, status=status)
-        detail = r.header("x-influxdb-error") or r.body
+        detail = _error_text(r)
         reason = f"HTTP {status} {r.reason}".strip() + (f": {detail}" if detail else "")
         reason = reason[:1000]
         if status == 413:
@@ -531,6 +532,22 @@ class InfluxDBExporter:
     def _progress(self) -> None:
         with self._cond:
             self._cond.notify_all()
+
+
+def _error_text(r: Response) -> str:
+    """The server's error message: the JSON body's ``error`` (``message`` for v2), else the
+    raw body, else 1.x's ``X-Influxdb-Error`` header (latin-1 mangled by HTTP clients)."""
+    body = r.body
+    if body.startswith("{"):
+        try:
+            data = json.loads(body)
+        except ValueError:
+            data = None
+        if isinstance(data, dict):
+            for key in ("error", "message"):
+                if isinstance(data.get(key), str):
+                    return data[key]
+    return body or r.header("x-influxdb-error") or ""
 
 
 def from_config(

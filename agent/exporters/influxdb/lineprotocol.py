@@ -23,6 +23,8 @@ Not representable, and therefore changed (documented in docs/influxdb.md):
   no escape for it exists, so it is written as the two characters ``\\n``;
 * a trailing backslash in those names would escape the following delimiter, so trailing
   backslashes are removed;
+* influxd skips tabs and NUL bytes before a measurement and before the first field key,
+  so leading tabs/NULs are removed from measurements and field keys;
 * an empty tag key or value is omitted (influx has no empty tags); the key ``time`` is
   rejected by influxd as tag or field key, so such tags and fields are omitted too;
 * a measurement starting with ``#`` would be read as a comment: such points are dropped.
@@ -35,6 +37,7 @@ and the field is dropped and counted; a point left without fields is dropped and
 from __future__ import annotations
 
 import math
+import re
 import numbers
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
@@ -46,7 +49,16 @@ PRECISIONS: dict[str, int] = {"ns": 1_000_000_000, "us": 1_000_000, "ms": 1_000,
 
 _MEASUREMENT_ESCAPES = str.maketrans({",": "\\,", " ": "\\ ", "\n": "\\n"})
 _KEY_ESCAPES = str.maketrans({",": "\\,", "=": "\\=", " ": "\\ ", "\n": "\\n"})
+_FIELD_KEY_ESCAPES = str.maketrans(
+    {",": "\\,", "=": "\\=", " ": "\\ ", '"': '\\"', "\n": "\\n"}
+)
+_MEASUREMENT_BACKSLASHES = re.compile(r"\\+(?=[, =])")
+#: An odd-length run of backslashes directly before , = or space (in a field key).
+_ODD_BACKSLASHES = re.compile(r"(?<!\\)((?:\\\\)*)\\(?=[,= ])")
 _STRING_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"'})
+#: influxd skips these before a measurement and before the first field key, so they cannot
+#: start either; we remove them from every measurement and field key for consistency.
+_SKIPPED = "\t\x00"
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
 #: Tag and field keys influxd refuses (400 "invalid tag key"/"invalid field name").
@@ -55,12 +67,31 @@ RESERVED_KEYS = frozenset({"time"})
 
 def escape_measurement(name: str) -> str:
     """Escape a measurement name (see module docstring for the unrepresentable cases)."""
-    return name.translate(_MEASUREMENT_ESCAPES).rstrip("\\")
+    name = name.lstrip(_SKIPPED)
+    if "\\" in name:
+        # influxd un-escapes measurement names more than once, so a backslash right before
+        # "," " " or "=" cannot survive in any encoding: such backslashes are removed.
+        name = _MEASUREMENT_BACKSLASHES.sub("", name).rstrip("\\")
+    return name.translate(_MEASUREMENT_ESCAPES)
 
 
 def escape_key(name: str) -> str:
-    """Escape a tag key, tag value or field key."""
+    """Escape a tag key or tag value."""
     return name.translate(_KEY_ESCAPES).rstrip("\\")
+
+
+def escape_field_key(name: str) -> str:
+    """Escape a field key.
+
+    The field section has its own parser rules: a backslash escapes the next byte while
+    scanning, and ``\\,`` ``\\=`` ``\\ `` ``\\"`` are un-escaped. So ``"`` is escaped too,
+    an odd run of backslashes right before ``,`` ``=`` or space loses one backslash (it
+    cannot be represented), and leading tabs/NULs go as for measurements.
+    """
+    name = name.lstrip(_SKIPPED)
+    if "\\" in name:
+        name = _ODD_BACKSLASHES.sub(r"\1", name).rstrip("\\")
+    return name.translate(_FIELD_KEY_ESCAPES)
 
 
 def escape_string(value: str) -> str:
@@ -84,7 +115,7 @@ class _FieldKeys(dict[str, str]):
 
     def __missing__(self, key: str) -> str:
         k = str(key)
-        esc = escape_key(k) if k not in RESERVED_KEYS else ""
+        esc = escape_field_key(k) if k not in RESERVED_KEYS else ""
         value = esc + "=" if esc else ""
         if len(self) < 100_000:
             self[key] = value
