@@ -200,25 +200,35 @@ def min_interval_power(series: NodeSeries, domains: Sequence[str]) -> float | No
     return float((np.diff(total)[ok] / dt[ok]).min())
 
 
-def _peak(rss: Series | None, hwm: Series | None, t0: float, t1: float) -> float | None:
-    """Peak resident memory within [t0, t1].
+def _peaks(
+    rss: Series | None, hwm: Series | None, t0: np.ndarray, t1: np.ndarray
+) -> np.ndarray:
+    """Peak resident memory within each [t0, t1], vectorised over spans.
 
     The larger of the sampled RSS inside the span (with interpolated endpoints) and, when
     the kernel's high-water mark rose between the samples bracketing the span, the new
     mark: that peak happened within the span or the sampling interval around it.
     """
-    best = -math.inf
+    best = np.full(len(t0), -np.inf)
     if rss is not None:
-        lo, hi = np.searchsorted(rss.ts, [t0, t1])
-        best = max(rss.values[lo:hi].max(initial=-math.inf), rss.at(np.array([t0, t1])).max())
+        best = np.maximum(rss.at(t0), rss.at(t1))
+        lo = np.searchsorted(rss.ts, t0, side="left")
+        hi = np.searchsorted(rss.ts, t1, side="right")
+        inside = hi > lo
+        if inside.any():
+            # Running maximum over each span's samples: reduceat on [lo, hi) slices.
+            idx = np.flatnonzero(inside)
+            for i, a, b in zip(idx, lo[idx], hi[idx], strict=True):
+                best[i] = max(best[i], rss.values[a:b].max())
     if hwm is not None:
         before = np.searchsorted(hwm.ts, t0, side="right") - 1
         after = np.searchsorted(hwm.ts, t1, side="left")
-        if after < len(hwm.ts):
-            prev = hwm.values[before] if before >= 0 else 0.0
-            if hwm.values[after] > prev:
-                best = max(best, float(hwm.values[after]))
-    return None if best == -math.inf else float(best)
+        ok = after < len(hwm.ts)
+        prev = np.where(before >= 0, hwm.values[np.clip(before, 0, None)], 0.0)
+        nxt = hwm.values[np.clip(after, 0, len(hwm.ts) - 1)]
+        rose = ok & (nxt > prev)
+        best = np.where(rose, np.maximum(best, nxt), best)
+    return best
 
 
 def attribute(
@@ -264,12 +274,19 @@ def attribute(
         if s.pid is not None:
             by_pid[s.pid].append(i)
     proc_cpu = np.full(n, np.nan)
+    peak = np.full(n, -np.inf)
     for pid, idx in by_pid.items():
-        ser = series.proc_cpu.get(pid)
-        if ser is None:
-            continue
         ix = np.array(idx)
-        proc_cpu[ix] = ser.at(t1[ix]) - ser.at(t0[ix])
+        ser = series.proc_cpu.get(pid)
+        if ser is not None:
+            proc_cpu[ix] = ser.at(t1[ix]) - ser.at(t0[ix])
+        rss, hwm = series.proc_rss.get(pid), series.proc_hwm.get(pid)
+        if rss is not None or hwm is not None:
+            peak[ix] = _peaks(rss, hwm, t0[ix], t1[ix])
+    gpu_parts = {
+        k: v.at(t1) - v.at(t0) for k, v in sorted(series.gpu_energy.items())
+    }
+    gpu_total = sum(gpu_parts.values()) if gpu_parts else None
 
     for i, s in enumerate(spans):
         r = out[i]
@@ -290,15 +307,11 @@ def attribute(
                 r["process_cpu_share"] = share
                 r["process_energy_joules"] = share * float(active[i])
                 r["other_energy_joules"] = (1.0 - share) * float(active[i])
-        if s.pid is not None:
-            peak = _peak(series.proc_rss.get(s.pid), series.proc_hwm.get(s.pid), s.start, s.end)
-            if peak is not None:
-                r["peak_rss_bytes"] = int(peak)
-        if series.gpu_energy:
-            g = {k: float(v.at(np.array([s.end]))[0] - v.at(np.array([s.start]))[0])
-                 for k, v in sorted(series.gpu_energy.items())}
-            r["gpu_energy_joules"] = g
-            r["gpu_energy_total_joules"] = sum(g.values())
+        if peak[i] != -np.inf:
+            r["peak_rss_bytes"] = int(peak[i])
+        if gpu_total is not None:
+            r["gpu_energy_joules"] = {k: float(v[i]) for k, v in gpu_parts.items()}
+            r["gpu_energy_total_joules"] = float(gpu_total[i])
         if s.items is not None:
             r["items"] = s.items
             if dur[i] > 0:

@@ -102,6 +102,8 @@ class TelemetryIngest:
     """Receiver handler (``on_spans``/``on_metrics``/``on_logs``) and sample sink."""
 
     name = "ingest"
+    # Spans and metrics come from this sink: it never takes them back.
+    SKIP_SOURCES = frozenset({"spans", "ml", "metrics"})
 
     def __init__(
         self,
@@ -368,7 +370,8 @@ class TelemetryIngest:
         if self.store is not None:
             self.store.set_span_resources((r.trace_id, r.span_id, r.resources) for r in due)
         self.counts["spans_attributed_total"] += len(due)
-        self.pipeline.emit([span_sample(r) for r in due])
+        if self.pipeline.wants("spans"):
+            self.pipeline.emit([span_sample(r) for r in due])
         return len(due)
 
 

@@ -39,6 +39,11 @@ class Pipeline:
         self.sinks.append(sink)
         self.sink_errors.setdefault(sink.name, 0)
 
+    def wants(self, source: str) -> bool:
+        """True if any sink may take records of ``source``; lets producers skip building
+        records nobody would receive."""
+        return any(source not in getattr(s, "SKIP_SOURCES", ()) for s in self.sinks)
+
     def emit(self, samples: Sequence[Sample]) -> None:
         """Best effort: a failing sink is counted and logged, the others still get the data."""
         self._remember(samples)
