@@ -200,9 +200,7 @@ def min_interval_power(series: NodeSeries, domains: Sequence[str]) -> float | No
     return float((np.diff(total)[ok] / dt[ok]).min())
 
 
-def _peaks(
-    rss: Series | None, hwm: Series | None, t0: np.ndarray, t1: np.ndarray
-) -> np.ndarray:
+def _peaks(rss: Series | None, hwm: Series | None, t0: np.ndarray, t1: np.ndarray) -> np.ndarray:
     """Peak resident memory within each [t0, t1], vectorised over spans.
 
     The larger of the sampled RSS inside the span (with interpolated endpoints) and, when
@@ -283,9 +281,7 @@ def attribute(
         rss, hwm = series.proc_rss.get(pid), series.proc_hwm.get(pid)
         if rss is not None or hwm is not None:
             peak[ix] = _peaks(rss, hwm, t0[ix], t1[ix])
-    gpu_parts = {
-        k: v.at(t1) - v.at(t0) for k, v in sorted(series.gpu_energy.items())
-    }
+    gpu_parts = {k: v.at(t1) - v.at(t0) for k, v in sorted(series.gpu_energy.items())}
     gpu_total = sum(gpu_parts.values()) if gpu_parts else None
 
     for i, s in enumerate(spans):

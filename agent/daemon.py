@@ -115,6 +115,8 @@ class Agent:
                 tls_cert_file=o["tls_cert_file"] or None,
                 tls_key_file=o["tls_key_file"] or None,
                 tls_client_ca_file=o["tls_client_ca_file"] or None,
+                # Handlers hold the GIL: more threads than this only add contention.
+                max_workers=2,
             )
         nvml_interval = config["collectors.nvml"].get("interval")
         self.scheduler = Scheduler(
@@ -165,8 +167,11 @@ class Agent:
                 raise OSError(
                     f"cannot serve metrics on {self.metrics.host}:{self.metrics.port}: {exc}"
                 ) from exc
-            log.info("serving Prometheus metrics on http://%s:%d/metrics",
-                     self.metrics.host, self.metrics.port)
+            log.info(
+                "serving Prometheus metrics on http://%s:%d/metrics",
+                self.metrics.host,
+                self.metrics.port,
+            )
         self.start_receiver()
         self.ingest.start()
         self.scheduler.start()

@@ -1,10 +1,12 @@
 """From OTLP records to stored, attributed spans and valued metrics.
 
 ``TelemetryIngest`` is the receiver's handler and also a sink of node samples. A request is
-acknowledged once its spans, metrics and logs are committed to the embedded store and its
-valued metrics are in every exporter's queue. Spans are attributed a moment later, once a
-node sample at or after their end exists, on a worker thread; the result is written back to
-the store and exported as a ``spans`` record.
+acknowledged once its spans are in the store's inbox (one row per request), its metrics and
+logs are committed, and its valued metrics are in every exporter's queue. Spans are
+attributed a moment later, once a node sample at or after their end exists, on a worker
+thread: they then move from the inbox to the ``spans`` table with their resources, in one
+transaction, and are exported as ``spans`` records. An agent that stops before that finishes
+the job when it starts again.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ import json
 import logging
 import math
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
+
+import orjson
 
 from wattspan import semconv as sc
 from wattspan.agent.attribution import (
@@ -123,7 +126,9 @@ class TelemetryIngest:
         self.process_collector = process_collector
         self.ring = SampleRing(ring_seconds)
         self.flush_samples = flush_samples
-        self._pending: list[SpanRow] = []
+        # (inbox batch id, span) waiting for a sample at or after the span's end.
+        self._pending: list[tuple[int | None, SpanRow]] = []
+        self._inbox_left: dict[int, int] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -137,8 +142,10 @@ class TelemetryIngest:
             "attribution_errors_total": 0,
         }
         if store is not None:
-            # Spans acknowledged before a crash, never attributed: finish the job now.
-            self._pending.extend(store.unattributed_spans())
+            # Spans acknowledged before a stop or crash, never attributed: finish the job.
+            for inbox_id, kind, payload in store.inbox():
+                if kind == "spans":
+                    self._queue(inbox_id, [_row_from_wire(x) for x in orjson.loads(payload)])
 
     # -- sink of node samples -------------------------------------------------------------
     def write(self, samples: Sequence[Sample]) -> None:
@@ -231,8 +238,9 @@ class TelemetryIngest:
                     if value is None or not math.isfinite(value) or not isinstance(name, str):
                         continue
                     metrics.append(
-                        MetricRow(run_id, ev.time_ns / 1e9, name, value, _step(ea),
-                                  s.trace_id, s.span_id)
+                        MetricRow(
+                            run_id, ev.time_ns / 1e9, name, value, _step(ea), s.trace_id, s.span_id
+                        )
                     )
                 elif ev.name == sc.EVENT_CONFUSION_MATRIX:
                     matrix = _json_attr(ea.get(sc.ATTR_CM_MATRIX))
@@ -242,12 +250,19 @@ class TelemetryIngest:
                     if not isinstance(labels, list):
                         labels = [str(i) for i in range(len(matrix))]
                     matrices.append(
-                        ConfusionRow(run_id, ev.time_ns / 1e9, [str(x) for x in labels],
-                                     matrix, step=_step(ea), trace_id=s.trace_id,
-                                     span_id=s.span_id)
+                        ConfusionRow(
+                            run_id,
+                            ev.time_ns / 1e9,
+                            [str(x) for x in labels],
+                            matrix,
+                            step=_step(ea),
+                            trace_id=s.trace_id,
+                            span_id=s.span_id,
+                        )
                     )
+        inbox_id = None
         if self.store is not None:
-            self.store.write_spans(rows)
+            inbox_id = self.store.inbox_put("spans", orjson.dumps([_row_to_wire(r) for r in rows]))
             self.store.write_metrics(metrics)
             self.store.write_confusion(matrices)
             for run_id, span_id, p in params:
@@ -257,9 +272,14 @@ class TelemetryIngest:
         if metrics:
             self.pipeline.submit([self._metric_sample(m) for m in metrics])
         self._watch_pids(s.pid for s in spans)
-        with self._lock:
-            self._pending.extend(rows)
+        self._queue(inbox_id, rows)
         self._wake.set()
+
+    def _queue(self, inbox_id: int | None, rows: list[SpanRow]) -> None:
+        with self._lock:
+            self._pending.extend((inbox_id, r) for r in rows)
+            if inbox_id is not None:
+                self._inbox_left[inbox_id] = len(rows)
 
     def on_metrics(self, points: list[MetricPoint]) -> None:
         rows = []
@@ -268,8 +288,14 @@ class TelemetryIngest:
                 continue
             attrs = dict(p.attributes)
             rows.append(
-                MetricRow(self._run_of(p.resource_attributes), p.ts_ns / 1e9, p.name, p.value,
-                          _step(attrs), attributes=attrs)
+                MetricRow(
+                    self._run_of(p.resource_attributes),
+                    p.ts_ns / 1e9,
+                    p.name,
+                    p.value,
+                    _step(attrs),
+                    attributes=attrs,
+                )
             )
         if self.store is not None:
             self.store.write_metrics(rows)
@@ -280,8 +306,16 @@ class TelemetryIngest:
 
     def on_logs(self, logs: list[LogRecord]) -> None:
         rows = [
-            (self._run_of(r.resource_attributes), r.ts_ns / 1e9, r.severity, r.body,
-             r.trace_id, r.span_id, r.service_name, r.attributes)
+            (
+                self._run_of(r.resource_attributes),
+                r.ts_ns / 1e9,
+                r.severity,
+                r.body,
+                r.trace_id,
+                r.span_id,
+                r.service_name,
+                r.attributes,
+            )
             for r in logs
         ]
         if self.store is not None:
@@ -309,8 +343,9 @@ class TelemetryIngest:
             if pid is None or pc.watches(pid):
                 continue
             if pc.dynamic_roots >= MAX_DYNAMIC_ROOTS:
-                log.warning("not watching process %d: %d processes watched already",
-                            pid, MAX_DYNAMIC_ROOTS)
+                log.warning(
+                    "not watching process %d: %d processes watched already", pid, MAX_DYNAMIC_ROOTS
+                )
                 continue
             pc.add_root(pid, dynamic=True)
 
@@ -337,13 +372,21 @@ class TelemetryIngest:
         latest = self.ring.latest_ts
         with self._lock:
             if force:
-                due, self._pending = self._pending, []
+                batch, self._pending = self._pending, []
             else:
-                due = [r for r in self._pending if r.end_ts <= latest]
-                if due:
-                    self._pending = [r for r in self._pending if r.end_ts > latest]
-        if not due:
+                batch = [p for p in self._pending if p[1].end_ts <= latest]
+                if batch:
+                    self._pending = [p for p in self._pending if p[1].end_ts > latest]
+            done: list[int] = []
+            for inbox_id, _ in batch:
+                if inbox_id is not None:
+                    self._inbox_left[inbox_id] -= 1
+                    if self._inbox_left[inbox_id] == 0:
+                        del self._inbox_left[inbox_id]
+                        done.append(inbox_id)
+        if not batch:
             return 0
+        due = [r for _, r in batch]
         t0 = min(r.start_ts for r in due)
         t1 = max(r.end_ts for r in due)
         samples = self.ring.between(t0, t1)
@@ -368,11 +411,31 @@ class TelemetryIngest:
         for r, res in zip(due, results, strict=True):
             r.resources = res
         if self.store is not None:
-            self.store.set_span_resources((r.trace_id, r.span_id, r.resources) for r in due)
+            self.store.commit_spans(due, done)
         self.counts["spans_attributed_total"] += len(due)
         if self.pipeline.wants("spans"):
             self.pipeline.emit([span_sample(r) for r in due])
         return len(due)
+
+
+def _row_to_wire(r: SpanRow) -> list[Any]:
+    return [
+        r.run_id,
+        r.trace_id,
+        r.span_id,
+        r.parent_span_id,
+        r.name,
+        r.start_ts,
+        r.end_ts,
+        r.status,
+        r.service,
+        r.pid,
+        r.attributes,
+    ]
+
+
+def _row_from_wire(x: list[Any]) -> SpanRow:
+    return SpanRow(*x[:10], attributes=x[10])
 
 
 def span_sample(r: SpanRow) -> Sample:
@@ -398,5 +461,3 @@ def span_sample(r: SpanRow) -> Sample:
         elif isinstance(v, int | float | bool):
             fields[k] = v
     return Sample("spans", r.end_ts, tags, fields)
-
-

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import resource
@@ -84,8 +85,13 @@ def run_command(
     # The embedded receiver takes a free loopback port: runs may go on side by side, and a
     # daemon agent may already hold 4317.
     agent = Agent(
-        config, interval=interval, store_path=store_path, process_roots=[], run=run,
-        serve_metrics=False, otlp_port=0,
+        config,
+        interval=interval,
+        store_path=store_path,
+        process_roots=[],
+        run=run,
+        serve_metrics=False,
+        otlp_port=0,
     )
     env = dict(os.environ)
     env["WATTSPAN_RUN_ID"] = run.id
@@ -121,10 +127,8 @@ def run_command(
     def forward(signum: int, frame: FrameType | None) -> None:
         if signum in _FROM_TTY and _child_in_our_foreground_group():
             return
-        try:
+        with contextlib.suppress(ProcessLookupError):
             proc.send_signal(signum)
-        except ProcessLookupError:
-            pass
 
     previous = {s: signal.signal(s, forward) for s in _FORWARDED}
     try:

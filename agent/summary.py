@@ -3,6 +3,7 @@ recompute and a reader can check it by hand)."""
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
 from typing import Any
 
@@ -55,12 +56,16 @@ def summarize(samples: list[Sample], start: float, end: float) -> dict[str, Any]
     if peak_rss:
         out["peak_rss_bytes"] = int(max(peak_rss))
     peaks = []
-    for a, b in zip(tree, tree[1:], strict=False):
+    for a, b in itertools.pairwise(tree):
         dt = b.ts - a.ts
         if dt <= 0:
             continue
-        cpu_a = (_num(a, "cpu_user_seconds_total") or 0) + (_num(a, "cpu_system_seconds_total") or 0)
-        cpu_b = (_num(b, "cpu_user_seconds_total") or 0) + (_num(b, "cpu_system_seconds_total") or 0)
+        cpu_a = (_num(a, "cpu_user_seconds_total") or 0) + (
+            _num(a, "cpu_system_seconds_total") or 0
+        )
+        cpu_b = (_num(b, "cpu_user_seconds_total") or 0) + (
+            _num(b, "cpu_system_seconds_total") or 0
+        )
         peaks.append(100.0 * max(cpu_b - cpu_a, 0.0) / dt)
     if peaks:
         out["cpu_percent_peak"] = max(peaks)
@@ -70,8 +75,12 @@ def summarize(samples: list[Sample], start: float, end: float) -> dict[str, Any]
             if v is not None:
                 out[key.replace("_total", "")] = int(v)
 
-    node_util = [v for s in by_source.get("cpu", []) if s.tags.get("cpu") == "total"
-                 if (v := _num(s, "utilization_ratio")) is not None]
+    node_util = [
+        v
+        for s in by_source.get("cpu", [])
+        if s.tags.get("cpu") == "total"
+        if (v := _num(s, "utilization_ratio")) is not None
+    ]
     if node_util:
         out["node_cpu_utilization_avg"] = _mean(node_util)
 

@@ -24,9 +24,23 @@ class AgentProc:
         self.store = tmp / "agent.db"
         self.log = tmp / "agent.log"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "wattspan", "agent", "--metrics-port", str(self.port),
-             "--otlp-port", "0", "--interval", "0.2", "--store", str(self.store), *extra],
-            stdout=self.log.open("wb"), stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "wattspan",
+                "agent",
+                "--metrics-port",
+                str(self.port),
+                "--otlp-port",
+                "0",
+                "--interval",
+                "0.2",
+                "--store",
+                str(self.store),
+                *extra,
+            ],
+            stdout=self.log.open("wb"),
+            stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
         )
 
@@ -66,8 +80,9 @@ def test_prometheus_scrapes_the_agent(agent: AgentProc, tmp_path: Path) -> None:
         series = prom.query("wattspan_cpu_user_seconds_total")
         assert {s["metric"]["cpu"] for s in series} == {"total"} | {str(i) for i in range(ncpu)}
         # A counter: Prometheus computes a rate from two scrapes without resets.
-        wait_for(lambda: len(prom.query("rate(wattspan_cpu_user_seconds_total[5s])")) > 0, 60,
-                 "rate")
+        wait_for(
+            lambda: len(prom.query("rate(wattspan_cpu_user_seconds_total[5s])")) > 0, 60, "rate"
+        )
         mem = prom.query("wattspan_memory_total_bytes")
         with open("/proc/meminfo") as f:
             total = int(f.readline().split()[1]) * 1024
@@ -84,8 +99,13 @@ def test_prometheus_scrapes_the_agent(agent: AgentProc, tmp_path: Path) -> None:
 @pytest.mark.server
 def test_promtool_accepts_the_exposition(agent: AgentProc) -> None:
     text = agent.metrics()
-    p = subprocess.run([require_binary("promtool"), "check", "metrics"], input=text,
-                       capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        [require_binary("promtool"), "check", "metrics"],
+        input=text,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p.returncode == 0, p.stdout + p.stderr
     assert p.stdout.strip() == "" and p.stderr.strip() == ""  # not even a lint warning
     assert "# TYPE wattspan_power_model_energy_joules_total counter" in text
@@ -125,8 +145,9 @@ def test_notifies_systemd_when_ready(tmp_path: Path) -> None:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(sock_path)
     sock.settimeout(60)
-    a = AgentProc(tmp_path, env={"NOTIFY_SOCKET": sock_path, "WATCHDOG_USEC": "400000",
-                                 "WATCHDOG_PID": ""})
+    a = AgentProc(
+        tmp_path, env={"NOTIFY_SOCKET": sock_path, "WATCHDOG_USEC": "400000", "WATCHDOG_PID": ""}
+    )
     try:
         msgs = [sock.recv(4096).decode()]
         assert "READY=1" in msgs[0]
@@ -151,9 +172,21 @@ def test_port_in_use_is_one_clear_error(tmp_path: Path) -> None:
     busy.listen()
     port = busy.getsockname()[1]
     p = subprocess.run(
-        [sys.executable, "-m", "wattspan", "agent", "--metrics-port", str(port),
-         "--otlp-port", "0", "--store", str(tmp_path / "a.db")],
-        capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "wattspan",
+            "agent",
+            "--metrics-port",
+            str(port),
+            "--otlp-port",
+            "0",
+            "--store",
+            str(tmp_path / "a.db"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     busy.close()
     assert p.returncode == 1

@@ -27,36 +27,61 @@ MAX_RANGE = 50_000_000  # 50 J: wraps several times in the runs below
 
 
 def node_samples(
-    tmp: Path, watts: list[float], dram_watts: float, dt: float, busy_cores: list[float],
-    proc_cores: list[float], pid: int = 4242, max_range: int = MAX_RANGE,
+    tmp: Path,
+    watts: list[float],
+    dram_watts: float,
+    dt: float,
+    busy_cores: list[float],
+    proc_cores: list[float],
+    pid: int = 4242,
+    max_range: int = MAX_RANGE,
 ) -> list[Sample]:
     """Samples at t = 1000 + k*dt, with package power ``watts[k]`` during interval k.
 
     Each interval must add less than ``max_range`` to a counter: RAPL cannot tell two wraps
     between reads apart from one (the agent samples often enough that it never happens).
     """
-    MAX_RANGE = max_range  # noqa: N806
+    MAX_RANGE = max_range
     pc = FakePowercap(tmp)
     pc.add_zone("intel-rapl:0", "package-0", energy_uj=MAX_RANGE - 1_000, max_range_uj=MAX_RANGE)
     pc.add_zone("intel-rapl:0:0", "dram", energy_uj=0, max_range_uj=MAX_RANGE)
     pc.add_zone("intel-rapl:1", "psys", energy_uj=0, max_range_uj=MAX_RANGE * 100)
     col = RaplCollector(pc.root)
     raw = {"intel-rapl:0": MAX_RANGE - 1_000, "intel-rapl:0:0": 0, "intel-rapl:1": 0}
-    ranges = {"intel-rapl:0": MAX_RANGE, "intel-rapl:0:0": MAX_RANGE, "intel-rapl:1": MAX_RANGE * 100}
+    ranges = {
+        "intel-rapl:0": MAX_RANGE,
+        "intel-rapl:0:0": MAX_RANGE,
+        "intel-rapl:1": MAX_RANGE * 100,
+    }
     out: list[Sample] = []
     busy = proc = 0.0
     t = 1000.0
     for k in range(len(watts) + 1):
         out.extend(col.sample(t))
-        out.append(Sample("cpu", t, {"cpu": "total"}, {"user_seconds_total": busy,
-                                                        "idle_seconds_total": 0.0}))
-        out.append(Sample("process_tree", t, {"root": str(pid)},
-                          {"cpu_user_seconds_total": proc, "cpu_system_seconds_total": 0.0,
-                           "rss_bytes": 1_000_000 + k}))
+        out.append(
+            Sample(
+                "cpu", t, {"cpu": "total"}, {"user_seconds_total": busy, "idle_seconds_total": 0.0}
+            )
+        )
+        out.append(
+            Sample(
+                "process_tree",
+                t,
+                {"root": str(pid)},
+                {
+                    "cpu_user_seconds_total": proc,
+                    "cpu_system_seconds_total": 0.0,
+                    "rss_bytes": 1_000_000 + k,
+                },
+            )
+        )
         if k == len(watts):
             break
-        for zone, w in (("intel-rapl:0", watts[k]), ("intel-rapl:0:0", dram_watts),
-                        ("intel-rapl:1", watts[k] + dram_watts + 5)):
+        for zone, w in (
+            ("intel-rapl:0", watts[k]),
+            ("intel-rapl:0:0", dram_watts),
+            ("intel-rapl:1", watts[k] + dram_watts + 5),
+        ):
             raw[zone] = (raw[zone] + round(w * dt * 1e6)) % (ranges[zone] + 1)
             pc.set(zone, raw[zone])
         busy += busy_cores[k] * dt
@@ -109,8 +134,9 @@ def test_span_of_an_unwatched_process_gets_node_energy_only(tmp_path: Path) -> N
 
 
 def test_gpu_energy_is_the_counter_difference() -> None:
-    samples = [Sample("gpu", 10.0 + i, {"gpu": "0"}, {"energy_joules_total": 300.0 * i})
-               for i in range(5)]
+    samples = [
+        Sample("gpu", 10.0 + i, {"gpu": "0"}, {"energy_joules_total": 300.0 * i}) for i in range(5)
+    ]
     (r,) = attribute([SpanWindow(10.5, 12.25)], build_series(samples), None)
     assert r["gpu_energy_joules"] == {"0": pytest.approx(300.0 * 1.75)}
     assert r["gpu_energy_total_joules"] == pytest.approx(525.0)
@@ -132,8 +158,9 @@ def test_conservation_process_plus_other_plus_idle_is_node(
 ) -> None:
     n = len(watts)
     proc = [b * s for b, s in zip(busy, share, strict=False)]
-    samples = node_samples(tmp_path_factory.mktemp("pc"), watts, 2.0, 0.5, busy, proc,
-                           max_range=250_000_000)
+    samples = node_samples(
+        tmp_path_factory.mktemp("pc"), watts, 2.0, 0.5, busy, proc, max_range=250_000_000
+    )
     series = build_series(samples)
     idle = min_interval_power(series, primary_domains(series.energy))
     assert idle is not None

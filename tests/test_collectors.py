@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -63,9 +64,8 @@ def test_memory_matches_proc_meminfo() -> None:
 
 BURN_TREE = r"""
 import os, subprocess, sys, time
-kids = [subprocess.Popen([sys.executable, "-c",
-        "import time\nt=time.process_time()\nwhile time.process_time()-t<0.4: pass\ntime.sleep(30)"])
-        for _ in range(2)]
+burn = "import time\nt=time.process_time()\nwhile time.process_time()-t<0.4: pass\n"
+kids = [subprocess.Popen([sys.executable, "-c", burn + "time.sleep(30)"]) for _ in range(2)]
 print("ready", flush=True)
 time.sleep(30)
 """
@@ -136,7 +136,7 @@ def test_power_model_is_linear_and_integrates() -> None:
         time.sleep(0.05)
         samples.append(pm.sample(t + i * 0.5)[0])
     assert samples[0].fields["energy_joules_total"] == 0.0
-    for a, b in zip(samples, samples[1:], strict=False):
+    for a, b in itertools.pairwise(samples):
         assert b.tags == {"domain": "cpu", "estimated": "true"}
         watts = b.fields["power_watts"]
         assert 20.0 <= watts <= 100.0

@@ -23,14 +23,19 @@ def test_defaults_are_loopback_and_documented_ports() -> None:
 
 def test_file_then_environment(tmp_path: Path) -> None:
     f = tmp_path / "w.toml"
-    f.write_text('[agent]\ninterval = 2\n[collectors.rapl]\nroot = "/x"\n'
-                 '[exporters.influxdb]\nurl = "http://a"\n')
-    c = load_config(f, environ={
-        "WATTSPAN_AGENT__INTERVAL": "0.5",
-        "WATTSPAN_COLLECTORS__RAPL__ROOT": "/host/sys/class/powercap",
-        "WATTSPAN_EXPORTERS__INFLUXDB__DATABASE": "db",
-        "WATTSPAN_METRICS__ENABLED": "false",
-    })
+    f.write_text(
+        '[agent]\ninterval = 2\n[collectors.rapl]\nroot = "/x"\n'
+        '[exporters.influxdb]\nurl = "http://a"\n'
+    )
+    c = load_config(
+        f,
+        environ={
+            "WATTSPAN_AGENT__INTERVAL": "0.5",
+            "WATTSPAN_COLLECTORS__RAPL__ROOT": "/host/sys/class/powercap",
+            "WATTSPAN_EXPORTERS__INFLUXDB__DATABASE": "db",
+            "WATTSPAN_METRICS__ENABLED": "false",
+        },
+    )
     assert c["agent"]["interval"] == 0.5
     assert c["collectors.rapl"]["root"] == "/host/sys/class/powercap"
     assert c["metrics"]["enabled"] is False
@@ -67,8 +72,12 @@ def test_broken_toml_is_a_config_error(tmp_path: Path) -> None:
 def test_agent_exits_2_with_one_clear_line(tmp_path: Path) -> None:
     f = tmp_path / "w.toml"
     f.write_text("[metrics]\nport = 'x'\n")
-    p = subprocess.run([sys.executable, "-m", "wattspan", "agent", "--config", str(f)],
-                       capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        [sys.executable, "-m", "wattspan", "agent", "--config", str(f)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p.returncode == 2
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and "metrics.port" in lines[0]

@@ -14,6 +14,7 @@ from typing import Any
 
 import pynvml
 import pytest
+
 from wattspan.collectors.base import CollectorUnavailable
 from wattspan.collectors.nvml import NvmlCollector, create
 

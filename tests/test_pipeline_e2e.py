@@ -22,10 +22,27 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "pipeline.py"
 def test_example_pipeline_under_wattspan_run(store_path: Path) -> None:
     epochs = 4
     p = subprocess.run(
-        [sys.executable, "-m", "wattspan", "run", "--json", "--store", str(store_path),
-         "--name", "example", "--", sys.executable, str(EXAMPLE), "--epochs", str(epochs),
-         "--samples", "20000"],
-        capture_output=True, text=True, timeout=180,
+        [
+            sys.executable,
+            "-m",
+            "wattspan",
+            "run",
+            "--json",
+            "--store",
+            str(store_path),
+            "--name",
+            "example",
+            "--",
+            sys.executable,
+            str(EXAMPLE),
+            "--epochs",
+            str(epochs),
+            "--samples",
+            "20000",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert p.returncode == 0, p.stderr
     summary = json.loads(p.stdout.strip().splitlines()[-1])
@@ -47,12 +64,14 @@ def test_example_pipeline_under_wattspan_run(store_path: Path) -> None:
         assert r["energy_estimated"] is True  # no RAPL here: says so
         assert r["cpu_seconds"] >= 0
         assert r["process_energy_joules"] + r["other_energy_joules"] + r[
-            "idle_energy_joules"] == pytest.approx(r["node_energy_total_joules"], abs=1e-6)
+            "idle_energy_joules"
+        ] == pytest.approx(r["node_energy_total_joules"], abs=1e-6)
         assert s.pid is not None and s.pid != os.getpid()
     load = next(s for s in spans if s.name == "load")
     assert load.resources["items"] == 20000
     assert load.resources["throughput_items_per_second"] == pytest.approx(
-        20000 / (load.end_ts - load.start_ts))
+        20000 / (load.end_ts - load.start_ts)
+    )
     for name in ("ml.loss", "ml.accuracy"):
         pts = store.metrics(run.id, name)
         assert [m.step for m in pts] == list(range(epochs))
@@ -69,8 +88,14 @@ def test_example_pipeline_under_wattspan_run(store_path: Path) -> None:
 @pytest.fixture
 def agent(tmp_path: Path) -> Iterator[Agent]:
     cfg = load_config(environ={})
-    a = Agent(cfg, interval=0.1, store_path=tmp_path / "a.db", serve_metrics=False,
-              otlp_port=0, process_roots=[])
+    a = Agent(
+        cfg,
+        interval=0.1,
+        store_path=tmp_path / "a.db",
+        serve_metrics=False,
+        otlp_port=0,
+        process_roots=[],
+    )
     a.start()
     try:
         yield a
@@ -119,8 +144,12 @@ tp.shutdown()
 
 def test_plain_opentelemetry_sdk_client(agent: Agent) -> None:
     assert agent.otlp_endpoint is not None
-    p = subprocess.run([sys.executable, "-c", PLAIN_OTEL, agent.otlp_endpoint],
-                       capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [sys.executable, "-c", PLAIN_OTEL, agent.otlp_endpoint],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 0, p.stderr
     trace_id = p.stdout.strip()
     store = agent.store
@@ -166,8 +195,12 @@ def test_attributed_spans_reach_the_exporters(agent: Agent) -> None:
 
     agent.pipeline.add_sink(Capture())
     assert agent.otlp_endpoint is not None
-    subprocess.run([sys.executable, "-c", PLAIN_OTEL, agent.otlp_endpoint], check=True,
-                   capture_output=True, timeout=120)
+    subprocess.run(
+        [sys.executable, "-c", PLAIN_OTEL, agent.otlp_endpoint],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     wait_for(lambda: sum(1 for s in got if s.source == "spans") == 4, 30, "exported spans")
     spans = [s for s in got if s.source == "spans"]
     assert {s.tags["span_name"] for s in spans} == {"outer", "inner"}

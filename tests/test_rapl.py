@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from wattspan.collectors import rapl
 from wattspan.collectors.base import CollectorUnavailable
 from wattspan.collectors.rapl import (

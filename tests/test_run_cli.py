@@ -28,7 +28,10 @@ print(json.dumps({"self_cpu": c.user + c.system}), file=sys.stderr)
 def wattspan(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "wattspan", *args],
-        capture_output=True, text=True, timeout=120, **kw,  # type: ignore[arg-type]
+        capture_output=True,
+        text=True,
+        timeout=120,
+        **kw,  # type: ignore[arg-type]
     )
 
 
@@ -40,8 +43,19 @@ def _self_cpu(stderr: str) -> float:
 
 
 def test_cpu_seconds_match_what_the_child_measures(store_path: Path) -> None:
-    p = wattspan("run", "--json", "--store", str(store_path), "--name", "burn", "--",
-                 sys.executable, "-c", BURN, "1.5")
+    p = wattspan(
+        "run",
+        "--json",
+        "--store",
+        str(store_path),
+        "--name",
+        "burn",
+        "--",
+        sys.executable,
+        "-c",
+        BURN,
+        "1.5",
+    )
     assert p.returncode == 0, p.stderr
     summary = json.loads(p.stdout.strip().splitlines()[-1])
     child = _self_cpu(p.stderr)
@@ -71,14 +85,23 @@ def test_table_goes_to_stderr_and_names_estimates(store_path: Path) -> None:
     p = wattspan("run", "--store", str(store_path), "--", sys.executable, "-c", "print('hi')")
     assert p.returncode == 0
     assert p.stdout == "hi\n"  # the child's output is untouched
-    for label in ("wall time", "CPU user", "CPU system", "CPU avg", "CPU peak", "peak RSS",
-                  "energy", "estimated"):
+    for label in (
+        "wall time",
+        "CPU user",
+        "CPU system",
+        "CPU avg",
+        "CPU peak",
+        "peak RSS",
+        "energy",
+        "estimated",
+    ):
         assert label in p.stderr
 
 
 def test_exit_code_is_the_childs(store_path: Path) -> None:
-    p = wattspan("run", "--store", str(store_path), "--", sys.executable, "-c",
-                 "import sys; sys.exit(7)")
+    p = wattspan(
+        "run", "--store", str(store_path), "--", sys.executable, "-c", "import sys; sys.exit(7)"
+    )
     assert p.returncode == 7
     assert Store(store_path).resolve_run("latest").exit_code == 7
 
@@ -101,9 +124,21 @@ def test_sigterm_is_forwarded_to_the_child(store_path: Path, tmp_path: Path) -> 
         "time.sleep(60)\n"
     )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "wattspan", "run", "--store", str(store_path), "--",
-         sys.executable, "-c", child],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "wattspan",
+            "run",
+            "--store",
+            str(store_path),
+            "--",
+            sys.executable,
+            "-c",
+            child,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "ready"
@@ -115,9 +150,22 @@ def test_sigterm_is_forwarded_to_the_child(store_path: Path, tmp_path: Path) -> 
 
 def test_sigint_not_from_a_terminal_is_forwarded(store_path: Path) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "wattspan", "run", "--store", str(store_path), "--",
-         sys.executable, "-c", "import time; print('ready', flush=True); time.sleep(60)"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "wattspan",
+            "run",
+            "--store",
+            str(store_path),
+            "--",
+            sys.executable,
+            "-c",
+            "import time; print('ready', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "ready"
@@ -143,15 +191,32 @@ def test_runs_and_show_read_the_store(store_path: Path) -> None:
 
 
 def test_child_sees_run_id_in_its_environment(store_path: Path) -> None:
-    p = wattspan("run", "--json", "--store", str(store_path), "--", sys.executable, "-c",
-                 "import os; print(os.environ['WATTSPAN_RUN_ID'])")
+    p = wattspan(
+        "run",
+        "--json",
+        "--store",
+        str(store_path),
+        "--",
+        sys.executable,
+        "-c",
+        "import os; print(os.environ['WATTSPAN_RUN_ID'])",
+    )
     lines = p.stdout.strip().splitlines()
     assert json.loads(lines[-1])["run_id"] == lines[0]
 
 
 def test_interval_controls_sampling(store_path: Path) -> None:
-    wattspan("run", "--interval", "0.05", "--store", str(store_path), "--",
-             sys.executable, "-c", "import time; time.sleep(1)")
+    wattspan(
+        "run",
+        "--interval",
+        "0.05",
+        "--store",
+        str(store_path),
+        "--",
+        sys.executable,
+        "-c",
+        "import time; time.sleep(1)",
+    )
     s = Store(store_path)
     run = s.resolve_run("latest")
     ts = [x.ts for x in s.samples(run.id, source="memory")]

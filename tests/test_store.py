@@ -24,16 +24,18 @@ def test_migrates_an_older_store_in_place(store_path: Path) -> None:
     db = sqlite3.connect(store_path)
     db.executescript(MIGRATIONS[0])
     db.execute("PRAGMA user_version=1")
-    db.execute(
-        "INSERT INTO runs (id, name, host, start_ts) VALUES ('old', 'from v1', 'h', 1.0)"
-    )
+    db.execute("INSERT INTO runs (id, name, host, start_ts) VALUES ('old', 'from v1', 'h', 1.0)")
     db.commit()
     db.close()
     store = Store(store_path)
     assert store.schema_version == SCHEMA_VERSION
     assert store.resolve_run("old").name == "from v1"
-    tables = {r[0] for r in sqlite3.connect(store_path).execute(
-        "SELECT name FROM sqlite_master WHERE type='table'")}
+    tables = {
+        r[0]
+        for r in sqlite3.connect(store_path).execute(
+            "SELECT name FROM sqlite_master WHERE type='table'"
+        )
+    }
     assert {"runs", "samples", "spans", "metrics", "params", "confusion_matrices"} <= tables
 
 
@@ -49,10 +51,18 @@ def test_samples_round_trip_exactly(store_path: Path) -> None:
     store = Store(store_path)
     store.create_run(Run(id="r1", name="a", host="h", start_ts=1.0))
     samples = [
-        Sample("rapl", 10.5, {"domain": "package-0", "zone": "intel-rapl:0"},
-               {"energy_joules_total": 123.456789012345, "power_watts": 41.0}),
-        Sample("process", 10.6, {"pid": "7", "name": "py, \"x\""},
-               {"rss_bytes": 2**40 + 3, "threads": 4, "ok": True}),
+        Sample(
+            "rapl",
+            10.5,
+            {"domain": "package-0", "zone": "intel-rapl:0"},
+            {"energy_joules_total": 123.456789012345, "power_watts": 41.0},
+        ),
+        Sample(
+            "process",
+            10.6,
+            {"pid": "7", "name": 'py, "x"'},
+            {"rss_bytes": 2**40 + 3, "threads": 4, "ok": True},
+        ),
     ]
     store.write_samples("r1", samples)
     store.write_samples("other", [Sample("cpu", 11.0, {}, {"x": 1})])
@@ -82,7 +92,11 @@ def test_finish_run_stores_summary(store_path: Path) -> None:
     store.finish_run("r", 5.0, 3, {"wall_seconds": 4.0, "energy": []})
     r = Store(store_path).resolve_run("r")
     assert (r.end_ts, r.exit_code, r.summary, r.command) == (
-        5.0, 3, {"wall_seconds": 4.0, "energy": []}, ["a", "b c"])
+        5.0,
+        3,
+        {"wall_seconds": 4.0, "energy": []},
+        ["a", "b c"],
+    )
 
 
 def test_sink_batches_and_keeps_rows_when_the_write_fails(store_path: Path) -> None:
@@ -90,8 +104,9 @@ def test_sink_batches_and_keeps_rows_when_the_write_fails(store_path: Path) -> N
     sink = StoreSink(store, "r", flush_interval=3600)
     sink.write([Sample("cpu", time.time(), {}, {"x": 1})])
     assert store.samples("r") == []  # batched, not yet written
-    store._db.execute("CREATE TRIGGER fail BEFORE INSERT ON samples "
-                      "BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+    store._db.execute(
+        "CREATE TRIGGER fail BEFORE INSERT ON samples BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+    )
     with pytest.raises(sqlite3.Error):
         sink.flush()
     assert sink.stats()["queued_records"] == 1

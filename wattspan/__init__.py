@@ -33,7 +33,16 @@ if TYPE_CHECKING:
         track,
     )
 
-__all__ = ["__version__", *_API]
+__all__ = [  # noqa: RUF022 (the API names, then the version)
+    "count_items",
+    "flush",
+    "log_confusion_matrix",
+    "log_metric",
+    "log_params",
+    "span",
+    "track",
+    "__version__",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -106,6 +106,12 @@ MIGRATIONS: list[str] = [
         attributes TEXT NOT NULL DEFAULT '{}'
     );
     CREATE INDEX logs_run ON logs(run_id, ts);
+    CREATE TABLE inbox (
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL,
+        ts REAL NOT NULL,
+        payload BLOB NOT NULL
+    );
     """,
 ]
 
@@ -257,8 +263,7 @@ class Store:
             self._db.execute(
                 "UPDATE runs SET end_ts=?, exit_code=?, summary=?, "
                 "start_ts=COALESCE(?, start_ts) WHERE id=?",
-                (end_ts, exit_code, None if summary is None else _dumps(summary), start_ts,
-                 run_id),
+                (end_ts, exit_code, None if summary is None else _dumps(summary), start_ts, run_id),
             )
 
     @staticmethod
@@ -359,23 +364,9 @@ class Store:
     # -- spans and valued metrics -------------------------------------------------------
     def write_spans(self, rows: Iterable[SpanRow]) -> int:
         """Inserts spans; a span sent twice (an OTLP retry) replaces its first copy."""
-        data = [
-            (
-                r.run_id, r.trace_id, r.span_id, r.parent_span_id, r.name, r.start_ts,
-                r.end_ts, r.status, r.service, r.pid, _dumps(r.attributes),
-                _dumps(r.resources) if r.resources else "{}",
-            )
-            for r in rows
-        ]
-        if data:
-            with self._lock, self._db:
-                self._db.executemany(
-                    "INSERT OR REPLACE INTO spans (run_id, trace_id, span_id, parent_span_id, "
-                    "name, start_ts, end_ts, status, service, pid, attributes, resources) "
-                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                    data,
-                )
-        return len(data)
+        rows = list(rows)
+        self.commit_spans(rows, ())
+        return len(rows)
 
     def spans(self, run_id: str | None = None) -> list[SpanRow]:
         sql = (
@@ -388,10 +379,7 @@ class Store:
             args.append(run_id)
         with self._lock:
             rows = self._db.execute(sql + " ORDER BY start_ts, rowid", args).fetchall()
-        return [
-            SpanRow(*r[:10], attributes=_loads(r[10]), resources=_loads(r[11]))
-            for r in rows
-        ]
+        return [SpanRow(*r[:10], attributes=_loads(r[10]), resources=_loads(r[11])) for r in rows]
 
     def write_metrics(self, rows: Iterable[MetricRow]) -> int:
         data = [
@@ -442,8 +430,16 @@ class Store:
 
     def write_confusion(self, rows: Iterable[ConfusionRow]) -> int:
         data = [
-            (r.run_id, r.ts, r.name, r.step, r.trace_id, r.span_id, _dumps(r.labels),
-             _dumps(r.matrix))
+            (
+                r.run_id,
+                r.ts,
+                r.name,
+                r.step,
+                r.trace_id,
+                r.span_id,
+                _dumps(r.labels),
+                _dumps(r.matrix),
+            )
             for r in rows
         ]
         if data:
@@ -462,9 +458,7 @@ class Store:
                 "FROM confusion_matrices WHERE run_id=? ORDER BY ts, rowid",
                 (run_id,),
             ).fetchall()
-        return [
-            ConfusionRow(r[0], r[1], _loads(r[2]), _loads(r[3]), *r[4:]) for r in rows
-        ]
+        return [ConfusionRow(r[0], r[1], _loads(r[2]), _loads(r[3]), *r[4:]) for r in rows]
 
     def write_logs(self, rows: Iterable[tuple[Any, ...]]) -> int:
         """Rows of (run_id, ts, severity, body, trace_id, span_id, service, attributes)."""
@@ -487,27 +481,48 @@ class Store:
             ).fetchall()
         return [(*r[:6], _loads(r[6])) for r in rows]
 
-    def set_span_resources(self, items: Iterable[tuple[str, str, dict[str, Any]]]) -> None:
-        """Stores attribution results: (trace_id, span_id, resources)."""
-        data = [(_dumps(res), t, s) for t, s, res in items]
-        if data:
-            with self._lock, self._db:
-                self._db.executemany(
-                    "UPDATE spans SET resources=? WHERE trace_id=? AND span_id=?", data
-                )
+    # -- inbox: acknowledged spans waiting for attribution ------------------------------
+    def inbox_put(self, kind: str, payload: bytes) -> int:
+        """Stores one acknowledged batch durably; returns its id. One row per OTLP request
+        keeps the acknowledgement cheap; spans get their own rows once attributed."""
+        with self._lock, self._db:
+            cur = self._db.execute(
+                "INSERT INTO inbox (kind, ts, payload) VALUES (?,?,?)", (kind, time.time(), payload)
+            )
+            return int(cur.lastrowid or 0)
 
-    def unattributed_spans(self) -> list[SpanRow]:
-        """Spans stored but not yet attributed (the agent stopped before it got to them)."""
+    def inbox(self) -> list[tuple[int, str, bytes]]:
         with self._lock:
-            rows = self._db.execute(
-                "SELECT run_id, trace_id, span_id, parent_span_id, name, start_ts, end_ts, "
-                "status, service, pid, attributes, resources FROM spans WHERE resources='{}' "
-                "ORDER BY end_ts"
-            ).fetchall()
-        return [
-            SpanRow(*r[:10], attributes=_loads(r[10]), resources=_loads(r[11]))
+            return list(self._db.execute("SELECT id, kind, payload FROM inbox ORDER BY id"))
+
+    def commit_spans(self, rows: Iterable[SpanRow], done_inbox: Iterable[int]) -> None:
+        """Attributed spans in, their finished inbox batches out: one transaction, so a
+        crash leaves every span either in the inbox or in ``spans``."""
+        data = [
+            (
+                r.run_id,
+                r.trace_id,
+                r.span_id,
+                r.parent_span_id,
+                r.name,
+                r.start_ts,
+                r.end_ts,
+                r.status,
+                r.service,
+                r.pid,
+                _dumps(r.attributes),
+                _dumps(r.resources) if r.resources else "{}",
+            )
             for r in rows
         ]
+        with self._lock, self._db:
+            self._db.executemany(
+                "INSERT OR REPLACE INTO spans (run_id, trace_id, span_id, parent_span_id, "
+                "name, start_ts, end_ts, status, service, pid, attributes, resources) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                data,
+            )
+            self._db.executemany("DELETE FROM inbox WHERE id=?", [(i,) for i in done_inbox])
 
     def delete_samples_before(self, ts: float) -> int:
         with self._lock, self._db:

@@ -41,13 +41,19 @@ def build_parser() -> argparse.ArgumentParser:
         "store the run, and exit with CMD's exit code.",
     )
     r.add_argument("--interval", type=_positive, default=0.1, help="sampling interval, s (0.1)")
-    r.add_argument("--store", metavar="PATH", help="SQLite store (default: $WATTSPAN_STORE or "
-                   "$XDG_DATA_HOME/wattspan/wattspan.db)")
+    r.add_argument(
+        "--store",
+        metavar="PATH",
+        help="SQLite store (default: $WATTSPAN_STORE or $XDG_DATA_HOME/wattspan/wattspan.db)",
+    )
     r.add_argument("--name", help="run name (default: the command's name)")
     r.add_argument("--description", default="", help="free text stored with the run")
     r.add_argument("--config", metavar="FILE", help="agent TOML config (collectors section)")
-    r.add_argument("--json", action="store_true", help="print the summary as one JSON object "
-                   "on stdout instead of the table")
+    r.add_argument(
+        "--json",
+        action="store_true",
+        help="print the summary as one JSON object on stdout instead of the table",
+    )
     r.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ARGS...")
 
     a = sub.add_parser(
@@ -58,8 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
         "SIGTERM or SIGINT flushes and exits 0.",
     )
     a.add_argument("--config", metavar="FILE", help="TOML config file (see README)")
-    a.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (default 9879; "
-                   "0 picks a free one)")
+    a.add_argument(
+        "--metrics-port",
+        type=int,
+        help="Prometheus /metrics port (default 9879; 0 picks a free one)",
+    )
     a.add_argument("--metrics-listen", help="address for /metrics (default 127.0.0.1)")
     a.add_argument("--otlp-port", type=int, help="OTLP/gRPC receiver port (default 4317)")
     a.add_argument("--interval", type=_positive, help="sampling interval, s (default 1)")

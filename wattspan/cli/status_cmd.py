@@ -35,7 +35,7 @@ def scrape(url: str, timeout: float = 5.0) -> dict[str, dict[str, Any]]:
                 if not s.name.startswith(prefix):
                     continue
                 comp = f"{kind}:{s.labels.get(kind, '?')}"
-                key = s.name[len(prefix):]
+                key = s.name[len(prefix) :]
                 if key.endswith("_info") and "value" in s.labels:
                     out[comp][key[: -len("_info")]] = s.labels["value"]
                 else:
@@ -75,8 +75,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     t.add_column("value", justify="right")
     for comp in sorted(status):
         for key, value in sorted(status[comp].items()):
-            shown = f"{value:,.0f}" if isinstance(value, float) and value.is_integer() else str(
-                value)
+            shown = (
+                f"{value:,.0f}" if isinstance(value, float) and value.is_integer() else str(value)
+            )
             t.add_row(comp, key, shown)
     Console().print(t)
     return 0

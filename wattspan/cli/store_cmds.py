@@ -15,8 +15,9 @@ def open_store(path: str | None) -> Store | None:
     from pathlib import Path
 
     if not Path(p).exists():
-        print(f"wattspan: no store at {p} (run something with `wattspan run` first)",
-              file=sys.stderr)
+        print(
+            f"wattspan: no store at {p} (run something with `wattspan run` first)", file=sys.stderr
+        )
         return None
     return Store(p)
 
