@@ -122,3 +122,27 @@ def test_default_path_follows_env_and_xdg(monkeypatch: pytest.MonkeyPatch, tmp_p
     assert default_store_path() == tmp_path / "d" / "wattspan" / "wattspan.db"
     monkeypatch.setenv("WATTSPAN_STORE", str(tmp_path / "x.db"))
     assert default_store_path() == tmp_path / "x.db"
+
+
+def test_a_span_stored_twice_reads_back_once(store_path: Path) -> None:
+    from wattspan.agent.store import SpanRow
+
+    store = Store(store_path)
+    first = SpanRow("r", "t" * 32, "s" * 16, None, "a", 1.0, 2.0, resources={"v": 1})
+    other = SpanRow("r", "t" * 32, "u" * 16, None, "b", 1.5, 2.0)
+    again = SpanRow("r", "t" * 32, "s" * 16, None, "a", 1.0, 2.0, resources={"v": 2})
+    store.write_spans([first, other])
+    store.write_spans([again])
+    spans = store.spans("r")
+    assert [(s.span_id, s.resources) for s in spans] == [("s" * 16, {"v": 2}), ("u" * 16, {})]
+
+
+def test_inbox_moves_to_spans_in_one_transaction(store_path: Path) -> None:
+    from wattspan.agent.store import SpanRow
+
+    store = Store(store_path)
+    a = store.inbox_put("spans", b"[1]")
+    b = store.inbox_put("spans", b"[2]")
+    store.commit_spans([SpanRow("r", "t" * 32, "s" * 16, None, "a", 1.0, 2.0)], [a])
+    assert [(i, k, bytes(p)) for i, k, p in Store(store_path).inbox()] == [(b, "spans", b"[2]")]
+    assert len(store.spans("r")) == 1

@@ -49,6 +49,9 @@ MIGRATIONS: list[str] = [
     """,
     # v2: pipeline instrumentation. Spans carry their attributed resources as JSON in
     # ``resources``; valued metrics, hyperparameters and confusion matrices have own tables.
+    # Spans have no unique index on (trace_id, span_id): on random hex ids it doubled the
+    # cost of an insert. A span re-sent by a client retry is stored twice and ``spans()``
+    # returns its last copy.
     """
     CREATE TABLE spans (
         run_id TEXT,
@@ -62,8 +65,7 @@ MIGRATIONS: list[str] = [
         service TEXT NOT NULL DEFAULT '',
         pid INTEGER,
         attributes TEXT NOT NULL DEFAULT '{}',
-        resources TEXT NOT NULL DEFAULT '{}',
-        PRIMARY KEY (trace_id, span_id)
+        resources TEXT NOT NULL DEFAULT '{}'
     );
     CREATE INDEX spans_run ON spans(run_id, start_ts);
     CREATE TABLE metrics (
@@ -363,7 +365,7 @@ class Store:
 
     # -- spans and valued metrics -------------------------------------------------------
     def write_spans(self, rows: Iterable[SpanRow]) -> int:
-        """Inserts spans; a span sent twice (an OTLP retry) replaces its first copy."""
+        """Inserts spans (see ``spans()`` for spans sent twice)."""
         rows = list(rows)
         self.commit_spans(rows, ())
         return len(rows)
@@ -517,7 +519,7 @@ class Store:
         ]
         with self._lock, self._db:
             self._db.executemany(
-                "INSERT OR REPLACE INTO spans (run_id, trace_id, span_id, parent_span_id, "
+                "INSERT INTO spans (run_id, trace_id, span_id, parent_span_id, "
                 "name, start_ts, end_ts, status, service, pid, attributes, resources) "
                 "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 data,
