@@ -381,7 +381,14 @@ class Store:
             args.append(run_id)
         with self._lock:
             rows = self._db.execute(sql + " ORDER BY start_ts, rowid", args).fetchall()
-        return [SpanRow(*r[:10], attributes=_loads(r[10]), resources=_loads(r[11])) for r in rows]
+        # A span stored twice (a client retried a request whose answer it lost) counts once:
+        # its last copy wins, in the position of its first.
+        unique: dict[tuple[str, str], SpanRow] = {}
+        for r in rows:
+            unique[(r[1], r[2])] = SpanRow(
+                *r[:10], attributes=_loads(r[10]), resources=_loads(r[11])
+            )
+        return list(unique.values())
 
     def write_metrics(self, rows: Iterable[MetricRow]) -> int:
         data = [
