@@ -36,7 +36,7 @@ import numpy as np
 
 from wattspan.collectors.base import Sample
 
-_BUSY_FIELDS = (
+BUSY_FIELDS = (  # /proc/stat modes that count as busy CPU time
     "user_seconds_total",
     "nice_seconds_total",
     "system_seconds_total",
@@ -133,7 +133,7 @@ def build_series(samples: Iterable[Sample]) -> NodeSeries:
                 energy[d].append((s.ts, v))
                 estimated[d] = s.tags.get("estimated") == "true"
         elif src == "cpu" and s.tags.get("cpu") == "total":
-            vals = [_f(s, k) for k in _BUSY_FIELDS]
+            vals = [_f(s, k) for k in BUSY_FIELDS]
             busy.append((s.ts, sum(v for v in vals if v is not None)))
         elif src == "process_tree":
             pid = int(s.tags["root"])

@@ -46,7 +46,7 @@ from wattspan.agent.analysis import (
     run_figures,
     span_tree,
 )
-from wattspan.agent.attribution import primary_domains
+from wattspan.agent.attribution import BUSY_FIELDS, primary_domains
 from wattspan.agent.report._template import CSS, ERROR_RECORDER_JS, RENDER_JS
 from wattspan.agent.store import Run, Store
 from wattspan.collectors.base import Sample
@@ -66,14 +66,6 @@ PALETTE = [
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
     "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
 ]  # fmt: skip
-_BUSY_FIELDS = (
-    "user_seconds_total",
-    "nice_seconds_total",
-    "system_seconds_total",
-    "irq_seconds_total",
-    "softirq_seconds_total",
-    "steal_seconds_total",
-)
 # Light to dark (plotly.js's built-in "Blues" runs dark to light, which reads inverted).
 _BLUES = [
     [0.0, "#f7fbff"],
@@ -241,7 +233,7 @@ def timeline_figure(store: Store, run: Run, ctx: _Ctx, fid: str) -> Figure | Non
     # so "my job used 3 of the 5 busy cores" reads straight off the plot.
     cpu: list[dict[str, Any]] = []
     busy = [
-        (s.ts - t0, sum(v for k in _BUSY_FIELDS if (v := _num(s, k)) is not None))
+        (s.ts - t0, sum(v for k in BUSY_FIELDS if (v := _num(s, k)) is not None))
         for s in by_src.get("cpu", [])
         if s.tags.get("cpu") == "total"
     ]
