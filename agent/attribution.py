@@ -26,7 +26,6 @@ microseconds per span.
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -239,15 +238,14 @@ def attribute(
     t0 = np.fromiter((s.start for s in spans), float, n)
     t1 = np.fromiter((s.end for s in spans), float, n)
     dur = np.maximum(t1 - t0, 0.0)
-    out: list[dict[str, Any]] = [{"wall_seconds": float(d)} for d in dur]
 
     bounds = series.span
     if bounds is not None:
         lo, hi = bounds
         covered = np.clip(np.minimum(t1, hi) - np.maximum(t0, lo), 0.0, None)
         cov = np.where(dur > 0, covered / np.where(dur > 0, dur, 1.0), 1.0)
-        for i in range(n):
-            out[i]["coverage"] = float(cov[i])
+    else:
+        cov = None
 
     primary = primary_domains(series.energy)
     node_total = np.zeros(n)
@@ -284,34 +282,76 @@ def attribute(
     gpu_parts = {k: v.at(t1) - v.at(t0) for k, v in sorted(series.gpu_energy.items())}
     gpu_total = sum(gpu_parts.values()) if gpu_parts else None
 
+    # Columns first, then one dict per span from zipped lists: building the dicts key by key
+    # in a Python loop cost more than all the numpy work above.
+    keys: list[str] = []
+    cols: list[list[Any]] = []
+
+    def col(key: str, values: Any) -> None:
+        keys.append(key)
+        cols.append(values.tolist() if isinstance(values, np.ndarray) else values)
+
+    col("wall_seconds", dur)
+    if cov is not None:
+        col("coverage", cov)
+    if per_domain:
+        doms = sorted(per_domain)
+        col(
+            "node_energy_joules",
+            [
+                dict(zip(doms, v, strict=True))
+                for v in zip(*(per_domain[d].tolist() for d in doms), strict=True)
+            ],
+        )
+    if primary:
+        col("node_energy_total_joules", node_total)
+        col("idle_power_watts", [float(idle_watts or 0.0)] * n)
+        col("idle_energy_joules", idle)
+        col("active_energy_joules", active)
+        col("energy_estimated", [estimated] * n)
+    if gpu_total is not None:
+        gk = list(gpu_parts)
+        col(
+            "gpu_energy_joules",
+            [
+                dict(zip(gk, v, strict=True))
+                for v in zip(*(gpu_parts[k].tolist() for k in gk), strict=True)
+            ],
+        )
+        col("gpu_energy_total_joules", gpu_total)
+    out = [dict(zip(keys, row, strict=True)) for row in zip(*cols, strict=True)]
+
+    has_cpu = ~np.isnan(proc_cpu)
+    if has_cpu.any():
+        cpu = np.maximum(np.where(has_cpu, proc_cpu, 0.0), 0.0)
+        with_share = node_busy is not None and bool(primary)
+        if with_share:
+            assert node_busy is not None
+            share = np.where(
+                node_busy > 0, np.minimum(cpu / np.where(node_busy > 0, node_busy, 1.0), 1.0), 0.0
+            )
+            proc_e, other_e = share * active, (1.0 - share) * active
+            share_l, proc_l, other_l = share.tolist(), proc_e.tolist(), other_e.tolist()
+        cpu_l = cpu.tolist()
+        for i in np.flatnonzero(has_cpu).tolist():
+            r = out[i]
+            r["cpu_seconds"] = cpu_l[i]
+            if with_share:
+                r["process_cpu_share"] = share_l[i]
+                r["process_energy_joules"] = proc_l[i]
+                r["other_energy_joules"] = other_l[i]
+    has_peak = peak != -np.inf
+    if has_peak.any():
+        peak_l = peak.tolist()
+        for i in np.flatnonzero(has_peak).tolist():
+            out[i]["peak_rss_bytes"] = int(peak_l[i])
+    dur_l = dur.tolist()
     for i, s in enumerate(spans):
-        r = out[i]
-        if per_domain:
-            r["node_energy_joules"] = {d: float(e[i]) for d, e in sorted(per_domain.items())}
-        if primary:
-            r["node_energy_total_joules"] = float(node_total[i])
-            r["idle_power_watts"] = float(idle_watts or 0.0)
-            r["idle_energy_joules"] = float(idle[i])
-            r["active_energy_joules"] = float(active[i])
-            r["energy_estimated"] = estimated
-        if not math.isnan(proc_cpu[i]):
-            c = max(float(proc_cpu[i]), 0.0)
-            r["cpu_seconds"] = c
-            if node_busy is not None and primary:
-                total_busy = float(node_busy[i])
-                share = min(c / total_busy, 1.0) if total_busy > 0 else 0.0
-                r["process_cpu_share"] = share
-                r["process_energy_joules"] = share * float(active[i])
-                r["other_energy_joules"] = (1.0 - share) * float(active[i])
-        if peak[i] != -np.inf:
-            r["peak_rss_bytes"] = int(peak[i])
-        if gpu_total is not None:
-            r["gpu_energy_joules"] = {k: float(v[i]) for k, v in gpu_parts.items()}
-            r["gpu_energy_total_joules"] = float(gpu_total[i])
         if s.items is not None:
+            r = out[i]
             r["items"] = s.items
-            if dur[i] > 0:
-                r["throughput_items_per_second"] = s.items / float(dur[i])
+            if dur_l[i] > 0:
+                r["throughput_items_per_second"] = s.items / dur_l[i]
             if s.items > 0:
-                r["latency_seconds_per_item"] = float(dur[i]) / s.items
+                r["latency_seconds_per_item"] = dur_l[i] / s.items
     return out
