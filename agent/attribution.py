@@ -33,16 +33,20 @@ from typing import Any
 
 import numpy as np
 
+from wattspan.agent.domains import primary_domains
 from wattspan.collectors.base import Sample
+from wattspan.collectors.cpu import BUSY_FIELDS
 
-BUSY_FIELDS = (  # /proc/stat modes that count as busy CPU time
-    "user_seconds_total",
-    "nice_seconds_total",
-    "system_seconds_total",
-    "irq_seconds_total",
-    "softirq_seconds_total",
-    "steal_seconds_total",
-)
+__all__ = [
+    "BUSY_FIELDS",
+    "NodeSeries",
+    "Series",
+    "SpanWindow",
+    "attribute",
+    "build_series",
+    "min_interval_power",
+    "primary_domains",
+]
 
 
 @dataclass(slots=True)
@@ -84,17 +88,6 @@ class NodeSeries:
         if not ends:
             return None
         return min(float(t[0]) for t in ends), max(float(t[-1]) for t in ends)
-
-
-def primary_domains(domains: Iterable[str]) -> list[str]:
-    """Domains that do not overlap and together make the node's CPU-side energy."""
-    ds = list(domains)
-    packages = [d for d in ds if d.startswith("package") and "/" not in d]
-    if packages:
-        return sorted(packages)
-    if "psys" in ds:
-        return ["psys"]
-    return sorted(d for d in ds if "/" not in d and not d.startswith("mmio:"))
 
 
 def _series(points: list[tuple[float, float]]) -> Series | None:

@@ -11,11 +11,10 @@ import socket
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wattspan.agent.config import Config
 from wattspan.agent.ingest import TelemetryIngest
-from wattspan.agent.metrics import AgentCollector, MetricsServer
 from wattspan.agent.pipeline import Pipeline
 from wattspan.agent.receiver import OtlpReceiver
 from wattspan.agent.scheduler import Scheduler
@@ -23,6 +22,9 @@ from wattspan.agent.sinks import Sink
 from wattspan.agent.store import Run, Store, StoreSink, default_store_path
 from wattspan.collectors.process import ProcessCollector
 from wattspan.collectors.registry import build_collectors
+
+if TYPE_CHECKING:
+    from wattspan.agent.metrics import MetricsServer
 
 log = logging.getLogger("wattspan.agent")
 
@@ -128,6 +130,9 @@ class Agent:
         serve = config["metrics"]["enabled"] if serve_metrics is None else serve_metrics
         self.metrics: MetricsServer | None = None
         if serve:
+            # Imported only when serving: ``wattspan run`` never loads prometheus_client.
+            from wattspan.agent.metrics import AgentCollector, MetricsServer
+
             self.metrics = MetricsServer(
                 AgentCollector(self.pipeline, self.scheduler, self.component_stats),
                 host=config["metrics"]["listen"],

@@ -22,22 +22,43 @@ from typing import Any
 import orjson
 
 from wattspan import semconv as sc
-from wattspan.agent.attribution import (
-    SpanWindow,
-    attribute,
-    build_series,
-    min_interval_power,
-    primary_domains,
-)
+from wattspan.agent.domains import primary_domains
 from wattspan.agent.pipeline import Pipeline
 from wattspan.agent.records import LogRecord, MetricPoint, SpanRecord
 from wattspan.agent.store import ConfusionRow, MetricRow, SpanRow, Store
 from wattspan.collectors.base import Sample
+from wattspan.collectors.cpu import BUSY_FIELDS
 from wattspan.collectors.process import ProcessCollector
 
 log = logging.getLogger("wattspan.ingest")
 
-ATTRIBUTION_SOURCES = frozenset({"rapl", "power_model", "cpu", "process_tree", "process", "gpu"})
+# What attribution reads of each source: the ring keeps only these tags and fields, so it
+# costs about one small record per series and tick, whatever else collectors report.
+_CPU_FIELDS = ("cpu_user_seconds_total", "cpu_system_seconds_total", "rss_bytes")
+_KEEP: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "cpu": (("cpu",), BUSY_FIELDS),
+    "process_tree": (("root",), _CPU_FIELDS),
+    "process": (("pid",), (*_CPU_FIELDS, "peak_rss_bytes")),
+    "rapl": (("domain", "estimated"), ("energy_joules_total",)),
+    "power_model": (("domain", "estimated"), ("energy_joules_total",)),
+    "gpu": (("gpu",), ("energy_joules_total",)),
+}
+
+
+def _slim(s: Sample) -> Sample | None:
+    """The part of a sample attribution needs, or None if it needs none of it."""
+    keep = _KEEP.get(s.source)
+    if keep is None or (s.source == "cpu" and s.tags.get("cpu") != "total"):
+        return None
+    tags, fields = keep
+    return Sample(
+        s.source,
+        s.ts,
+        {k: s.tags[k] for k in tags if k in s.tags},
+        {k: s.fields[k] for k in fields if k in s.fields},
+    )
+
+
 MAX_DYNAMIC_ROOTS = 256
 
 
@@ -81,8 +102,9 @@ class SampleRing:
     def add(self, samples: Sequence[Sample]) -> None:
         with self._lock:
             for s in samples:
-                if s.source in ATTRIBUTION_SOURCES:
-                    self._q.append(s)
+                slim = _slim(s)
+                if slim is not None:
+                    self._q.append(slim)
                     if s.ts > self.latest_ts:
                         self.latest_ts = s.ts
             cutoff = self.latest_ts - self.max_age
@@ -387,6 +409,15 @@ class TelemetryIngest:
         if not batch:
             return 0
         due = [r for _, r in batch]
+        # numpy loads with the first span, not with the agent: a node agent that is never
+        # sent a span does not carry it.
+        from wattspan.agent.attribution import (
+            SpanWindow,
+            attribute,
+            build_series,
+            min_interval_power,
+        )
+
         t0 = min(r.start_ts for r in due)
         t1 = max(r.end_ts for r in due)
         samples = self.ring.between(t0, t1)
@@ -394,11 +425,8 @@ class TelemetryIngest:
             if self.flush_samples is not None:
                 self.flush_samples()
             margin = 2 * self.interval
-            samples = [
-                s
-                for s in self.store.samples(start=t0 - margin - 60, end=t1 + margin)
-                if s.source in ATTRIBUTION_SOURCES
-            ] + self.ring.all()
+            stored = self.store.samples(start=t0 - margin - 60, end=t1 + margin)
+            samples = [x for s in stored if (x := _slim(s)) is not None] + self.ring.all()
         series = build_series(samples or self.ring.all())
         idle = self._idle_watts
         if idle is None:

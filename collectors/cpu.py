@@ -11,6 +11,8 @@ from wattspan.collectors.base import Sample
 # Modes psutil reports on Linux; others (guest) are already counted inside user/nice.
 _MODES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
 _IDLE_MODES = ("idle", "iowait")
+# Cumulative fields of the ``cpu`` sample whose sum is busy CPU time (attribution's ``C``).
+BUSY_FIELDS = tuple(f"{m}_seconds_total" for m in _MODES if m not in _IDLE_MODES)
 
 
 def _times_dict(t: object) -> dict[str, float]:
@@ -38,9 +40,25 @@ class CpuCollector:
 
     name = "cpu"
 
+    # psutil reads /proc/cpuinfo for the frequency where cpufreq is absent (most VMs), which
+    # is costly on many-core hosts; the figure changes slowly, so it is refreshed this often.
+    FREQ_REFRESH_S = 60.0
+
     def __init__(self, percpu: bool = True) -> None:
         self.percpu = percpu
         self._prev: dict[str, dict[str, float]] = {}
+        self._freq_hz: float | None = None
+        self._freq_at = -float("inf")
+        self._freq_known = True
+
+    def _frequency(self, now: float) -> float | None:
+        if self._freq_known and now - self._freq_at >= self.FREQ_REFRESH_S:
+            self._freq_at = now
+            freq = psutil.cpu_freq()
+            self._freq_hz = freq.current * 1e6 if freq is not None and freq.current else None
+            # Nothing the first time: the node has no frequency to report; stop asking.
+            self._freq_known = self._freq_hz is not None
+        return self._freq_hz
 
     def _emit(self, now: float, cpu: str, times: dict[str, float]) -> Sample:
         fields: dict[str, float | int | str | bool] = {
@@ -59,10 +77,9 @@ class CpuCollector:
 
     def sample(self, now: float) -> list[Sample]:
         total = self._emit(now, "total", _times_dict(psutil.cpu_times()))
-        freq = psutil.cpu_freq()
-        # VMs often expose no cpufreq; absent is better than a made-up number.
-        if freq is not None and freq.current:
-            total.fields["frequency_hertz"] = freq.current * 1e6
+        hz = self._frequency(now)
+        if hz is not None:  # absent is better than a made-up number
+            total.fields["frequency_hertz"] = hz
         load1, load5, load15 = os.getloadavg()
         total.fields.update({"load1": load1, "load5": load5, "load15": load15})
         stats = psutil.cpu_stats()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -25,6 +26,34 @@ def _peak_rss_bytes(pid: int) -> int | None:
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+def _descendants(root: int) -> list[int] | None:
+    """PIDs below ``root``, from the kernel's per-thread ``children`` lists.
+
+    Costs in proportion to the watched tree, where psutil's ``children()`` reads the stat
+    file of every process on the node. None when the kernel lacks these files
+    (``CONFIG_PROC_CHILDREN`` off).
+    """
+    if not os.path.exists(f"/proc/{root}/task/{root}/children"):
+        return None if os.path.exists(f"/proc/{root}") else []
+    out: list[int] = []
+    stack = [root]
+    while stack:
+        pid = stack.pop()
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue  # vanished meanwhile: a normal race
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                    kids = [int(c) for c in f.read().split()]
+            except OSError:
+                continue
+            out.extend(kids)
+            stack.extend(kids)
+    return out
 
 
 @dataclass(slots=True)
@@ -97,16 +126,28 @@ class ProcessCollector:
     def _members(self, root: int) -> list[psutil.Process]:
         try:
             p = self._process(root)
-            kids = p.children(recursive=True)
         except _GONE:
             return []
-        except psutil.AccessDenied:
-            return [self._procs[root]] if root in self._procs else []
+        pids = _descendants(root)
+        if pids is None:
+            # No /proc/PID/task/TID/children (kernel without CONFIG_PROC_CHILDREN): psutil
+            # reads every process on the node to build its parent map.
+            try:
+                pids = [k.pid for k in p.children(recursive=True)]
+            except _GONE:
+                return []
+            except psutil.AccessDenied:
+                pids = []
         members = [p]
-        for k in kids:
-            # children() returns fresh objects; reuse cached ones so psutil's pid-reuse
-            # check (create_time) stays meaningful across samples.
-            cached = self._procs.setdefault(k.pid, k)
+        for pid in pids:
+            # Reuse cached Process objects so psutil's pid-reuse check (create_time) stays
+            # meaningful across samples.
+            cached = self._procs.get(pid)
+            if cached is None:
+                try:
+                    cached = self._procs[pid] = psutil.Process(pid)
+                except _GONE:
+                    continue
             members.append(cached)
         return members
 

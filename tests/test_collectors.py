@@ -144,3 +144,29 @@ def test_power_model_is_linear_and_integrates() -> None:
         # Energy is exactly the integral of the reported power over the sample spacing.
         delta = b.fields["energy_joules_total"] - a.fields["energy_joules_total"]
         assert delta == pytest.approx(watts * 0.5)
+
+
+def test_descendants_from_the_kernel_match_psutils_scan() -> None:
+    import psutil
+
+    from wattspan.collectors.process import _descendants
+
+    tree = subprocess.Popen(
+        ["bash", "-c", "sleep 30 & (sleep 30; true) & bash -c 'sleep 30 & wait' & wait"]
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            expected = {c.pid for c in psutil.Process(tree.pid).children(recursive=True)}
+            if len(expected) >= 5:
+                break
+            time.sleep(0.05)
+        got = _descendants(tree.pid)
+        assert got is not None  # this kernel has CONFIG_PROC_CHILDREN
+        assert set(got) == expected
+    finally:
+        for c in psutil.Process(tree.pid).children(recursive=True):
+            c.kill()
+        tree.kill()
+        tree.wait()
+    assert _descendants(2**22 + 7) == []  # gone: an empty tree, not an error

@@ -37,6 +37,7 @@ import re
 import struct
 import threading
 import zlib
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,7 +165,8 @@ class DiskQueue:
     are deleted and their undelivered items counted in ``dropped_items_total`` and reported to
     ``on_drop(items, bytes)`` (called in the appending thread, outside the lock).
     ``segment_bytes`` is the target size of one segment file (bytes), capped at a quarter of
-    ``max_bytes``.
+    ``max_bytes``. Up to ``memory_cache_bytes`` of the newest payloads are also kept in memory
+    (a read-back cache only; the files stay authoritative).
     """
 
     def __init__(
@@ -176,6 +178,7 @@ class DiskQueue:
         fsync: FsyncPolicy | None = None,
         on_drop: Callable[[int, int], None] | None = None,
         name: str | None = None,
+        memory_cache_bytes: int = 8 * 1024 * 1024,
     ) -> None:
         self.directory = Path(directory)
         self.name = name or str(self.directory)
@@ -207,6 +210,11 @@ class DiskQueue:
         self._appended_items_total = 0
         self._fsyncs_total = 0
         self._corrupt_bytes_total = 0
+        # The newest appended payloads, kept in memory so that a consumer keeping up with the
+        # producers never reads them back from disk: (segment, start, end, payload, count).
+        self._cache: deque[tuple[int, int, int, bytes, int]] = deque()
+        self._cache_bytes = 0
+        self.memory_cache_bytes = max(0, int(memory_cache_bytes))
         self._dirty = False
         self._dir_dirty = False
         self._wake = False
@@ -374,16 +382,16 @@ class DiskQueue:
         """Append several payloads with one write (and one fsync) per touched segment."""
         if not frames:
             return
-        encoded = [(encode_frame(p, c), c) for p, c in frames]
+        encoded = [(encode_frame(p, c), p, c) for p, c in frames]
         drops: list[tuple[int, int]] = []
         try:
             with self._lock:
                 if self._closed:
                     raise QueueClosedError(f"queue {self.name} is closed")
-                pending: list[bytes] = []
+                pending: list[tuple[bytes, bytes, int]] = []
                 pending_bytes = 0
                 pending_items = 0
-                for frame, count in encoded:
+                for frame, payload, count in encoded:
                     n = len(frame)
                     if n + HEADER_SIZE > self.max_bytes:
                         # Can never fit: count it like a quota drop rather than fail the caller.
@@ -404,7 +412,7 @@ class DiskQueue:
                         self._write(pending, pending_bytes, pending_items)
                         pending, pending_bytes, pending_items = [], 0, 0
                         drops.extend(self._make_room(n))
-                    pending.append(frame)
+                    pending.append((frame, payload, count))
                     pending_bytes += n
                     pending_items += count
                 self._write(pending, pending_bytes, pending_items)
@@ -416,10 +424,10 @@ class DiskQueue:
                 for items, nbytes in drops:
                     self._on_drop(items, nbytes)
 
-    def _write(self, frames: list[bytes], nbytes: int, items: int) -> None:
+    def _write(self, frames: list[tuple[bytes, bytes, int]], nbytes: int, items: int) -> None:
         if not frames:
             return
-        data = frames[0] if len(frames) == 1 else b"".join(frames)
+        data = frames[0][0] if len(frames) == 1 else b"".join(f[0] for f in frames)
         active = self._segments[-1]
         view = memoryview(data)
         written = 0
@@ -432,6 +440,14 @@ class DiskQueue:
             with contextlib.suppress(OSError):
                 os.ftruncate(self._wfd, active.size)
             raise
+        if self.memory_cache_bytes:
+            off = active.size
+            for frame, payload, count in frames:
+                self._cache.append((active.id, off, off + len(frame), payload, count))
+                self._cache_bytes += len(payload)
+                off += len(frame)
+            while self._cache_bytes > self.memory_cache_bytes:
+                self._cache_bytes -= len(self._cache.popleft()[3])
         active.size += nbytes
         active.items += items
         self._disk_bytes += nbytes
@@ -466,6 +482,8 @@ class DiskQueue:
 
     def _drop_head(self) -> tuple[int, int]:
         seg = self._segments.pop(0)
+        while self._cache and self._cache[0][0] == seg.id:
+            self._cache_bytes -= len(self._cache.popleft()[3])
         nxt = self._segments[0]
         unread = seg.items - seg.read_items
         inflight = seg.read_items - seg.consumed_items
@@ -584,7 +602,10 @@ class DiskQueue:
                     raise RuntimeError("previous batch was neither committed nor abandoned")
                 if self._closed:
                     raise QueueClosedError(f"queue {self.name} is closed")
-                seg = self._segment(self._read_seg) or self._segments[0]
+                seg = self._segment(self._read_seg)
+                if seg is None:  # cannot happen: drops and deletions move the read position
+                    seg = self._segments[0]
+                    self._read_seg, self._read_off = seg.id, HEADER_SIZE
                 if self._read_off >= seg.size:
                     if seg is self._segments[-1]:
                         return None
@@ -595,6 +616,9 @@ class DiskQueue:
                     paths = self._collect_consumed()
                     ckpt = (self._ckpt_seg, self._ckpt_off)
                 else:
+                    batch = self._read_cached(seg, max_items, max_bytes)
+                    if batch is not None:
+                        return batch
                     if self._rfd_seg != seg.id:
                         # Opened under the lock: the quota may unlink the file at any time.
                         if self._rfd >= 0:
@@ -641,6 +665,36 @@ class DiskQueue:
                 self._read_off = self._ckpt_off = avail
                 ckpt = (self._ckpt_seg, self._ckpt_off)
             self._persist(ckpt, [])
+
+    def _read_cached(self, seg: _Segment, max_items: int, max_bytes: int) -> QueueBatch | None:
+        """Serve the read position from the memory cache if it is there (lock held)."""
+        cache = self._cache
+        pos = (self._read_seg, self._read_off)
+        while cache and cache[0][:2] < pos:  # consumed already (or rewound past)
+            self._cache_bytes -= len(cache.popleft()[3])
+        if not cache or cache[0][:2] != pos:
+            return None
+        batch = QueueBatch(seg.id, self._read_off, self._read_off)
+        while cache and cache[0][0] == seg.id:
+            _, _, end, payload, count = cache[0]
+            if batch.payloads and (
+                batch.count + count > max_items or batch.nbytes + len(payload) > max_bytes
+            ):
+                break
+            cache.popleft()
+            self._cache_bytes -= len(payload)
+            batch.payloads.append(payload)
+            batch.counts.append(count)
+            batch.count += count
+            batch.nbytes += len(payload)
+            batch.end = end
+            if batch.count >= max_items or batch.nbytes >= max_bytes:
+                break
+        seg.read_items += batch.count
+        self._unread_items -= batch.count
+        self._read_off = batch.end
+        self._outstanding = batch
+        return batch
 
     def _parse(
         self, fd: int, seg_id: int, start: int, avail: int, max_items: int, max_bytes: int

@@ -313,7 +313,7 @@ def parse_config(
     else:
         token = _secret(section, "token", TOKEN_ENV, env)
 
-    precision = _str(section, "precision", "ns")
+    precision = _str(section, "precision", "ns") or ""
     if precision not in PRECISIONS:
         raise ConfigError(
             f"{SECTION}.precision", f"expected one of {', '.join(PRECISIONS)}, got {precision!r}"
@@ -352,9 +352,7 @@ def parse_config(
     )
     if max_queue_bytes < 64 * 1024:
         raise ConfigError(f"{SECTION}.max_queue_bytes", "must be at least 64KiB")
-    retry_initial = _number(
-        section, "retry_initial_interval", _DEFAULTS.retry_initial_interval
-    )
+    retry_initial = _number(section, "retry_initial_interval", _DEFAULTS.retry_initial_interval)
     retry_max = _number(section, "retry_max_interval", _DEFAULTS.retry_max_interval)
     if retry_max < retry_initial:
         raise ConfigError(f"{SECTION}.retry_max_interval", "must be >= retry_initial_interval")
@@ -393,7 +391,5 @@ def parse_config(
             section.get("max_dead_letter_bytes", _DEFAULTS.max_dead_letter_bytes),
             f"{SECTION}.max_dead_letter_bytes",
         ),
-        close_timeout=_number(
-            section, "close_timeout", _DEFAULTS.close_timeout, allow_zero=True
-        ),
+        close_timeout=_number(section, "close_timeout", _DEFAULTS.close_timeout, allow_zero=True),
     )

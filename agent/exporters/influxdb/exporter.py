@@ -303,13 +303,14 @@ class InfluxDBExporter:
             if self._closing:
                 if time.monotonic() >= self._deadline or q.unread_items == 0:
                     return
-                timeout: float | None = 0.0
+                min_items, timeout = 1, 0.0
             elif self._flush_waiters:
-                timeout = 0.0
+                # Someone waits in flush(): send whatever is there, as soon as it is there.
+                min_items, timeout = 1, cfg.flush_interval
             else:
-                timeout = cfg.flush_interval
-            # Wait for a full batch, or flush_interval for a partial one.
-            if q.wait(cfg.batch_size, timeout) == 0:
+                # Wait for a full batch, or flush_interval for a partial one.
+                min_items, timeout = cfg.batch_size, cfg.flush_interval
+            if q.wait(min_items, timeout) == 0:
                 continue
             batch = q.read(cfg.batch_size, cfg.max_batch_bytes)
             if batch is None:

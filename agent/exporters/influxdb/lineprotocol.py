@@ -1,28 +1,32 @@
 """InfluxDB line protocol, encoded straight from the agent's :class:`Sample` batches.
 
 Why our own encoder: ``influxdb_client.Point`` builds an object per point and escapes every
-key on every call (about 10x slower, see ``bench/bench_influx_encode.py``). The agent's data
-is highly repetitive (the same few hundred series every interval), so the expensive part
--- measurement and tag set escaping, sorting, merging the global tags -- is done once per
-distinct (source, tags) and cached; per point only the field values and the timestamp are
-formatted.
+key on every call (about 4x slower on agent data, see ``bench/bench_influx_encode.py``). The
+agent's data is highly repetitive (the same few hundred series every interval), so the
+expensive part -- measurement and tag set escaping, sorting, merging the global tags -- is
+done once per distinct (source, tags) and cached, as is the escaped ``key=`` of every field
+key; per point only the field values and the timestamp are formatted.
 
 Escaping follows what influxd's parser (1.x and 2.x share ``models/points.go``) really does,
 verified against a real influxd by ``tests/test_influx_roundtrip.py``:
 
 * measurement: ``,`` and space are escaped with a backslash;
-* tag keys, tag values, field keys: ``,`` ``=`` and space are escaped with a backslash;
-  a backslash is *not* doubled, because the parser only un-escapes those three characters
-  (``a\\,b`` written as ``a\\\\,b`` reads back exactly);
+* tag keys and values: ``,`` ``=`` and space are escaped with a backslash; a backslash is
+  *not* doubled, because the parser only un-escapes those three characters (``a\\,b``
+  written as ``a\\\\,b`` reads back exactly);
+* field keys: the same plus ``"``;
 * string field values: ``"`` and ``\\`` are escaped; a raw line feed is allowed inside the
   quotes and round-trips.
 
-Not representable, and therefore changed (documented in docs/influxdb.md):
+Not representable, and therefore changed (the table is in docs/influxdb.md):
 
 * a line feed in a measurement, tag key/value or field key ends the line in the parser and
   no escape for it exists, so it is written as the two characters ``\\n``;
 * a trailing backslash in those names would escape the following delimiter, so trailing
   backslashes are removed;
+* a backslash right before ``,`` space ``=`` ``"`` in a measurement is removed (influxd
+  un-escapes measurement names twice); in a field key an odd run of backslashes right before
+  ``,`` ``=`` or space loses one backslash;
 * influxd skips tabs and NUL bytes before a measurement and before the first field key,
   so leading tabs/NULs are removed from measurements and field keys;
 * an empty tag key or value is omitted (influx has no empty tags); the key ``time`` is
@@ -37,8 +41,8 @@ and the field is dropped and counted; a point left without fields is dropped and
 from __future__ import annotations
 
 import math
-import re
 import numbers
+import re
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -49,10 +53,8 @@ PRECISIONS: dict[str, int] = {"ns": 1_000_000_000, "us": 1_000_000, "ms": 1_000,
 
 _MEASUREMENT_ESCAPES = str.maketrans({",": "\\,", " ": "\\ ", "\n": "\\n"})
 _KEY_ESCAPES = str.maketrans({",": "\\,", "=": "\\=", " ": "\\ ", "\n": "\\n"})
-_FIELD_KEY_ESCAPES = str.maketrans(
-    {",": "\\,", "=": "\\=", " ": "\\ ", '"': '\\"', "\n": "\\n"}
-)
-_MEASUREMENT_BACKSLASHES = re.compile(r"\\+(?=[, =])")
+_FIELD_KEY_ESCAPES = str.maketrans({",": "\\,", "=": "\\=", " ": "\\ ", '"': '\\"', "\n": "\\n"})
+_MEASUREMENT_BACKSLASHES = re.compile(r"\\+(?=[, =\"])")
 #: An odd-length run of backslashes directly before , = or space (in a field key).
 _ODD_BACKSLASHES = re.compile(r"(?<!\\)((?:\\\\)*)\\(?=[,= ])")
 _STRING_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"'})
@@ -70,7 +72,7 @@ def escape_measurement(name: str) -> str:
     name = name.lstrip(_SKIPPED)
     if "\\" in name:
         # influxd un-escapes measurement names more than once, so a backslash right before
-        # "," " " or "=" cannot survive in any encoding: such backslashes are removed.
+        # "," " " "=" or '"' cannot survive in any encoding: such backslashes are removed.
         name = _MEASUREMENT_BACKSLASHES.sub("", name).rstrip("\\")
     return name.translate(_MEASUREMENT_ESCAPES)
 
@@ -146,8 +148,8 @@ class LineEncoder:
         self._global = {str(k): str(v) for k, v in (global_tags or {}).items()}
         self._field_tags = frozenset(field_tags)
         self._cache_size = cache_size
-        # (source, tuple(tags.items())) -> (prefix "meas,k=v,... ", extra fields "k=\"v\"" or "")
-        self._series: dict[tuple[object, ...], tuple[str, str] | None] = {}
+        # (source, *tags.items()) -> (prefix "meas,k=v,... ", fields from field_tags or "")
+        self._series: dict[object, tuple[str, str]] = {}
         self._fkeys = _FieldKeys()
 
     def _series_entry(self, source: str, tags: Mapping[str, str]) -> tuple[str, str] | None:
@@ -184,6 +186,17 @@ class LineEncoder:
         mult = self._mult
         points = dropped_points = dropped_fields = 0
         append = out.append
+        # Locals: cheaper than global/builtin lookups in the per-field loop.
+        lo, hi, rep, esc, flt, integer, boolean, text = (
+            _INT64_MIN,
+            _INT64_MAX,
+            repr,
+            escape_string,
+            float,
+            int,
+            bool,
+            str,
+        )
         last_ts: object = None
         ts_text = ""
         for s in samples:
@@ -212,24 +225,24 @@ class LineEncoder:
                     continue
                 t = type(v)
                 # Exact type checks first: the cheapest path for the common cases.
-                if t is float:
+                if t is flt:
                     if v - v == 0.0:  # false for NaN and +-inf
-                        parts.append(fk + repr(v))
+                        parts.append(fk + rep(v))
                         continue
-                elif t is int:
-                    if _INT64_MIN <= v <= _INT64_MAX:
+                elif t is integer:
+                    if lo <= v <= hi:
                         parts.append(f"{fk}{v}i")
                         continue
-                elif t is bool:
+                elif t is boolean:
                     parts.append(fk + ("true" if v else "false"))
                     continue
-                elif t is str:
-                    parts.append(fk + escape_string(v))
+                elif t is text:
+                    parts.append(fk + esc(v))
                     continue
                 else:
-                    text = _format_other(v)
-                    if text is not None:
-                        parts.append(fk + text)
+                    other = _format_other(v)
+                    if other is not None:
+                        parts.append(fk + other)
                         continue
                 dropped_fields += 1
             if not parts:
@@ -254,7 +267,7 @@ class LineEncoder:
 
 def _format_other(v: object) -> str | None:
     """Slow path for numpy scalars, subclasses, Decimals...; None when not writable."""
-    if isinstance(v, bool):
+    if isinstance(v, bool) or getattr(getattr(v, "dtype", None), "kind", "") == "b":
         return "true" if v else "false"
     if isinstance(v, numbers.Integral):
         i = int(v)

@@ -159,7 +159,9 @@ class V2Transport:
         self._api_exception = ApiException
         self._client = InfluxDBClient(
             url=config.url,
-            token=config.token.reveal() if config.token is not None else None,
+            # None means "no Authorization header" (VictoriaMetrics, auth disabled); the
+            # library's annotation says str but it checks for a falsy token.
+            token=config.token.reveal() if config.token is not None else None,  # type: ignore[arg-type]
             org=config.org,
             timeout=int(config.timeout * 1000),
             enable_gzip=False,  # we compress ourselves (level 1: far cheaper than its level 9)
