@@ -41,7 +41,8 @@ from wattspan.agent.analysis import (
 from wattspan.agent.attribution import SpanWindow, attribute, build_series
 from wattspan.agent.store import ConfusionRow, MetricRow, Run, SpanRow, Store
 from wattspan.agent.summary import summarize
-from wattspan.cli.analysis_cmds import add_analysis_parsers, parse_selection, show_details
+from wattspan.cli.analysis_cmds import parse_selection, show_details
+from wattspan.cli.analysis_parsers import add_analysis_parsers
 from wattspan.collectors.base import Sample
 
 RUN_A = "aaaa0000-0000-4000-8000-000000000001"
@@ -556,3 +557,10 @@ def test_show_details(store: Store) -> None:
     for r in show_details(store, store.resolve_run(RUN_B), target=0.99):
         other.print(r)
     assert "not reached (best 0.93)" in other.export_text()
+
+
+def test_export_kinds_of_the_parser_match_the_analysis() -> None:
+    from wattspan.agent import analysis
+    from wattspan.cli import analysis_parsers
+
+    assert tuple(analysis_parsers.EXPORT_KINDS) == tuple(analysis.EXPORT_KINDS)

@@ -22,7 +22,7 @@ import pytest
 from tests.test_analysis import RUN_A, RUN_B, make_store
 from wattspan.agent.report import build_figures, render_report, write_report
 from wattspan.agent.store import Run, SpanRow, Store
-from wattspan.cli.analysis_cmds import add_analysis_parsers
+from wattspan.cli.analysis_parsers import add_analysis_parsers
 
 CHROMIUM = next(
     (p for n in ("chromium", "chromium-browser", "google-chrome") if (p := shutil.which(n))),

@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--store", metavar="PATH")
     sh.add_argument("--json", action="store_true")
 
-    from wattspan.cli.analysis_cmds import add_analysis_parsers
+    from wattspan.cli.analysis_parsers import add_analysis_parsers
 
     add_analysis_parsers(sub)
     return p
