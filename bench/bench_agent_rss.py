@@ -7,10 +7,12 @@ Target (the issue): steady RSS of ``wattspan agent`` with the default collectors
 ``wattspan agent --interval 1 --metrics-port 0 --otlp-port 0 --store TMP`` (the metrics port
 it picked is read from its log; the OTLP receiver is on, as by default, on a free port);
 ``/metrics`` is scraped every ``--scrape-every`` s and VmRSS is read from /proc every second.
-"Steady" is the median of the second half of the run; the peak (VmHWM) and the
-anonymous/file split of the last reading are reported too, since file pages (shared
-libraries: numpy's OpenBLAS, grpc's core...) are shared and reclaimable while anonymous pages
-(the Python heap) are the agent's own.
+"Steady" is the median of the last quarter of the run, whose slope says whether it has
+settled: the agent keeps 15 minutes of node samples for span attribution, so RSS only
+plateaus after about 900 s (``--duration 1200`` shows it). The peak (VmHWM) and the
+anonymous/file split of the last reading are reported too: file pages (shared libraries:
+numpy's OpenBLAS, grpc's core...) are shared and reclaimable, anonymous pages (the Python
+heap) are the agent's own.
 
 For comparison the same is read for ``prometheus-node-exporter`` when installed, and for a
 bare ``python3 -c`` that sleeps (the interpreter's floor).
@@ -57,6 +59,17 @@ def _find_port(log: Path, proc: subprocess.Popen[bytes], timeout: float = 30.0) 
             raise RuntimeError(f"agent exited with {proc.returncode}: {log.read_text()[-2000:]}")
         time.sleep(0.05)
     raise RuntimeError(f"agent did not log its metrics port: {log.read_text()[-2000:]}")
+
+
+def _slope(points: list[tuple[float, int]]) -> float:
+    """Least-squares slope of RSS over time, bytes per second."""
+    if len(points) < 2:
+        return 0.0
+    n = len(points)
+    mt = sum(t for t, _ in points) / n
+    mr = sum(r for _, r in points) / n
+    var = sum((t - mt) ** 2 for t, _ in points)
+    return sum((t - mt) * (r - mr) for t, r in points) / var if var else 0.0
 
 
 def _floor_rss(argv: list[str], settle: float = 2.0, url: str | None = None) -> int:
@@ -108,6 +121,8 @@ def main() -> int:
             next_scrape = 0.0
             scrapes = 0
             body = b""
+            every = 10 if args.duration <= 120 else 60
+            printed = -1
             print(f"{'t (s)':>6} {'VmRSS MiB':>10}")
             while (t := time.monotonic() - t0) < args.duration:
                 if t >= next_scrape:
@@ -116,8 +131,9 @@ def main() -> int:
                     next_scrape += args.scrape_every
                 rss, _ = proc_rss_bytes(proc.pid)
                 readings.append((t, rss))
-                if len(readings) == 1 or int(t) % 10 == 0:
-                    print(f"{t:6.1f} {rss / MIB:10.1f}")
+                if int(t) // every != printed:
+                    printed = int(t) // every
+                    print(f"{t:6.1f} {rss / MIB:10.1f}", flush=True)
                 time.sleep(1.0)
             rss, hwm = proc_rss_bytes(proc.pid)
             parts = proc_rss_breakdown(proc.pid)
@@ -126,8 +142,9 @@ def main() -> int:
             proc.wait(15)
         agent_exit = proc.returncode
 
-    half = [r for t, r in readings if t >= args.duration / 2] or [readings[-1][1]]
-    steady = median(half)
+    tail = [(t, r) for t, r in readings if t >= args.duration * 0.75] or readings[-1:]
+    steady = median([r for _, r in tail])
+    slope = _slope(tail) * 60 / MIB  # MiB per minute over the last quarter
     first = readings[0][1]
     series = sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))
     print()
@@ -135,9 +152,15 @@ def main() -> int:
         f"scrapes: {scrapes} (last: {series} series, {len(body)} B); agent exit code {agent_exit}"
     )
     print(f"first reading:        {first / MIB:7.1f} MiB")
-    print(f"steady (median, 2nd half): {steady / MIB:7.1f} MiB = {steady / 1e6:.1f} MB")
+    print(f"steady (median, last quarter): {steady / MIB:7.1f} MiB = {steady / 1e6:.1f} MB")
     print(f"max over run:         {max(r for _, r in readings) / MIB:7.1f} MiB")
     print(f"growth first->last:   {(readings[-1][1] - first) / MIB:+7.1f} MiB")
+    print(f"growth, last quarter: {slope:+7.2f} MiB/min")
+    if slope > 0.05:
+        print(
+            "  still growing: the agent keeps node samples for span attribution for 15 min "
+            "(TelemetryIngest ring_seconds=900); run with --duration 1200 to see the plateau"
+        )
     print(f"VmHWM (peak):         {hwm / MIB:7.1f} MiB")
     print(
         f"last reading split:   anon {parts.get('RssAnon', 0) / MIB:.1f} MiB, "

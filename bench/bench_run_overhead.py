@@ -121,7 +121,7 @@ def run_wrapped(
         raise RuntimeError(f"wattspan run failed ({out.returncode}): {out.stderr[-2000:]}")
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     return {
-        "loop": _loop_seconds(out.stdout),
+        "loop": _loop_seconds(out.stdout) if "LOOP " in out.stdout else 0.0,
         "child": float(summary["wall_seconds"]),
         "end_to_end": wall,
         "other_load": load.cores,
@@ -197,6 +197,11 @@ def main() -> int:
         )
         run_bare(cmd, bare_env)  # warm-up: page cache, store schema
         run_wrapped(cmd, env, store, args.interval)
+        # wattspan's fixed CPU (start-up, baseline and final samples, summary) around a child
+        # that does nothing: the rest of its CPU in the real runs is sampling.
+        fixed_cpu = median(
+            [run_wrapped(["true"], env, store, args.interval)["agent_cpu"] for _ in range(3)]
+        )
         bare: list[dict[str, float]] = []
         wrapped: list[dict[str, float]] = []
         for i in range(args.reps):
@@ -230,10 +235,18 @@ def main() -> int:
     fixed = median([r["end_to_end"] - r["child"] for r in wrapped])
     print(f"wattspan's fixed start-up + summary cost (end-to-end minus child): {fixed:.3f} s")
     agent_cpu = median([r["agent_cpu"] for r in wrapped])
+    child_wall = median([r["child"] for r in wrapped])
+    sampling = max(agent_cpu - fixed_cpu, 0.0)
+    stolen = sampling / (child_wall * args.parallel)
     print(
-        f"wattspan's own CPU per run: {agent_cpu:.3f} s (start-up, sampling, summary), "
-        f"{agent_cpu / median([r['child'] for r in wrapped]) * 100:.1f}% of one core over the "
-        f"child's wall time"
+        f"wattspan's own CPU per run: {agent_cpu:.3f} s, of which fixed {fixed_cpu:.3f} s "
+        f"(start-up, first/last sample, summary: `wattspan run -- true`) and sampling "
+        f"{sampling:.3f} s = {sampling / child_wall * 100:.2f}% of one core while the child ran"
+    )
+    print(
+        f"  if every core the child uses were contended, sampling would slow it by about "
+        f"{stolen * 100:.2f}% (CPU-time estimate, insensitive to other load): "
+        f"{1 + stolen:.4f}x ({verdict(1 + stolen, TARGET)})"
     )
     print()
     print(

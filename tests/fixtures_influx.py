@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.servers import INFLUXD, VICTORIA_METRICS, InfluxD, VictoriaMetrics, which
 
+from tests.servers import INFLUXD, VICTORIA_METRICS, InfluxD, VictoriaMetrics, which
 from wattspan.agent.exporters.influxdb import InfluxDBExporter, parse_config
 
 _db_counter = itertools.count()

@@ -63,7 +63,9 @@ def http(
         return e.code, e.read()
 
 
-def wait_until_up(url: str, *, ok: tuple[int, ...], timeout: float, proc: subprocess.Popen[bytes]) -> None:
+def wait_until_up(
+    url: str, *, ok: tuple[int, ...], timeout: float, proc: subprocess.Popen[bytes]
+) -> None:
     """Poll ``url`` until it answers with a status in ``ok``; fail early if ``proc`` died."""
     deadline = time.monotonic() + timeout
     last: object = None
@@ -118,7 +120,9 @@ class _Server:
         finally:
             log.close()
         try:
-            wait_until_up(self.url + self.health_path, ok=self.health_ok, timeout=timeout, proc=self.proc)
+            wait_until_up(
+                self.url + self.health_path, ok=self.health_ok, timeout=timeout, proc=self.proc
+            )
         except BaseException:
             self.stop()
             raise
@@ -175,7 +179,9 @@ class InfluxD(_Server):
     health_path = "/ping"
     health_ok = (204,)
 
-    def __init__(self, base_dir: str | os.PathLike[str], *, max_body_size: int = 25_000_000) -> None:
+    def __init__(
+        self, base_dir: str | os.PathLike[str], *, max_body_size: int = 25_000_000
+    ) -> None:
         super().__init__(base_dir)
         self.rpc_port = free_port()
         self.max_body_size = max_body_size
@@ -245,8 +251,12 @@ bind-address = "127.0.0.1:{self.rpc_port}"
         params = {"q": q, "epoch": epoch}
         if db:
             params["db"] = db
-        status, body = http("POST", f"{self.url}/query", body=urllib.parse.urlencode(params).encode(),
-                            headers={"Content-Type": "application/x-www-form-urlencoded"})
+        status, body = http(
+            "POST",
+            f"{self.url}/query",
+            body=urllib.parse.urlencode(params).encode(),
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
         data = json.loads(body or b"{}")
         if status != 200 or "error" in data or any("error" in r for r in data.get("results", [])):
             raise RuntimeError(f"InfluxQL {q!r} failed: HTTP {status} {body[:500]!r}")

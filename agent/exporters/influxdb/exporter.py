@@ -121,9 +121,9 @@ class InfluxDBExporter:
         self._failure_kind: object = None
         self._failing_since = 0.0
         self._warned_fields = False
-        self._drop_log_at = 0.0
+        self._drop_log_at = float("-inf")
         self._drops_unlogged = 0
-        self._dead_log_at = 0.0
+        self._dead_log_at = float("-inf")
         self._dead_unlogged = 0
         self._flush_waiters = 0
         self._closing = False

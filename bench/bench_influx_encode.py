@@ -1,0 +1,227 @@
+"""Line-protocol encoding: wattspan's encoder vs influxdb-client's ``Point`` on the same data.
+
+Run: ``python bench/bench_influx_encode.py [--ticks N] [--repeat R] [--cpu C]``
+
+Target (issue 4): >= 500k points/s on one core for our encoder, Sample batch -> the bytes
+that go into the queue.
+
+Data: what one agent tick produces on a mid-size node, repeated N ticks (each tick shares
+one timestamp, as a collector pass does): 64 ``cpu`` series (5 float fields), 1 ``memory``
+(6 int fields), 200 ``process`` (pid/name tags; 1 float + 2 int fields), 4 ``rapl`` (2
+floats), 8 ``gpu`` (3 floats + 2 ints), 1 ``power_model`` (1 float, ``estimated`` tag).
+Float values are full-precision ratios and products, as the collectors compute them (17
+significant digits), not round numbers: float formatting is most of the cost.
+
+Measured in ONE process, pinned to one CPU, same samples for every contender:
+
+  wattspan     ``LineEncoder.encode`` + ``"\\n".join`` + ``.encode()``: exactly what
+               ``InfluxDBExporter.write`` does before appending to its queue.
+  client Point ``influxdb_client.Point(...).tag(...).field(...).time(ns)`` per sample and
+               ``to_line_protocol()``, joined and encoded the same way.
+  floor        ``repr()`` of every float plus ``str()`` of every int of the same samples and
+               nothing else: no encoder written in Python can be faster than this.
+
+Each contender runs R times; the best run is reported (least disturbed by the machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import random
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from _util import machine
+
+from wattspan.agent.exporters.influxdb import LineEncoder
+from wattspan.collectors.base import Sample
+
+HOST = "node-17"
+
+
+def agent_tick(rng: random.Random, ts: float) -> list[Sample]:
+    """One tick of a mid-size node (see module docstring)."""
+    out: list[Sample] = []
+    for c in range(64):
+        user, system, iowait = rng.random() * 0.6, rng.random() * 0.2, rng.random() * 0.05
+        idle = 1.0 - user - system - iowait
+        out.append(
+            Sample(
+                "cpu",
+                ts,
+                {"cpu": str(c)},
+                {
+                    "user_ratio": user,
+                    "system_ratio": system,
+                    "iowait_ratio": iowait,
+                    "idle_ratio": idle,
+                    "frequency_hertz": 2.1e9 + rng.random() * 1.4e9,
+                },
+            )
+        )
+    total = 512 * 1024**3
+    used = rng.randrange(total)
+    out.append(
+        Sample(
+            "memory",
+            ts,
+            {},
+            {
+                "total_bytes": total,
+                "used_bytes": used,
+                "available_bytes": total - used,
+                "cached_bytes": rng.randrange(total // 4),
+                "swap_used_bytes": rng.randrange(1 << 30),
+                "page_faults_total": rng.randrange(1 << 40),
+            },
+        )
+    )
+    for p in range(200):
+        out.append(
+            Sample(
+                "process",
+                ts,
+                {"pid": str(1000 + p), "name": f"worker-{p % 16}"},
+                {
+                    "cpu_seconds_total": rng.random() * 3600,
+                    "rss_bytes": rng.randrange(1 << 34),
+                    "threads": rng.randrange(1, 64),
+                },
+            )
+        )
+    for d in ("package-0", "package-1", "dram-0", "dram-1"):
+        out.append(
+            Sample(
+                "rapl",
+                ts,
+                {"domain": d},
+                {"energy_joules_total": rng.random() * 6.5e4, "power_watts": rng.random() * 280},
+            )
+        )
+    for g in range(8):
+        out.append(
+            Sample(
+                "gpu",
+                ts,
+                {"gpu": str(g), "model": "NVIDIA H100 80GB HBM3"},
+                {
+                    "utilization_ratio": rng.random(),
+                    "power_watts": 60 + rng.random() * 640,
+                    "energy_joules_total": rng.random() * 1e7,
+                    "memory_used_bytes": rng.randrange(80 * 1024**3),
+                    "temperature_celsius": rng.randrange(30, 90),
+                },
+            )
+        )
+    out.append(
+        Sample("power_model", ts, {"estimated": "true"}, {"cpu_power_watts": rng.random() * 300})
+    )
+    return out
+
+
+def make_samples(ticks: int, seed: int = 1) -> list[Sample]:
+    rng = random.Random(seed)
+    t0 = 1_700_000_000.0
+    out: list[Sample] = []
+    for i in range(ticks):
+        out.extend(agent_tick(rng, t0 + i))
+    return out
+
+
+def run_wattspan(samples: list[Sample]) -> bytes:
+    encoder = LineEncoder(global_tags={"host": HOST})
+    lines: list[str] = []
+    encoder.encode(samples, lines)
+    return ("\n".join(lines) + "\n").encode()
+
+
+def run_client_point(samples: list[Sample]) -> bytes:
+    from influxdb_client import Point, WritePrecision
+
+    lines = []
+    for s in samples:
+        p = Point(s.source).tag("host", HOST)
+        for k, v in s.tags.items():
+            p.tag(k, v)
+        for k, v in s.fields.items():
+            p.field(k, v)
+        p.time(int(s.ts * 1_000_000_000), WritePrecision.NS)
+        lines.append(p.to_line_protocol())
+    return ("\n".join(lines) + "\n").encode()
+
+
+def run_floor(samples: list[Sample]) -> int:
+    n = 0
+    for s in samples:
+        for v in s.fields.values():
+            n += len(repr(v) if type(v) is float else str(v))
+    return n
+
+
+def best_time(fn: Callable[[list[Sample]], object], samples: list[Sample], repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        gc.collect()
+        t = time.perf_counter()
+        fn(samples)
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--ticks", type=int, default=400, help="agent ticks of data (278 points each)")
+    ap.add_argument("--client-ticks", type=int, default=60, help="ticks for the slow client path")
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--cpu", type=int, default=None, help="CPU to pin to (default: the last)")
+    args = ap.parse_args()
+
+    cpu = args.cpu if args.cpu is not None else max(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {cpu})
+    samples = make_samples(args.ticks)
+    client_samples = samples[: len(samples) * args.client_ticks // args.ticks]
+    n, n_client = len(samples), len(client_samples)
+    n_floats = sum(1 for s in samples for v in s.fields.values() if type(v) is float)
+    n_fields = sum(len(s.fields) for s in samples)
+
+    # Same output? Different but equivalent texts (the client sorts fields and trims ".0"):
+    # compare the number of lines and of fields as a sanity check.
+    ours = run_wattspan(client_samples)
+    theirs = run_client_point(client_samples)
+    assert ours.count(b"\n") == theirs.count(b"\n") == n_client
+    assert ours.count(b"=") == theirs.count(b"=")
+
+    t_ours = best_time(run_wattspan, samples, args.repeat)
+    t_client = best_time(run_client_point, client_samples, max(1, args.repeat // 2))
+    t_floor = best_time(run_floor, samples, args.repeat)
+
+    rate_ours = n / t_ours
+    rate_client = n_client / t_client
+    rate_floor = n / t_floor
+    print(f"machine: {machine()}; pinned to CPU {cpu}")
+    print(
+        f"data: {n} points ({args.ticks} ticks x {n // args.ticks}), {n_fields / n:.2f} fields "
+        f"per point, {n_floats / n:.2f} of them floats; {len(ours) / n_client:.0f} bytes/line"
+    )
+    print(f"{'contender':<34}{'points/s':>12}{'us/point':>10}")
+    print(f"{'wattspan LineEncoder -> bytes':<34}{rate_ours:>12,.0f}{1e6 / rate_ours:>10.2f}")
+    print(f"{'influxdb-client Point -> bytes':<34}{rate_client:>12,.0f}{1e6 / rate_client:>10.2f}")
+    print(f"{'floor: repr/str of values only':<34}{rate_floor:>12,.0f}{1e6 / rate_floor:>10.2f}")
+    print(f"ratio wattspan / influxdb-client: {rate_ours / rate_client:.1f}x")
+    print(f"wattspan time spent formatting values (floor / ours): {t_floor / t_ours:.0%}")
+    target = 500_000
+    print(
+        f"target >= {target:,} points/s on one core: "
+        + ("met" if rate_ours >= target else f"missed ({rate_ours / target:.0%} of it)")
+    )
+
+
+if __name__ == "__main__":
+    main()

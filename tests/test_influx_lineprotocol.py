@@ -1,0 +1,226 @@
+"""Line protocol encoder: exact output, types, what is dropped or substituted, splitting.
+
+Exactness against a real parser is tested in test_influx_roundtrip.py; this file pins the
+encoder's output and the documented substitutions for what line protocol cannot carry.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from wattspan.agent.exporters.influxdb.lineprotocol import (
+    LineEncoder,
+    escape_field_key,
+    escape_key,
+    escape_measurement,
+    escape_string,
+    split_lines,
+)
+from wattspan.collectors.base import Sample
+
+T = 1_700_000_000.5
+
+
+def enc(samples, **kw):
+    out: list[str] = []
+    counts = LineEncoder(**kw).encode(samples, out)
+    return out, counts
+
+
+def test_basic_line_sorted_tags_typed_fields():
+    out, c = enc(
+        [Sample("cpu", T, {"cpu": "3", "a": "x"}, {"util": 0.25, "n": 7, "on": True, "s": "hi"})],
+        global_tags={"host": "h1"},
+    )
+    assert out == ['cpu,a=x,cpu=3,host=h1 util=0.25,n=7i,on=true,s="hi" 1700000000500000000']
+    assert (c.points, c.dropped_points, c.dropped_fields) == (1, 0, 0)
+
+
+def test_sample_tag_wins_over_global_tag():
+    out, _ = enc([Sample("m", T, {"host": "other"}, {"v": 1.0})], global_tags={"host": "h1"})
+    assert out == ["m,host=other v=1.0 1700000000500000000"]
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (1.0, "1.0"),
+        (-0.0, "-0.0"),
+        (0.1, "0.1"),
+        (1e16, "1e+16"),
+        (5e-324, "5e-324"),
+        (1.7976931348623157e308, "1.7976931348623157e+308"),
+        (0, "0i"),
+        (-(2**63), "-9223372036854775808i"),
+        (2**63 - 1, "9223372036854775807i"),
+        (False, "false"),
+        ("", '""'),
+        ('a "q" \\ b\nc', '"a \\"q\\" \\\\ b\nc"'),
+    ],
+)
+def test_field_values(value, text):
+    out, _c = enc([Sample("m", T, {}, {"f": value})])
+    assert out == [f"m f={text} 1700000000500000000"]
+    if isinstance(value, float):
+        assert float(text) == value  # repr round-trips
+
+
+def test_numpy_scalars():
+    out, c = enc(
+        [Sample("m", T, {}, {"a": np.float32(0.5), "b": np.int64(3), "c": np.bool_(True)})]
+    )
+    assert out == ["m a=0.5,b=3i,c=true 1700000000500000000"]
+    assert c.dropped_fields == 0
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf, 2**63, -(2**63) - 1, None, [1]])
+def test_unwritable_values_are_dropped_and_counted(bad):
+    out, c = enc([Sample("m", T, {}, {"bad": bad, "ok": 1.5})])
+    assert out == ["m ok=1.5 1700000000500000000"]
+    assert c.dropped_fields == 1 and c.dropped_points == 0
+
+
+def test_point_without_writable_fields_is_dropped_and_counted():
+    out, c = enc(
+        [
+            Sample("m", T, {}, {"x": math.nan}),
+            Sample("m", T, {}, {}),
+            Sample("m", T, {}, {"x": 2.0}),
+        ]
+    )
+    assert out == ["m x=2.0 1700000000500000000"]
+    assert (c.points, c.dropped_points, c.dropped_fields) == (1, 2, 1)
+
+
+def test_bad_timestamp_drops_point():
+    out, c = enc([Sample("m", math.nan, {}, {"x": 1.0}), Sample("m", T, {}, {"x": 2.0})])
+    assert out == ["m x=2.0 1700000000500000000"]
+    assert c.dropped_points == 1
+
+
+@pytest.mark.parametrize(
+    ("precision", "ts"),
+    [
+        ("ns", "1700000000123456768"),
+        ("us", "1700000000123456"),
+        ("ms", "1700000000123"),
+        ("s", "1700000000"),
+    ],
+)
+def test_precision_truncates(precision, ts):
+    out, _ = enc([Sample("m", 1_700_000_000.123456789, {}, {"x": 1})], precision=precision)
+    assert out == [f"m x=1i {ts}"]
+
+
+def test_escaping_of_names():
+    out, _ = enc([Sample("my meas,x=1", T, {"tag key,=": "v a,l=ue"}, {"f k,=": 1, 'q"': 2})])
+    assert out == [
+        'my\\ meas\\,x=1,tag\\ key\\,\\==v\\ a\\,l\\=ue f\\ k\\,\\==1i,q\\"=2i 1700000000500000000'
+    ]
+
+
+def test_backslashes_are_not_doubled_in_names():
+    # influxd does not un-escape "\\\\" in names: a single backslash is written as is.
+    assert escape_key("C:\\temp") == "C:\\temp"
+    assert escape_key("a\\,b") == "a\\\\,b"  # literal backslash, then the escaped comma
+    assert escape_string("C:\\temp") == '"C:\\\\temp"'  # but doubled in string values
+
+
+# What line protocol cannot carry, and what the encoder writes instead (docs/influxdb.md).
+@pytest.mark.parametrize(
+    ("fn", "name", "written"),
+    [
+        (escape_key, "line1\nline2", "line1\\nline2"),  # LF: the two characters "\n"
+        (escape_field_key, "a\nb", "a\\nb"),
+        (escape_measurement, "a\nb", "a\\nb"),
+        (escape_key, "trailing\\", "trailing"),  # trailing backslashes removed
+        (escape_key, "x\\\\", "x"),
+        (escape_measurement, "m\\", "m"),
+        (escape_measurement, "\t\x00m", "m"),  # influxd skips leading tab/NUL
+        (escape_field_key, "\tf", "f"),
+        (escape_measurement, "a\\,b", "a\\,b"),  # backslash before , space = " removed
+        (escape_measurement, "a\\=b", "a=b"),
+        (escape_field_key, "a\\ b", "a\\ b"),  # odd backslash run before , = space: -1
+        (escape_field_key, "a\\\\\\=b", "a\\\\\\=b"),
+        (escape_field_key, "a\\\\=b", "a\\\\\\=b"),  # even run: kept, "=" escaped
+    ],
+)
+def test_unrepresentable_substitutions(fn, name, written):
+    assert fn(name) == written
+
+
+def test_reserved_and_empty_names():
+    out, c = enc(
+        [
+            Sample(
+                "m", T, {"time": "x", "": "y", "empty": "", "ok": "1"}, {"time": 1, "": 2, "v": 3}
+            ),
+            Sample("#comment", T, {}, {"v": 1}),
+            Sample("", T, {}, {"v": 1}),
+        ]
+    )
+    assert out == ["m,ok=1 v=3i 1700000000500000000"]
+    assert c.dropped_fields == 2 + 2  # "time" and "" fields, plus the fields of dropped points
+    assert c.dropped_points == 2
+
+
+def test_field_tags_become_string_fields():
+    out, _ = enc(
+        [Sample("spans", T, {"span": "load", "trace_id": "abc", "span_id": "01"}, {"d": 0.5})],
+        field_tags=("trace_id", "span_id"),
+        global_tags={"host": "h"},
+    )
+    assert out == ['spans,host=h,span=load trace_id="abc",span_id="01",d=0.5 1700000000500000000']
+
+
+def test_series_cache_is_bounded_and_correct():
+    e = LineEncoder(cache_size=10)
+    out: list[str] = []
+    samples = [Sample("m", T, {"id": str(i % 25)}, {"v": i}) for i in range(100)]
+    e.encode(samples, out)
+    assert out == [f"m,id={i % 25} v={i}i 1700000000500000000" for i in range(100)]
+    assert len(e._series) <= 10
+
+
+def test_same_tags_different_insertion_order_same_series():
+    out, _ = enc(
+        [
+            Sample("m", T, {"a": "1", "b": "2"}, {"v": 1}),
+            Sample("m", T, {"b": "2", "a": "1"}, {"v": 2}),
+        ]
+    )
+    assert out[0].split(" ")[0] == out[1].split(" ")[0] == "m,a=1,b=2"
+
+
+_text = st.text(
+    st.one_of(st.sampled_from(list(',= "\\\n#')), st.characters(blacklist_categories=("Cs",))),
+    max_size=8,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            _text.filter(bool),
+            st.dictionaries(_text, _text, max_size=3),
+            st.dictionaries(
+                _text,
+                st.one_of(_text, st.floats(), st.integers(-(2**63), 2**63 - 1), st.booleans()),
+                max_size=3,
+            ),
+        ),
+        max_size=12,
+    )
+)
+def test_split_lines_recovers_points_even_with_newlines_in_strings(points):
+    out: list[str] = []
+    LineEncoder().encode([Sample(m, T, t, f) for m, t, f in points], out)
+    body = ("\n".join(out) + "\n").encode() if out else b""
+    assert split_lines(body) == [line.encode() for line in out]  # the scanner
+    assert split_lines(body, len(out)) == [line.encode() for line in out]  # fast path or scan

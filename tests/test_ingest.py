@@ -1,0 +1,96 @@
+"""The telemetry ingest: acknowledged spans are durable before attribution."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from wattspan.agent.ingest import TelemetryIngest
+from wattspan.agent.pipeline import Pipeline
+from wattspan.agent.records import SpanEvent, SpanRecord
+from wattspan.agent.store import Store
+from wattspan.collectors.base import Sample
+
+
+def _span(i: int, start: float, end: float) -> SpanRecord:
+    return SpanRecord(
+        trace_id=f"{1:032x}",
+        span_id=f"{i + 1:016x}",
+        parent_span_id=None,
+        name=f"s{i}",
+        kind="internal",
+        start_ns=int(start * 1e9),
+        end_ns=int(end * 1e9),
+        pid=77,
+        events=[
+            SpanEvent(
+                "ml.metric",
+                int(end * 1e9),
+                {"ml.metric.name": "ml.loss", "ml.metric.value": 1.0 / (i + 1), "ml.step": i},
+            )
+        ],
+    )
+
+
+def _node(t: float, joules: float) -> list[Sample]:
+    return [
+        Sample(
+            "power_model",
+            t,
+            {"domain": "cpu", "estimated": "true"},
+            {"energy_joules_total": joules, "power_watts": 10.0, "idle_power_watts": 2.0},
+        ),
+        Sample("cpu", t, {"cpu": "total"}, {"user_seconds_total": t - 1000}),
+        Sample(
+            "process_tree",
+            t,
+            {"root": "77"},
+            {
+                "cpu_user_seconds_total": (t - 1000) / 2,
+                "cpu_system_seconds_total": 0.0,
+                "rss_bytes": 5,
+            },
+        ),
+    ]
+
+
+def test_spans_acknowledged_before_a_crash_are_attributed_after_restart(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db")
+    first = TelemetryIngest(store=store, pipeline=Pipeline(), run_id="run-1", interval=1.0)
+    first.write(_node(1000.0, 0.0))
+    first.on_spans([_span(0, 1000.5, 1001.5), _span(1, 1001.0, 1002.0)])
+    # Acknowledged: metrics stored, spans in the inbox, nothing attributed yet (no sample
+    # after their end). Now the agent "crashes": the object is dropped, never flushed.
+    assert len(store.inbox()) == 1
+    assert store.spans() == []
+    assert [m.step for m in store.metrics("run-1", "ml.loss")] == [0, 1]
+    store.write_samples("run-1", _node(1000.0, 0.0) + _node(1003.0, 30.0))
+    del first
+
+    second = TelemetryIngest(store=store, pipeline=Pipeline(), run_id="run-2", interval=1.0)
+    assert second.stats()["spans_pending"] == 2
+    second.write(_node(1004.0, 40.0))
+    assert second.attribute_due() == 2
+    spans = store.spans()
+    assert [s.name for s in spans] == ["s0", "s1"]
+    assert all(s.run_id == "run-1" for s in spans)  # the run they were received in
+    for s in spans:
+        r = s.resources
+        assert r["node_energy_total_joules"] == pytest.approx(10.0)  # 10 W for 1 s, stored
+        assert r["idle_energy_joules"] == pytest.approx(2.0)
+        assert r["cpu_seconds"] == pytest.approx(0.5)
+        assert r["process_cpu_share"] == pytest.approx(0.5)
+    assert store.inbox() == []
+
+
+def test_attribution_waits_for_a_sample_after_the_span(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db")
+    ing = TelemetryIngest(store=store, pipeline=Pipeline(), run_id="r", interval=1.0)
+    ing.write(_node(1000.0, 0.0))
+    ing.on_spans([_span(0, 1000.2, 1000.8)])
+    assert ing.attribute_due() == 0  # no sample at or after 1000.8 yet
+    ing.write(_node(1001.0, 10.0))
+    assert ing.attribute_due() == 1
+    (s,) = store.spans("r")
+    assert s.resources["node_energy_total_joules"] == pytest.approx(6.0)
