@@ -1,12 +1,11 @@
 """From OTLP records to stored, attributed spans and valued metrics.
 
 ``TelemetryIngest`` is the receiver's handler and also a sink of node samples. A request is
-acknowledged once its spans are in the store's inbox (one row per request), its metrics and
-logs are committed, and its valued metrics are in every exporter's queue. Spans are
-attributed a moment later, once a node sample at or after their end exists, on a worker
-thread: they then move from the inbox to the ``spans`` table with their resources, in one
-transaction, and are exported as ``spans`` records. An agent that stops before that finishes
-the job when it starts again.
+acknowledged once its spans are committed to the store (one batch per request and run), its
+metrics and logs too, and its valued metrics are in every exporter's queue. A batch is
+attributed a moment later, once a node sample at or after its last span's end exists, on a
+worker thread: its resources are written to the store beside it and its spans exported as
+``spans`` records. An agent that stops before that finishes the job when it starts again.
 """
 
 from __future__ import annotations
@@ -18,8 +17,6 @@ import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
-
-import orjson
 
 from wattspan import semconv as sc
 from wattspan.agent.domains import primary_domains
@@ -148,9 +145,8 @@ class TelemetryIngest:
         self.process_collector = process_collector
         self.ring = SampleRing(ring_seconds)
         self.flush_samples = flush_samples
-        # (inbox batch id, span) waiting for a sample at or after the span's end.
-        self._pending: list[tuple[int | None, SpanRow]] = []
-        self._inbox_left: dict[int, int] = {}
+        # (stored batch id or None, its spans), waiting for a sample after their end.
+        self._pending: list[tuple[int | None, list[SpanRow]]] = []
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -165,9 +161,7 @@ class TelemetryIngest:
         }
         if store is not None:
             # Spans acknowledged before a stop or crash, never attributed: finish the job.
-            for inbox_id, kind, payload in store.inbox():
-                if kind == "spans":
-                    self._queue(inbox_id, [_row_from_wire(x) for x in orjson.loads(payload)])
+            self._pending.extend(store.unattributed_batches())
 
     # -- sink of node samples -------------------------------------------------------------
     def write(self, samples: Sequence[Sample]) -> None:
@@ -209,7 +203,7 @@ class TelemetryIngest:
 
     def stats(self) -> dict[str, float | int | str]:
         with self._lock:
-            pending = len(self._pending)
+            pending = sum(len(rows) for _, rows in self._pending)
         return {**self.counts, "spans_pending": pending}
 
     # -- receiver handler -----------------------------------------------------------------
@@ -222,36 +216,43 @@ class TelemetryIngest:
         metrics: list[MetricRow] = []
         matrices: list[ConfusionRow] = []
         params: list[tuple[str | None, str, dict[str, Any]]] = []
+        last_resource: object = None
+        run_id = self.run_id
+        prefix = sc.ATTR_PARAM_PREFIX
         for s in spans:
-            run_id = self._run_of(s.resource_attributes)
-            attrs = dict(s.attributes)
-            status = s.status_code
+            # Records of one OTLP resource block share one resource dict: resolve it once.
+            if s.resource_attributes is not last_resource:
+                last_resource = s.resource_attributes
+                run_id = self._run_of(s.resource_attributes)
+            attrs = s.attributes
             rows.append(
                 SpanRow(
-                    run_id=run_id,
-                    trace_id=s.trace_id,
-                    span_id=s.span_id,
-                    parent_span_id=s.parent_span_id,
-                    name=s.name,
-                    start_ts=s.start_ns / 1e9,
-                    end_ts=s.end_ns / 1e9,
-                    status=status,
-                    service=s.service_name,
-                    pid=s.pid,
-                    attributes=attrs,
+                    run_id,
+                    s.trace_id,
+                    s.span_id,
+                    s.parent_span_id,
+                    s.name,
+                    s.start_ns / 1e9,
+                    s.end_ns / 1e9,
+                    s.status_code,
+                    s.service_name,
+                    s.pid,
+                    attrs,
                 )
             )
             hp = attrs.get(sc.ATTR_HYPERPARAMETERS)
-            p: dict[str, Any] = {}
-            if hp is not None:
-                decoded = _json_attr(hp)
-                if isinstance(decoded, dict):
-                    p.update(decoded)
-            for k, v in attrs.items():
-                if k.startswith(sc.ATTR_PARAM_PREFIX):
-                    p.setdefault(k[len(sc.ATTR_PARAM_PREFIX) :], v)
-            if p:
-                params.append((run_id, s.span_id, p))
+            # One C-level join instead of a Python loop over every span's keys.
+            if hp is not None or (attrs and prefix in "\0".join(attrs)):
+                p: dict[str, Any] = {}
+                if hp is not None:
+                    decoded = _json_attr(hp)
+                    if isinstance(decoded, dict):
+                        p.update(decoded)
+                for k, v in attrs.items():
+                    if k.startswith(prefix):
+                        p.setdefault(k[len(prefix) :], v)
+                if p:
+                    params.append((run_id, s.span_id, p))
             for ev in s.events:
                 ea = ev.attributes
                 if ev.name == sc.EVENT_METRIC:
@@ -282,9 +283,14 @@ class TelemetryIngest:
                             span_id=s.span_id,
                         )
                     )
-        inbox_id = None
+        by_run: dict[str | None, list[SpanRow]] = {}
+        for r in rows:
+            by_run.setdefault(r.run_id, []).append(r)
+        batches: list[tuple[int | None, list[SpanRow]]] = [
+            (self.store.add_span_batch(run_id, group) if self.store is not None else None, group)
+            for run_id, group in by_run.items()
+        ]
         if self.store is not None:
-            inbox_id = self.store.inbox_put("spans", orjson.dumps([_row_to_wire(r) for r in rows]))
             self.store.write_metrics(metrics)
             self.store.write_confusion(matrices)
             for run_id, span_id, p in params:
@@ -294,14 +300,9 @@ class TelemetryIngest:
         if metrics:
             self.pipeline.submit([self._metric_sample(m) for m in metrics])
         self._watch_pids(s.pid for s in spans)
-        self._queue(inbox_id, rows)
-        self._wake.set()
-
-    def _queue(self, inbox_id: int | None, rows: list[SpanRow]) -> None:
         with self._lock:
-            self._pending.extend((inbox_id, r) for r in rows)
-            if inbox_id is not None:
-                self._inbox_left[inbox_id] = len(rows)
+            self._pending.extend(batches)
+        self._wake.set()
 
     def on_metrics(self, points: list[MetricPoint]) -> None:
         rows = []
@@ -394,21 +395,15 @@ class TelemetryIngest:
         latest = self.ring.latest_ts
         with self._lock:
             if force:
-                batch, self._pending = self._pending, []
+                batches, self._pending = self._pending, []
             else:
-                batch = [p for p in self._pending if p[1].end_ts <= latest]
-                if batch:
-                    self._pending = [p for p in self._pending if p[1].end_ts > latest]
-            done: list[int] = []
-            for inbox_id, _ in batch:
-                if inbox_id is not None:
-                    self._inbox_left[inbox_id] -= 1
-                    if self._inbox_left[inbox_id] == 0:
-                        del self._inbox_left[inbox_id]
-                        done.append(inbox_id)
-        if not batch:
+                batches = [b for b in self._pending if max(r.end_ts for r in b[1]) <= latest]
+                if batches:
+                    ready = {id(b) for b in batches}
+                    self._pending = [b for b in self._pending if id(b) not in ready]
+        if not batches:
             return 0
-        due = [r for _, r in batch]
+
         # numpy loads with the first span, not with the agent: a node agent that is never
         # sent a span does not carry it.
         from wattspan.agent.attribution import (
@@ -418,6 +413,7 @@ class TelemetryIngest:
             min_interval_power,
         )
 
+        due = [r for _, rows in batches for r in rows]
         t0 = min(r.start_ts for r in due)
         t1 = max(r.end_ts for r in due)
         samples = self.ring.between(t0, t1)
@@ -431,39 +427,27 @@ class TelemetryIngest:
         idle = self._idle_watts
         if idle is None:
             idle = min_interval_power(series, primary_domains(series.energy))
+        key = sc.ATTR_ITEMS
         windows = [
-            SpanWindow(r.start_ts, r.end_ts, r.pid, _num(r.attributes.get(sc.ATTR_ITEMS)))
+            SpanWindow(
+                r.start_ts,
+                r.end_ts,
+                r.pid,
+                None if key not in r.attributes else _num(r.attributes[key]),
+            )
             for r in due
         ]
         results = attribute(windows, series, idle)
         for r, res in zip(due, results, strict=True):
             r.resources = res
         if self.store is not None:
-            self.store.commit_spans(due, done)
+            self.store.set_batch_resources(
+                (bid, [r.resources for r in rows]) for bid, rows in batches if bid is not None
+            )
         self.counts["spans_attributed_total"] += len(due)
         if self.pipeline.wants("spans"):
             self.pipeline.emit([span_sample(r) for r in due])
         return len(due)
-
-
-def _row_to_wire(r: SpanRow) -> list[Any]:
-    return [
-        r.run_id,
-        r.trace_id,
-        r.span_id,
-        r.parent_span_id,
-        r.name,
-        r.start_ts,
-        r.end_ts,
-        r.status,
-        r.service,
-        r.pid,
-        r.attributes,
-    ]
-
-
-def _row_from_wire(x: list[Any]) -> SpanRow:
-    return SpanRow(*x[:10], attributes=x[10])
 
 
 def span_sample(r: SpanRow) -> Sample:

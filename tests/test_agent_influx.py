@@ -140,4 +140,4 @@ def test_acknowledged_spans_survive_sigkill(
     store = Store(tmp_path / "agent.db")
     spans = store.spans()
     assert len(spans) == 4 and all(s.resources for s in spans)
-    assert store.inbox() == []
+    assert store.unattributed_batches() == []

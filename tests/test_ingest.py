@@ -60,10 +60,10 @@ def test_spans_acknowledged_before_a_crash_are_attributed_after_restart(tmp_path
     first = TelemetryIngest(store=store, pipeline=Pipeline(), run_id="run-1", interval=1.0)
     first.write(_node(1000.0, 0.0))
     first.on_spans([_span(0, 1000.5, 1001.5), _span(1, 1001.0, 1002.0)])
-    # Acknowledged: metrics stored, spans in the inbox, nothing attributed yet (no sample
-    # after their end). Now the agent "crashes": the object is dropped, never flushed.
-    assert len(store.inbox()) == 1
-    assert store.spans() == []
+    # Acknowledged: metrics and spans stored, nothing attributed yet (no sample after their
+    # end). Now the agent "crashes": the object is dropped, never flushed.
+    assert [len(rows) for _, rows in store.unattributed_batches()] == [2]
+    assert all(not s.resources for s in store.spans())
     assert [m.step for m in store.metrics("run-1", "ml.loss")] == [0, 1]
     store.write_samples("run-1", _node(1000.0, 0.0) + _node(1003.0, 30.0))
     del first
@@ -81,7 +81,7 @@ def test_spans_acknowledged_before_a_crash_are_attributed_after_restart(tmp_path
         assert r["idle_energy_joules"] == pytest.approx(2.0)
         assert r["cpu_seconds"] == pytest.approx(0.5)
         assert r["process_cpu_share"] == pytest.approx(0.5)
-    assert store.inbox() == []
+    assert store.unattributed_batches() == []
 
 
 def test_attribution_waits_for_a_sample_after_the_span(tmp_path: Path) -> None:

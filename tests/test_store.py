@@ -36,7 +36,7 @@ def test_migrates_an_older_store_in_place(store_path: Path) -> None:
             "SELECT name FROM sqlite_master WHERE type='table'"
         )
     }
-    assert {"runs", "samples", "spans", "metrics", "params", "confusion_matrices"} <= tables
+    assert {"runs", "samples", "span_batches", "metrics", "params", "confusion_matrices"} <= tables
 
 
 def test_refuses_a_newer_schema(store_path: Path) -> None:
@@ -137,12 +137,28 @@ def test_a_span_stored_twice_reads_back_once(store_path: Path) -> None:
     assert [(s.span_id, s.resources) for s in spans] == [("s" * 16, {"v": 2}), ("u" * 16, {})]
 
 
-def test_inbox_moves_to_spans_in_one_transaction(store_path: Path) -> None:
+def test_span_batches_attributed_later_and_readable_through_sql(store_path: Path) -> None:
     from wattspan.agent.store import SpanRow
 
     store = Store(store_path)
-    a = store.inbox_put("spans", b"[1]")
-    b = store.inbox_put("spans", b"[2]")
-    store.commit_spans([SpanRow("r", "t" * 32, "s" * 16, None, "a", 1.0, 2.0)], [a])
-    assert [(i, k, bytes(p)) for i, k, p in Store(store_path).inbox()] == [(b, "spans", b"[2]")]
-    assert len(store.spans("r")) == 1
+    rows = [
+        SpanRow("r", "t" * 32, "a" * 16, None, "outer", 1.0, 4.0, attributes={"k": "v"}),
+        SpanRow("r", "t" * 32, "b" * 16, "a" * 16, "inner", 2.0, 3.0, pid=7),
+    ]
+    bid = store.add_span_batch("r", rows)
+    pending = Store(store_path).unattributed_batches()
+    assert [(b, [s.name for s in spans]) for b, spans in pending] == [(bid, ["outer", "inner"])]
+    store.set_batch_resources([(bid, [{"x": 1.5}, {"x": 2.5}])])
+    assert store.unattributed_batches() == []
+    got = store.spans("r")
+    assert [(s.name, s.parent_span_id, s.pid, s.attributes, s.resources) for s in got] == [
+        ("outer", None, None, {"k": "v"}, {"x": 1.5}),
+        ("inner", "a" * 16, 7, {}, {"x": 2.5}),
+    ]
+    # The ``spans`` view serves SQL users one row per span.
+    db = sqlite3.connect(store_path)
+    view = db.execute(
+        "SELECT name, span_id, json_extract(resources, '$.x') FROM spans "
+        "WHERE run_id='r' ORDER BY start_ts"
+    ).fetchall()
+    assert view == [("outer", "a" * 16, 1.5), ("inner", "b" * 16, 2.5)]

@@ -49,25 +49,41 @@ MIGRATIONS: list[str] = [
     """,
     # v2: pipeline instrumentation. Spans carry their attributed resources as JSON in
     # ``resources``; valued metrics, hyperparameters and confusion matrices have own tables.
-    # Spans have no unique index on (trace_id, span_id): on random hex ids it doubled the
-    # cost of an insert. A span re-sent by a client retry is stored twice and ``spans()``
-    # returns its last copy.
+    # Spans are stored in batches, one row per OTLP request and run, as JSON arrays: a row per
+    # span (with its index on random hex ids) cost more than everything else on the ingest
+    # path. The ``spans`` view unpacks them for SQL users. A span re-sent by a client retry
+    # is stored twice; ``spans()`` returns its last copy.
     """
-    CREATE TABLE spans (
+    CREATE TABLE span_batches (
+        id INTEGER PRIMARY KEY,
         run_id TEXT,
-        trace_id TEXT NOT NULL,
-        span_id TEXT NOT NULL,
-        parent_span_id TEXT,
-        name TEXT NOT NULL,
         start_ts REAL NOT NULL,
         end_ts REAL NOT NULL,
-        status TEXT NOT NULL DEFAULT 'unset',
-        service TEXT NOT NULL DEFAULT '',
-        pid INTEGER,
-        attributes TEXT NOT NULL DEFAULT '{}',
-        resources TEXT NOT NULL DEFAULT '{}'
+        count INTEGER NOT NULL,
+        spans TEXT NOT NULL
     );
-    CREATE INDEX spans_run ON spans(run_id, start_ts);
+    CREATE INDEX span_batches_run ON span_batches(run_id, start_ts);
+    -- Apart from the spans so that storing the attribution does not rewrite them.
+    CREATE TABLE span_resources (
+        batch_id INTEGER PRIMARY KEY REFERENCES span_batches(id),
+        resources TEXT NOT NULL
+    );
+    CREATE VIEW spans AS
+        SELECT b.run_id AS run_id,
+               json_extract(s.value, '$[0]') AS trace_id,
+               json_extract(s.value, '$[1]') AS span_id,
+               json_extract(s.value, '$[2]') AS parent_span_id,
+               json_extract(s.value, '$[3]') AS name,
+               json_extract(s.value, '$[4]') AS start_ts,
+               json_extract(s.value, '$[5]') AS end_ts,
+               json_extract(s.value, '$[6]') AS status,
+               json_extract(s.value, '$[7]') AS service,
+               json_extract(s.value, '$[8]') AS pid,
+               json_extract(s.value, '$[9]') AS attributes,
+               json_extract(r.resources, '$[' || s.key || ']') AS resources
+        FROM span_batches AS b
+        JOIN json_each(b.spans) AS s
+        LEFT JOIN span_resources AS r ON r.batch_id = b.id;
     CREATE TABLE metrics (
         run_id TEXT,
         ts REAL NOT NULL,
@@ -108,12 +124,6 @@ MIGRATIONS: list[str] = [
         attributes TEXT NOT NULL DEFAULT '{}'
     );
     CREATE INDEX logs_run ON logs(run_id, ts);
-    CREATE TABLE inbox (
-        id INTEGER PRIMARY KEY,
-        kind TEXT NOT NULL,
-        ts REAL NOT NULL,
-        payload BLOB NOT NULL
-    );
     """,
 ]
 
@@ -194,6 +204,10 @@ class ConfusionRow:
 # written as null, the only JSON for them.
 _OPTS = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
 _loads = orjson.loads
+
+
+def _span_row(run_id: str | None, w: list[Any], resources: dict[str, Any]) -> SpanRow:
+    return SpanRow(run_id, *w[:9], attributes=w[9], resources=resources)
 
 
 def _dumps(obj: object) -> str:
@@ -364,31 +378,93 @@ class Store:
         return [Sample(src, ts, _loads(t), _loads(f)) for ts, src, t, f in rows]
 
     # -- spans and valued metrics -------------------------------------------------------
+    def add_span_batch(self, run_id: str | None, rows: Sequence[SpanRow]) -> int:
+        """Stores received spans (not yet attributed) as one batch; returns its id."""
+        wire = [
+            [
+                r.trace_id,
+                r.span_id,
+                r.parent_span_id,
+                r.name,
+                r.start_ts,
+                r.end_ts,
+                r.status,
+                r.service,
+                r.pid,
+                r.attributes,
+            ]
+            for r in rows
+        ]
+        attributed = all(r.resources for r in rows)
+        with self._lock, self._db:
+            cur = self._db.execute(
+                "INSERT INTO span_batches (run_id, start_ts, end_ts, count, spans) "
+                "VALUES (?,?,?,?,?)",
+                (
+                    run_id,
+                    min(r.start_ts for r in rows),
+                    max(r.end_ts for r in rows),
+                    len(rows),
+                    _dumps(wire),
+                ),
+            )
+            bid = int(cur.lastrowid or 0)
+            if attributed:
+                self._db.execute(
+                    "INSERT INTO span_resources (batch_id, resources) VALUES (?,?)",
+                    (bid, _dumps([r.resources for r in rows])),
+                )
+            return bid
+
+    def set_batch_resources(self, items: Iterable[tuple[int, list[dict[str, Any]]]]) -> None:
+        """Attribution results: (batch id, resources of its spans in order)."""
+        data = [(_dumps(res), bid) for bid, res in items]
+        if data:
+            with self._lock, self._db:
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO span_resources (resources, batch_id) VALUES (?,?)", data
+                )
+
+    def unattributed_batches(self) -> list[tuple[int, list[SpanRow]]]:
+        """Batches received but not attributed (the agent stopped before it got to them)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT b.id, b.run_id, b.spans FROM span_batches AS b "
+                "LEFT JOIN span_resources AS r ON r.batch_id = b.id "
+                "WHERE r.batch_id IS NULL ORDER BY b.id"
+            ).fetchall()
+        return [
+            (bid, [_span_row(run_id, w, {}) for w in _loads(spans)]) for bid, run_id, spans in rows
+        ]
+
     def write_spans(self, rows: Iterable[SpanRow]) -> int:
-        """Inserts spans (see ``spans()`` for spans sent twice)."""
-        rows = list(rows)
-        self.commit_spans(rows, ())
-        return len(rows)
+        """Stores finished spans (with their resources, if any), one batch per run."""
+        by_run: dict[str | None, list[SpanRow]] = {}
+        for r in rows:
+            by_run.setdefault(r.run_id, []).append(r)
+        for run_id, group in by_run.items():
+            self.add_span_batch(run_id, group)
+        return sum(len(g) for g in by_run.values())
 
     def spans(self, run_id: str | None = None) -> list[SpanRow]:
+        """Spans in start order. A span stored twice (a client retried a request whose answer
+        it lost) counts once: its last copy wins."""
         sql = (
-            "SELECT run_id, trace_id, span_id, parent_span_id, name, start_ts, end_ts, status, "
-            "service, pid, attributes, resources FROM spans"
+            "SELECT b.run_id, b.spans, r.resources FROM span_batches AS b "
+            "LEFT JOIN span_resources AS r ON r.batch_id = b.id"
         )
         args: list[Any] = []
         if run_id is not None:
-            sql += " WHERE run_id=?"
+            sql += " WHERE b.run_id=?"
             args.append(run_id)
         with self._lock:
-            rows = self._db.execute(sql + " ORDER BY start_ts, rowid", args).fetchall()
-        # A span stored twice (a client retried a request whose answer it lost) counts once:
-        # its last copy wins, in the position of its first.
+            rows = self._db.execute(sql + " ORDER BY b.id", args).fetchall()
         unique: dict[tuple[str, str], SpanRow] = {}
-        for r in rows:
-            unique[(r[1], r[2])] = SpanRow(
-                *r[:10], attributes=_loads(r[10]), resources=_loads(r[11])
-            )
-        return list(unique.values())
+        for rid, spans, resources in rows:
+            res = _loads(resources) if resources else None
+            for i, w in enumerate(_loads(spans)):
+                unique[(w[0], w[1])] = _span_row(rid, w, res[i] if res else {})
+        return sorted(unique.values(), key=lambda r: r.start_ts)
 
     def write_metrics(self, rows: Iterable[MetricRow]) -> int:
         data = [
@@ -489,49 +565,6 @@ class Store:
                 (run_id,),
             ).fetchall()
         return [(*r[:6], _loads(r[6])) for r in rows]
-
-    # -- inbox: acknowledged spans waiting for attribution ------------------------------
-    def inbox_put(self, kind: str, payload: bytes) -> int:
-        """Stores one acknowledged batch durably; returns its id. One row per OTLP request
-        keeps the acknowledgement cheap; spans get their own rows once attributed."""
-        with self._lock, self._db:
-            cur = self._db.execute(
-                "INSERT INTO inbox (kind, ts, payload) VALUES (?,?,?)", (kind, time.time(), payload)
-            )
-            return int(cur.lastrowid or 0)
-
-    def inbox(self) -> list[tuple[int, str, bytes]]:
-        with self._lock:
-            return list(self._db.execute("SELECT id, kind, payload FROM inbox ORDER BY id"))
-
-    def commit_spans(self, rows: Iterable[SpanRow], done_inbox: Iterable[int]) -> None:
-        """Attributed spans in, their finished inbox batches out: one transaction, so a
-        crash leaves every span either in the inbox or in ``spans``."""
-        data = [
-            (
-                r.run_id,
-                r.trace_id,
-                r.span_id,
-                r.parent_span_id,
-                r.name,
-                r.start_ts,
-                r.end_ts,
-                r.status,
-                r.service,
-                r.pid,
-                _dumps(r.attributes),
-                _dumps(r.resources) if r.resources else "{}",
-            )
-            for r in rows
-        ]
-        with self._lock, self._db:
-            self._db.executemany(
-                "INSERT INTO spans (run_id, trace_id, span_id, parent_span_id, "
-                "name, start_ts, end_ts, status, service, pid, attributes, resources) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                data,
-            )
-            self._db.executemany("DELETE FROM inbox WHERE id=?", [(i,) for i in done_inbox])
 
     def delete_samples_before(self, ts: float) -> int:
         with self._lock, self._db:
