@@ -6,6 +6,7 @@ command) assemble an :class:`Agent`; only the options differ.
 
 from __future__ import annotations
 
+import gc
 import logging
 import socket
 import time
@@ -229,3 +230,15 @@ class Agent:
 
 def hostname() -> str:
     return socket.gethostname()
+
+
+def tune_gc() -> None:
+    """Call once the agent is set up: the cyclic garbage collector then skips everything
+    built so far (modules, config, caches) and runs less often.
+
+    The agent allocates many short-lived acyclic objects per request (records, dicts) that
+    reference counting frees at once; with the default thresholds the collector kept
+    rescanning the heap and cost about a fifth of the span ingest path.
+    """
+    gc.freeze()
+    gc.set_threshold(10_000, 50, 100)

@@ -17,7 +17,7 @@ from types import FrameType
 from typing import Any
 
 from wattspan.agent.config import Config
-from wattspan.agent.daemon import Agent
+from wattspan.agent.daemon import Agent, tune_gc
 from wattspan.agent.store import Run
 from wattspan.agent.summary import summarize
 from wattspan.collectors.base import Sample
@@ -123,6 +123,7 @@ def run_command(
     if agent.process_collector is not None:
         agent.process_collector.add_root(proc.pid)
     agent.start()
+    tune_gc()
 
     def forward(signum: int, frame: FrameType | None) -> None:
         if signum in _FROM_TTY and _child_in_our_foreground_group():

@@ -66,6 +66,9 @@ def cmd_agent(args: argparse.Namespace) -> int:
         agent.interval,
         config.source,
     )
+    from wattspan.agent.daemon import tune_gc
+
+    tune_gc()
     systemd.notify("READY=1\nSTATUS=sampling")
     ping = systemd.watchdog_interval()
     wait = min(ping, 5.0) if ping else 5.0
