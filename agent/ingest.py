@@ -135,7 +135,7 @@ class TelemetryIngest:
         run_id: str | None,
         interval: float,
         process_collector: ProcessCollector | None = None,
-        ring_seconds: float = 900.0,
+        ring_seconds: float = 300.0,
         flush_samples: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
@@ -143,6 +143,8 @@ class TelemetryIngest:
         self.run_id = run_id
         self.interval = interval
         self.process_collector = process_collector
+        # Five minutes of slim samples cover the spans that arrive soon after they end (the
+        # usual case) for about a MiB; older spans are attributed from the store instead.
         self.ring = SampleRing(ring_seconds)
         self.flush_samples = flush_samples
         # (stored batch id or None, its spans), waiting for a sample after their end.

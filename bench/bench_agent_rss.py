@@ -159,7 +159,7 @@ def main() -> int:
     if slope > 0.05:
         print(
             "  still growing: the agent keeps node samples for span attribution for 15 min "
-            "(TelemetryIngest ring_seconds=900); run with --duration 1200 to see the plateau"
+            "(TelemetryIngest ring_seconds=300); run with --duration 600 to see the plateau"
         )
     print(f"VmHWM (peak):         {hwm / MIB:7.1f} MiB")
     print(
