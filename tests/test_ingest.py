@@ -94,3 +94,20 @@ def test_attribution_waits_for_a_sample_after_the_span(tmp_path: Path) -> None:
     assert ing.attribute_due() == 1
     (s,) = store.spans("r")
     assert s.resources["node_energy_total_joules"] == pytest.approx(6.0)
+
+
+def test_spans_older_than_the_ring_are_attributed_from_the_store(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db")
+    ing = TelemetryIngest(
+        store=store, pipeline=Pipeline(), run_id="r", interval=1.0, ring_seconds=5.0
+    )
+    for t in range(20):  # 20 s of node samples at 10 W; the ring keeps only the last 5 s
+        node = _node(1000.0 + t, 10.0 * t)
+        store.write_samples("r", node)
+        ing.write(node)
+    assert ing.ring.between(1002.0, 1004.0) is None
+    ing.on_spans([_span(0, 1002.0, 1004.0)])
+    assert ing.attribute_due() == 1
+    (s,) = store.spans("r")
+    assert s.resources["node_energy_total_joules"] == pytest.approx(20.0)
+    assert s.resources["coverage"] == 1.0
