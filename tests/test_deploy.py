@@ -313,7 +313,7 @@ def test_daemonset_resources(container: dict[str, Any]) -> None:
     res = container["resources"]
     for kind in ("requests", "limits"):
         assert {"cpu", "memory"} <= res[kind].keys()
-    # Steady RSS is about 60 MB (bench/bench_agent_rss.py): the limit must leave room.
+    # Steady RSS is about 55 MB (bench/README.md): the limit must leave room.
     assert _mebibytes(res["limits"]["memory"]) >= 128
     assert _mebibytes(res["requests"]["memory"]) <= _mebibytes(res["limits"]["memory"])
 
