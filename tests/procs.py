@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 
+from tests.servers import free_port
 
-def free_port() -> int:
-    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+__all__ = ["free_port", "http_get", "require_binary", "stop_process", "wait_for"]
 
 
 def wait_for(pred: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
