@@ -7,6 +7,7 @@ encoder's output and the documented substitutions for what line protocol cannot 
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from wattspan.agent.exporters.influxdb.lineprotocol import (
+    EncodeCounts,
     LineEncoder,
     escape_field_key,
     escape_key,
@@ -195,6 +197,95 @@ def test_same_tags_different_insertion_order_same_series():
         ]
     )
     assert out[0].split(" ")[0] == out[1].split(" ")[0] == "m,a=1,b=2"
+
+
+def test_frames_hold_at_most_batch_size_lines_in_order():
+    samples = [Sample("m", T + i, {"k": str(i % 2)}, {"v": float(i)}) for i in range(5)]
+    samples.insert(2, Sample("m", T, {}, {"s": "text"}))  # per-value path, mid-frame
+    frames, counts = LineEncoder().encode_frames(samples, 2)
+    assert [n for _, n in frames] == [2, 2, 2]
+    assert counts.points == 6
+    whole, _ = LineEncoder().encode_frames(samples, 100)
+    assert b"".join(body for body, _ in frames) == whole[0][0]
+    assert whole[0][0].splitlines()[2] == b'm s="text" 1700000000500000000'
+
+
+def test_percent_signs_survive_the_templates():
+    out, _ = enc(
+        [
+            Sample("m%s%%", T, {"t%d": "%s"}, {"f%": 1.5, "%si": 2}),  # template path
+            Sample("m%s", T, {"t%d": "%(x)s"}, {"s%": "%s %%"}),  # per-value path
+        ]
+    )
+    assert out == [
+        "m%s%%,t%d=%s f%=1.5,%si=2i 1700000000500000000",
+        'm%s,t%d=%(x)s s%="%s %%" 1700000000500000000',
+    ]
+
+
+def test_numeric_shapes_take_the_template_path_and_others_do_not():
+    e = LineEncoder()
+    e.encode_frames(
+        [
+            Sample("m", T, {}, {"a": 1.0, "b": 2, "c": True}),
+            Sample("m", T, {}, {"a": "s"}),
+            Sample("m", T, {}, {"a": np.float64(1.0)}),
+        ],
+        10,
+    )
+    assert sorted(e._shapes.values()) == [b"", b"", b"m a=%s,b=%si,c=%s %s"]
+
+
+def test_drops_are_counted_once_when_a_chunk_falls_back_per_value():
+    out, c = enc(
+        [
+            Sample("m", T, {}, {"s": "x", "bad": None}),  # per-value sample with one drop
+            Sample("m", T, {}, {"x": math.nan, "y": 1.0}),  # NaN: the chunk is redone
+            Sample("m", T, {}, {"big": 2**64 - 1}),  # orjson takes it, influx does not
+        ]
+    )
+    assert out == ['m s="x" 1700000000500000000', "m y=1.0 1700000000500000000"]
+    assert (c.points, c.dropped_points, c.dropped_fields) == (2, 1, 3)
+
+
+_NUMBER = re.compile(r"(?<=[= ])(-?\d+(?:\.\d+)?(?:e[+-]?\d+)?)(?=[, ]|$)")
+
+
+def _floats_normalised(line: str) -> str:
+    """Same text for the same float however it is spelt (1e-05, 0.00001)."""
+    return _NUMBER.sub(lambda m: repr(float(m.group(1))), line)
+
+
+_numbers = st.one_of(
+    st.floats(),
+    st.integers(-(2**64), 2**64 + 5),
+    st.booleans(),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["m", "m%s", "cpu"]),
+            st.dictionaries(st.sampled_from(["a", "b%", "c d"]), st.sampled_from(["1", "%s"])),
+            st.dictionaries(st.sampled_from(["x", "y%i", "z,="]), _numbers, max_size=3),
+        ),
+        max_size=10,
+    )
+)
+def test_template_path_writes_what_the_per_value_path_writes(points):
+    samples = [Sample(m, T + i, t, f) for i, (m, t, f) in enumerate(points)]
+    fast: list[str] = []
+    fast_counts = LineEncoder(global_tags={"host": "h"}).encode(samples, fast)
+    slow_counts = EncodeCounts()
+    slow = LineEncoder(global_tags={"host": "h"})._encode_values(samples, slow_counts)
+    assert [_floats_normalised(x) for x in fast] == [_floats_normalised(x) for x in slow]
+    assert fast_counts.points == len(slow)
+    assert (fast_counts.dropped_points, fast_counts.dropped_fields) == (
+        slow_counts.dropped_points,
+        slow_counts.dropped_fields,
+    )
 
 
 _text = st.text(

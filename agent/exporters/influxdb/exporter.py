@@ -176,8 +176,7 @@ class InfluxDBExporter:
         """
         if self._closing:
             raise RuntimeError("influxdb exporter is closed")
-        lines: list[str] = []
-        counts = self._encoder.encode(samples, lines)
+        frames, counts = self._encoder.encode_frames(samples, self.config.batch_size)
         if counts.dropped_points or counts.dropped_fields:
             with self._lock:
                 self._invalid_points += counts.dropped_points
@@ -189,17 +188,11 @@ class InfluxDBExporter:
                     "floats, ints beyond int64, points left without fields); counted in "
                     "dropped_fields_total / dropped_records_total, logged once"
                 )
-        if not lines:
+        if not frames:
             return
-        size = self.config.batch_size
-        frames: list[tuple[bytes, int]] = []
-        for i in range(0, len(lines), size):
-            chunk = lines[i : i + size]
-            # Lone surrogates cannot be UTF-8: replace them rather than lose the point.
-            frames.append((("\n".join(chunk) + "\n").encode("utf-8", "replace"), len(chunk)))
         self._queue.append_many(frames)
         with self._lock:
-            self._written += len(lines)
+            self._written += counts.points
 
     def flush(self, timeout: float | None = None) -> None:
         """Send what is queued now and wait up to ``timeout`` s (None: 30 s) for it."""
