@@ -568,7 +568,15 @@ class DiskQueue:
 
     def _persist(self, ckpt: tuple[int, int], paths: list[Path]) -> None:
         """Write the checkpoint, then delete consumed segments (in that order: a crash in
-        between leaves segments older than the checkpoint, which recovery deletes)."""
+        between leaves segments older than the checkpoint, which recovery deletes).
+
+        The checkpoint is not fsynced here, in any policy: a process crash cannot lose it
+        (page cache), and a power loss can only roll it back, which re-sends records that were
+        delivered already -- never loses any. Receivers such as InfluxDB overwrite an
+        identical point, so the re-send does not even change counts. The next data fsync
+        syncs the directory (and so the rename); :meth:`close` syncs the file itself. An
+        fsync per delivered batch cost about 10 % of delivery throughput.
+        """
         with self._ckpt_lock:
             seg, off = ckpt
             head = CHECKPOINT.pack(CHECKPOINT_MAGIC, seg, off, 0)[:-4]
@@ -577,15 +585,23 @@ class DiskQueue:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             try:
                 os.write(fd, data)
-                if self.fsync_policy.mode == "batch":
-                    os.fsync(fd)
             finally:
                 os.close(fd)
             os.replace(tmp, self.directory / "checkpoint")
             for p in paths:
                 p.unlink(missing_ok=True)
-            if self.fsync_policy.mode == "batch":
-                _fsync_dir(self.directory)
+        with self._lock:
+            self._dir_dirty = True
+
+    def _sync_checkpoint(self) -> None:
+        with self._ckpt_lock:
+            path = self.directory / "checkpoint"
+            with contextlib.suppress(FileNotFoundError):
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
 
     def read(self, max_items: int, max_bytes: int) -> QueueBatch | None:
         """Hand out the next frames (at least one if any) without consuming them.
@@ -853,6 +869,8 @@ class DiskQueue:
         self._stop.set()
         if self._syncer is not None:
             self._syncer.join()
+        if self.fsync_policy.mode != "none":
+            self._sync_checkpoint()
         with self._lock:
             try:
                 if self.fsync_policy.mode != "none" and (self._dirty or self._dir_dirty):
