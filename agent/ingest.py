@@ -20,7 +20,7 @@ from typing import Any
 
 from wattspan import semconv as sc
 from wattspan.agent.domains import primary_domains
-from wattspan.agent.pipeline import Pipeline
+from wattspan.agent.pipeline import Pipeline, SinkError
 from wattspan.agent.records import LogRecord, MetricPoint, SpanRecord
 from wattspan.agent.store import ConfusionRow, MetricRow, SpanRow, Store
 from wattspan.collectors.base import Sample
@@ -160,6 +160,8 @@ class TelemetryIngest:
             "metric_points_stored_total": 0,
             "logs_stored_total": 0,
             "attribution_errors_total": 0,
+            # Attributed spans an exporter could not queue; they stay pending and are retried.
+            "span_export_retries_total": 0,
         }
         if store is not None:
             # Spans acknowledged before a stop or crash, never attributed: finish the job.
@@ -442,13 +444,24 @@ class TelemetryIngest:
         results = attribute(windows, series, idle)
         for r, res in zip(due, results, strict=True):
             r.resources = res
+        # Exporters first, the store's "attributed" mark second: a crash in between then
+        # re-exports these spans after the restart (an exporter's receiver overwrites an
+        # identical point) instead of leaving them marked done but never exported.
+        if self.pipeline.wants("spans"):
+            try:
+                self.pipeline.submit([span_sample(r) for r in due])
+            except SinkError:
+                # An exporter could not queue them (disk full...): the pipeline logged it.
+                # Keep them pending; the next sample tick tries again.
+                self.counts["span_export_retries_total"] += len(due)
+                with self._lock:
+                    self._pending[:0] = batches
+                return 0
         if self.store is not None:
             self.store.set_batch_resources(
                 (bid, [r.resources for r in rows]) for bid, rows in batches if bid is not None
             )
         self.counts["spans_attributed_total"] += len(due)
-        if self.pipeline.wants("spans"):
-            self.pipeline.emit([span_sample(r) for r in due])
         return len(due)
 
 

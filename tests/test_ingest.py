@@ -111,3 +111,43 @@ def test_spans_older_than_the_ring_are_attributed_from_the_store(tmp_path: Path)
     (s,) = store.spans("r")
     assert s.resources["node_energy_total_joules"] == pytest.approx(20.0)
     assert s.resources["coverage"] == 1.0
+
+
+class _FlakyExporter:
+    """A sink that refuses writes while ``down`` (like a queue on a full disk)."""
+
+    name = "flaky"
+
+    def __init__(self) -> None:
+        self.down = True
+        self.spans: list[Sample] = []
+
+    def write(self, samples) -> None:
+        if self.down:
+            raise OSError(28, "No space left on device")
+        self.spans.extend(s for s in samples if s.source == "spans")
+
+
+def test_spans_an_exporter_refused_stay_pending_and_unmarked(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db")
+    exporter = _FlakyExporter()
+    ingest = TelemetryIngest(
+        store=store, pipeline=Pipeline([exporter]), run_id="run-1", interval=1.0
+    )
+    exporter.down = False  # the span's metric event is exported at receipt
+    ingest.write(_node(1000.0, 0.0))
+    ingest.on_spans([_span(0, 1000.5, 1001.5)])
+    exporter.down = True
+    ingest.write(_node(1002.0, 20.0))
+    assert ingest.attribute_due() == 0
+    # Not exported, so not marked attributed: a crash now re-attributes it after a restart.
+    assert [len(rows) for _, rows in store.unattributed_batches()] == [1]
+    assert ingest.stats()["spans_pending"] == 1
+    assert ingest.stats()["span_export_retries_total"] == 1
+
+    exporter.down = False
+    assert ingest.attribute_due() == 1
+    assert [s.tags["span_name"] for s in exporter.spans] == ["s0"]
+    assert exporter.spans[0].fields["node_energy_total_joules"] == pytest.approx(10.0)
+    assert store.unattributed_batches() == []
+    assert ingest.stats()["spans_pending"] == 0
