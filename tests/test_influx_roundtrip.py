@@ -129,3 +129,51 @@ def _write_and_compare(influxd_server, influx_exporter_factory, db, batch, types
         for key, typ in series["values"]
     }
     assert stored == {k: _INFLUX_TYPE[t] for k, (t,) in types.items()}
+
+
+# Spellings orjson uses that repr does not (0.00001, 1e-7, 1e+16), and the extremes: the
+# template path writes these, so influxd must read back exactly the same float.
+EDGE_FLOATS = [
+    1e-5,
+    2.5e-5,
+    1e-7,
+    1e16,
+    1e22,
+    5e-324,
+    2.2250738585072014e-308,
+    1.7976931348623157e308,
+    -1.7976931348623157e308,
+    -0.0,
+    0.1,
+    123456789.0,
+    0.30000000000000004,
+    9007199254740993.0,
+]
+
+
+def test_template_path_floats_and_ints_read_back_exactly(influxd_server, influx_exporter_factory):
+    db = "rt_edges"
+    influxd_server.create_database(db)
+    exp = influx_exporter_factory(url=influxd_server.url, database=db, fsync="none")
+    samples = [
+        Sample("edge", T0 + i, {"i": str(i)}, {"f": v, "n": -(2**63) + i, "b": i % 2 == 0})
+        for i, v in enumerate(EDGE_FLOATS)
+    ]
+    samples.append(Sample("edge", T0 + 99, {"i": "99"}, {"f": 0.5, "n": 2**63 - 1, "b": True}))
+    try:
+        exp.write(samples)
+        assert exp.drain(30), exp.stats()
+        assert exp.stats()["dead_lettered_records_total"] == 0
+        assert exp._encoder._shapes  # these went through the template path
+    finally:
+        exp.close(0)
+    rows = influxd_server.query('SELECT "f"::float, "n", "b" FROM "edge"', db=db)
+    got = {row[0]: row[1:] for row in rows["results"][0]["series"][0]["values"]}
+    want = {(T0 + i) * 10**9: [v, -(2**63) + i, i % 2 == 0] for i, v in enumerate(EDGE_FLOATS)}
+    want[(T0 + 99) * 10**9] = [0.5, 2**63 - 1, True]
+    assert got.keys() == want.keys()
+    for ts, (f, n, b) in want.items():
+        gf, gn, gb = got[ts]
+        # (influxd's JSON prints -0.0 as 0, so the sign of zero cannot be checked here.)
+        assert float(gf) == f, (ts, gf, f)
+        assert (gn, gb) == (n, b)
