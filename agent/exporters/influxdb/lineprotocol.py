@@ -50,7 +50,9 @@ Two paths produce the same points:
   the per-value path below tops out near 850k *values* per second; this one does not
   format in Python at all (``bench/bench_influx_encode.py`` measures both).
   orjson prints NaN/inf as ``null`` and refuses ints beyond 64 bits, so a chunk with a
-  ``null``, a refused int or an int above int64 is redone on the per-value path.
+  ``null``, a refused int or an int above int64 is redone on the per-value path. (The
+  int64 check is one ``max()`` over the chunk, so a float above 9.2e18 sends its chunk
+  that way too: correct, only slower.)
 * **Per value** (everything else: string fields, numpy scalars, unwritable keys, the chunks
   above): the original loop, one ``repr``/escape per value.
 """
