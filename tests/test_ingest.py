@@ -151,3 +151,26 @@ def test_spans_an_exporter_refused_stay_pending_and_unmarked(tmp_path: Path) -> 
     assert exporter.spans[0].fields["node_energy_total_joules"] == pytest.approx(10.0)
     assert store.unattributed_batches() == []
     assert ingest.stats()["spans_pending"] == 0
+
+
+def test_spans_reach_the_exporter_before_the_store_marks_them(tmp_path: Path, monkeypatch) -> None:
+    store = Store(tmp_path / "s.db")
+    exporter = _FlakyExporter()
+    exporter.down = False
+    ingest = TelemetryIngest(
+        store=store, pipeline=Pipeline([exporter]), run_id="run-1", interval=1.0
+    )
+    ingest.write(_node(1000.0, 0.0))
+    ingest.on_spans([_span(0, 1000.5, 1001.5)])
+    ingest.write(_node(1002.0, 20.0))
+
+    def killed(*_args: object) -> None:
+        raise KeyboardInterrupt  # stands for SIGKILL landing right here
+
+    monkeypatch.setattr(store, "set_batch_resources", killed)
+    with pytest.raises(KeyboardInterrupt):
+        ingest.attribute_due()
+    # Already queued for export, and still unmarked: a restart exports it again (an
+    # identical point) rather than never.
+    assert [s.tags["span_name"] for s in exporter.spans] == ["s0"]
+    assert [len(rows) for _, rows in store.unattributed_batches()] == [1]
