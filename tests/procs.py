@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -11,7 +14,14 @@ from collections.abc import Callable
 
 from tests.servers import free_port
 
-__all__ = ["free_port", "http_get", "require_binary", "stop_process", "wait_for"]
+__all__ = [
+    "free_port",
+    "http_get",
+    "kill_when_counted",
+    "require_binary",
+    "stop_process",
+    "wait_for",
+]
 
 
 def wait_for(pred: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
@@ -50,3 +60,32 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def kill_when_counted(script: str, args: list[str], threshold: int) -> int:
+    """Run ``python -c script *args``, which prints a running count per line; SIGKILL it
+    once the count reaches ``threshold``; return the last count it printed.
+
+    The child keeps going until the signal lands, and what it printed meanwhile counts too:
+    a line printed is a promise the child made (data acknowledged, a commit done).
+    """
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, *args],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    count = 0
+    assert proc.stdout is not None
+    try:
+        for line in proc.stdout:
+            count = int(line)
+            if count >= threshold:
+                break
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    for line in proc.stdout.read().splitlines():
+        count = int(line)
+    proc.stdout.close()
+    return count

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import textwrap
 import time
 from collections import deque
@@ -15,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.procs import kill_when_counted
 from wattspan.agent.delivery import DiskQueue, FsyncPolicy, QueueLockedError
 from wattspan.agent.delivery import queue as queue_module
 from wattspan.agent.delivery.queue import HEADER_SIZE, encode_frame
@@ -163,25 +161,7 @@ CHILD = textwrap.dedent(
 
 @pytest.mark.parametrize("fsync", ["batch", "200", "none"])
 def test_sigkill_during_appends_keeps_every_acknowledged_item(tmp_path, fsync):
-    proc = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(tmp_path), fsync], stdout=subprocess.PIPE, text=True
-    )
-    acked = 0
-    try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            acked = int(line)
-            if acked >= 3000:
-                break
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    # The child kept going until the signal landed: what it printed meanwhile was
-    # acknowledged too.
-    assert proc.stdout is not None
-    for line in proc.stdout.read().splitlines():
-        acked = int(line)
-    proc.stdout.close()
+    acked = kill_when_counted(CHILD, [str(tmp_path), fsync], 3000)
     with DiskQueue(tmp_path, fsync=FsyncPolicy("none")) as q:
         got = drain(q)
     # Every acknowledged item, in order; beyond them at most the one write in progress (a
@@ -209,23 +189,7 @@ CONSUMER = textwrap.dedent(
 
 @pytest.mark.parametrize("fsync", ["batch", "none"])
 def test_sigkill_after_commits_resumes_after_the_last_commit(tmp_path, fsync):
-    proc = subprocess.Popen(
-        [sys.executable, "-c", CONSUMER, str(tmp_path), fsync], stdout=subprocess.PIPE, text=True
-    )
-    committed = 0
-    try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            committed = int(line)
-            if committed >= 2000:
-                break
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    assert proc.stdout is not None
-    for line in proc.stdout.read().splitlines():
-        committed = int(line)
-    proc.stdout.close()
+    committed = kill_when_counted(CONSUMER, [str(tmp_path), fsync], 2000)
     with DiskQueue(tmp_path, fsync=FsyncPolicy("none")) as q:
         got = drain(q)
     # Nothing committed comes back, beyond the one commit that may have been under way.

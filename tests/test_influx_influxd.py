@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import signal
-import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -15,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.procs import kill_when_counted
 from tests.servers import unused_url
 from wattspan.collectors.base import Sample
 
@@ -264,29 +261,8 @@ def test_sigkill_mid_stream_loses_no_acknowledged_point(
     server = influxd_factory()
     server.create_database("db")
     queue_dir = tmp_path / "child-queue"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", CHILD, server.url, str(queue_dir)],
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    acked = 0
-    try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            acked = int(line)
-            # Mid-stream: delivery is running and a good part is still queued.
-            if acked >= 20_000:
-                break
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    # The child kept going until the signal landed: what it printed meanwhile was
-    # acknowledged too.
-    assert proc.stdout is not None
-    for line in proc.stdout.read().splitlines():
-        acked = int(line)
-    proc.stdout.close()
+    # Killed mid-stream: delivery is running and a good part is still queued.
+    acked = kill_when_counted(CHILD, [server.url, str(queue_dir)], 20_000)
     assert acked >= 20_000
     delivered_before = server.count("db", "rapl", "seq")
     assert delivered_before > 0  # the child was delivering when it died
