@@ -20,7 +20,7 @@ from typing import Any
 
 from wattspan import semconv as sc
 from wattspan.agent.domains import primary_domains
-from wattspan.agent.pipeline import Pipeline, SinkError
+from wattspan.agent.pipeline import Pipeline
 from wattspan.agent.records import LogRecord, MetricPoint, SpanRecord
 from wattspan.agent.store import ConfusionRow, MetricRow, SpanRow, Store
 from wattspan.collectors.base import Sample
@@ -160,8 +160,8 @@ class TelemetryIngest:
             "metric_points_stored_total": 0,
             "logs_stored_total": 0,
             "attribution_errors_total": 0,
-            # Attributed spans an exporter could not queue; they stay pending and are retried.
-            "span_export_retries_total": 0,
+            # Attributed spans a sink (an exporter) refused; they are in the store regardless.
+            "spans_export_failed_total": 0,
         }
         if store is not None:
             # Spans acknowledged before a stop or crash, never attributed: finish the job.
@@ -447,16 +447,11 @@ class TelemetryIngest:
         # Exporters first, the store's "attributed" mark second: a crash in between then
         # re-exports these spans after the restart (an exporter's receiver overwrites an
         # identical point) instead of leaving them marked done but never exported.
-        if self.pipeline.wants("spans"):
-            try:
-                self.pipeline.submit([span_sample(r) for r in due])
-            except SinkError:
-                # An exporter could not queue them (disk full...): the pipeline logged it.
-                # Keep them pending; the next sample tick tries again.
-                self.counts["span_export_retries_total"] += len(due)
-                with self._lock:
-                    self._pending[:0] = batches
-                return 0
+        if self.pipeline.wants("spans") and self.pipeline.emit([span_sample(r) for r in due]):
+            # A sink could not take them (an exporter's queue on a full disk...): the pipeline
+            # logged it once and counts it per sink. The spans stay in the store, attributed;
+            # retrying here would hold every later span hostage to that one sink.
+            self.counts["spans_export_failed_total"] += len(due)
         if self.store is not None:
             self.store.set_batch_resources(
                 (bid, [r.resources for r in rows]) for bid, rows in batches if bid is not None

@@ -44,11 +44,11 @@ class Pipeline:
         records nobody would receive."""
         return any(source not in getattr(s, "SKIP_SOURCES", ()) for s in self.sinks)
 
-    def emit(self, samples: Sequence[Sample]) -> None:
-        """Best effort: a failing sink is counted and logged, the others still get the data."""
+    def emit(self, samples: Sequence[Sample]) -> list[str]:
+        """Best effort: a failing sink is counted and logged, the others still get the data.
+        Returns the names of the sinks that failed."""
         self._remember(samples)
-        for sink in self.sinks:
-            self._write(sink, samples)
+        return [sink.name for sink in self.sinks if not self._write(sink, samples)]
 
     def submit(self, samples: Sequence[Sample]) -> None:
         """All-or-error: raises :class:`SinkError` if any sink failed to take the records."""

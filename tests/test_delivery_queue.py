@@ -144,6 +144,23 @@ def test_corrupt_checkpoint_means_redelivery_not_loss(tmp_path):
         assert drain(q) == [payload(i) for i in range(6)]  # at-least-once
 
 
+def test_no_checkpoint_write_after_close(tmp_path):
+    # A commit racing close() must not write once close() has synced the checkpoint: by then
+    # the directory lock may belong to the next process.
+    q = DiskQueue(tmp_path, fsync=FsyncPolicy("batch"))
+    for i in range(4):
+        q.append(payload(i))
+    b = q.read(2, 1 << 20)
+    assert b is not None
+    q.commit(b)
+    before = (tmp_path / "checkpoint").read_bytes()
+    q.close()
+    q._persist((b.segment, b.end + 1000), [])  # what the losing side of the race does
+    assert (tmp_path / "checkpoint").read_bytes() == before
+    with DiskQueue(tmp_path, fsync=FsyncPolicy("none")) as q2:
+        assert drain(q2) == [payload(2), payload(3)]
+
+
 CHILD = textwrap.dedent(
     """
     import sys

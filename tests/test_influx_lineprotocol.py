@@ -99,8 +99,10 @@ def test_point_without_writable_fields_is_dropped_and_counted():
     assert (c.points, c.dropped_points, c.dropped_fields) == (1, 2, 1)
 
 
-def test_bad_timestamp_drops_point():
-    out, c = enc([Sample("m", math.nan, {}, {"x": 1.0}), Sample("m", T, {}, {"x": 2.0})])
+@pytest.mark.parametrize("bad", [math.nan, math.inf, None])
+@pytest.mark.parametrize("fields", [{"x": 1.0}, {"x": "s"}])  # template and per-value path
+def test_bad_timestamp_drops_point(bad, fields):
+    out, c = enc([Sample("m", bad, {}, fields), Sample("m", T, {}, {"x": 2.0})])
     assert out == ["m x=2.0 1700000000500000000"]
     assert c.dropped_points == 1
 

@@ -128,29 +128,30 @@ class _FlakyExporter:
         self.spans.extend(s for s in samples if s.source == "spans")
 
 
-def test_spans_an_exporter_refused_stay_pending_and_unmarked(tmp_path: Path) -> None:
+def test_spans_an_exporter_refuses_are_counted_and_still_stored(tmp_path: Path) -> None:
     store = Store(tmp_path / "s.db")
     exporter = _FlakyExporter()
-    ingest = TelemetryIngest(
-        store=store, pipeline=Pipeline([exporter]), run_id="run-1", interval=1.0
-    )
+    pipeline = Pipeline([exporter])
+    ingest = TelemetryIngest(store=store, pipeline=pipeline, run_id="run-1", interval=1.0)
     exporter.down = False  # the span's metric event is exported at receipt
     ingest.write(_node(1000.0, 0.0))
     ingest.on_spans([_span(0, 1000.5, 1001.5)])
     exporter.down = True
     ingest.write(_node(1002.0, 20.0))
-    assert ingest.attribute_due() == 0
-    # Not exported, so not marked attributed: a crash now re-attributes it after a restart.
-    assert [len(rows) for _, rows in store.unattributed_batches()] == [1]
-    assert ingest.stats()["spans_pending"] == 1
-    assert ingest.stats()["span_export_retries_total"] == 1
-
-    exporter.down = False
+    # The store's attribution does not wait for the exporter: marked, counted as not exported.
     assert ingest.attribute_due() == 1
-    assert [s.tags["span_name"] for s in exporter.spans] == ["s0"]
-    assert exporter.spans[0].fields["node_energy_total_joules"] == pytest.approx(10.0)
     assert store.unattributed_batches() == []
-    assert ingest.stats()["spans_pending"] == 0
+    assert store.spans()[0].resources["node_energy_total_joules"] == pytest.approx(10.0)
+    assert ingest.stats()["spans_export_failed_total"] == 1
+    assert pipeline.sink_errors["flaky"] == 1
+    assert exporter.spans == []
+
+    exporter.down = False  # later spans flow again; nothing is re-sent
+    ingest.on_spans([_span(1, 1002.5, 1003.0)])
+    ingest.write(_node(1004.0, 40.0))
+    assert ingest.attribute_due() == 1
+    assert [s.tags["span_name"] for s in exporter.spans] == ["s1"]
+    assert ingest.stats()["spans_export_failed_total"] == 1
 
 
 def test_spans_reach_the_exporter_before_the_store_marks_them(tmp_path: Path, monkeypatch) -> None:

@@ -193,6 +193,7 @@ class DiskQueue:
         self._cond = threading.Condition(self._lock)
         self._ckpt_lock = threading.Lock()
         self._ckpt_fd = -1  # the checkpoint file, opened on first write, overwritten in place
+        self._ckpt_closed = False  # set by close(): no checkpoint writes after it
         self._segments: list[_Segment] = []
         self._wfd = -1  # fd of the newest (active) segment, O_APPEND
         self._rfd = -1  # consumer-owned read fd and the segment it belongs to
@@ -581,6 +582,10 @@ class DiskQueue:
             seg, off = ckpt
             head = CHECKPOINT.pack(CHECKPOINT_MAGIC, seg, off, 0)[:-4]
             data = head + struct.pack("<I", zlib.crc32(head))
+            if self._ckpt_closed:
+                # close() has synced the checkpoint and may have released the directory lock:
+                # writing now could overwrite the next owner's. Not writing costs a re-send.
+                return
             if self._ckpt_fd < 0:
                 self._ckpt_fd = os.open(
                     self.directory / "checkpoint", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
@@ -594,9 +599,6 @@ class DiskQueue:
             # 28 bytes cannot be torn by a process crash; after a power loss a torn sector
             # fails the CRC, which means re-sending, never losing.
             os.pwrite(self._ckpt_fd, data, 0)
-            if self._closed:  # close() ran meanwhile: do not leave the file open
-                os.close(self._ckpt_fd)
-                self._ckpt_fd = -1
             for p in paths:
                 p.unlink(missing_ok=True)
             if paths:
@@ -605,6 +607,7 @@ class DiskQueue:
 
     def _close_checkpoint(self, sync: bool) -> None:
         with self._ckpt_lock:
+            self._ckpt_closed = True
             if self._ckpt_fd < 0:
                 return
             try:

@@ -4,8 +4,9 @@
 :class:`~wattspan.agent.delivery.DiskQueue`; when it returns, the records are on disk (the
 acknowledgement). One background thread reads batches from the queue, posts them, and
 advances the queue's checkpoint only after a 2xx, so a restart or crash never loses queued
-data and never re-sends confirmed batches (a crash between the 2xx and the checkpoint write
-re-sends one batch, which InfluxDB deduplicates: same series + timestamp = same point).
+data. A process crash re-sends at most the batch between its 2xx and the checkpoint write;
+a power loss can roll the (not fsynced) checkpoint back further. Either way InfluxDB
+deduplicates: same series + timestamp = same point.
 
 Outcomes of a request and what the worker does (the Telegraf/OTel-collector conventions):
 

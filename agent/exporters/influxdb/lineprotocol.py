@@ -89,6 +89,9 @@ RESERVED_KEYS = frozenset({"time"})
 #: Field value types the template path formats (exact types: numpy scalars and other
 #: subclasses take the per-value path).
 _SHAPE_TYPES = frozenset({float, int, bool})
+#: "No timestamp formatted yet": unequal to anything, so a None timestamp is not mistaken for
+#: a cached one (None cannot be written: the point is dropped and counted).
+_NO_TS = object()
 
 
 def escape_measurement(name: str) -> str:
@@ -241,7 +244,7 @@ class LineEncoder:
         plan: list[bytes] = []  # one template per line, in order
         add = plan.append
         mult = self._mult
-        last_ts: object = None
+        last_ts: object = _NO_TS
         ts_int = 0
         drops = counts.dropped_points, counts.dropped_fields
         for s in samples:
@@ -333,7 +336,7 @@ class LineEncoder:
             bool,
             str,
         )
-        last_ts: object = None
+        last_ts: object = _NO_TS
         ts_text = ""
         for s in samples:
             tags = s.tags
