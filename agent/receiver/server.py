@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, runtime_checkable
@@ -35,6 +34,7 @@ from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
+from wattspan.agent.logthrottle import LogThrottle
 from wattspan.agent.receiver import convert
 from wattspan.agent.records import LogRecord, MetricPoint, SpanRecord
 
@@ -143,8 +143,7 @@ class OtlpReceiver:
         self._executor: ThreadPoolExecutor | None = None
         self._stats_lock = threading.Lock()
         self._stats = dict.fromkeys(STAT_KEYS, 0)
-        self._last_invalid_log = -_INVALID_LOG_INTERVAL_S
-        self._invalid_unlogged = 0
+        self._invalid_log = LogThrottle(_INVALID_LOG_INTERVAL_S)
 
     # ----------------------------------------------------------------------------------------
     # lifecycle
@@ -311,13 +310,11 @@ class OtlpReceiver:
 
     def _log_invalid(self, service: str, context: grpc.ServicerContext, exc: Exception) -> None:
         # A broken client retrying in a loop must not flood the agent's log: one line a minute.
-        now = time.monotonic()
         with self._stats_lock:
-            if now - self._last_invalid_log < _INVALID_LOG_INTERVAL_S:
-                self._invalid_unlogged += 1
-                return
-            self._last_invalid_log = now
-            suppressed, self._invalid_unlogged = self._invalid_unlogged, 0
+            n = self._invalid_log.hit()
+        if not n:
+            return
+        suppressed = n - 1
         log.warning(
             "OTLP %s: malformed request from %s rejected with INVALID_ARGUMENT: %s%s",
             service,

@@ -51,6 +51,7 @@ from wattspan.agent.exporters.influxdb.transport import (
     TransportError,
     make_transport,
 )
+from wattspan.agent.logthrottle import LogThrottle
 from wattspan.agent.sinks import StatValue
 from wattspan.collectors.base import Sample
 
@@ -122,10 +123,8 @@ class InfluxDBExporter:
         self._failure_kind: object = None
         self._failing_since = 0.0
         self._warned_fields = False
-        self._drop_log_at = float("-inf")
-        self._drops_unlogged = 0
-        self._dead_log_at = float("-inf")
-        self._dead_unlogged = 0
+        self._drop_log = LogThrottle(LOG_EVERY)
+        self._dead_log = LogThrottle(LOG_EVERY)
         self._flush_waiters = 0
         self._closing = False
         self._closed = False
@@ -482,20 +481,16 @@ class InfluxDBExporter:
             where = str(self._dead.path)
         except OSError as e:
             where = f"nowhere: writing {self._dead.path} failed: {e}"
-        now = time.monotonic()
         with self._lock:
             self._dead_lettered += chunk.count
             self._dead_lettered_batches += 1
             self._last_error = outcome.reason
-            self._dead_unlogged += 1
-            due = now - self._dead_log_at >= LOG_EVERY
-            if due:
-                n, self._dead_unlogged, self._dead_log_at = self._dead_unlogged, 0, now
+            n = self._dead_log.hit()
             recovered = self._state != "ok"
             self._state = "ok"  # the server answered: it is reachable
             self._failure_kind = None
         self._backoff.reset()
-        if due:
+        if n:
             log.error(
                 "influxdb exporter: server rejected %d records (%s); %s written to %s, "
                 "not retried; later data continues",
@@ -509,14 +504,10 @@ class InfluxDBExporter:
 
     def _on_drop(self, items: int, nbytes: int) -> None:
         """Queue quota callback (writer thread)."""
-        now = time.monotonic()
         with self._cond:
-            self._drops_unlogged += items
-            due = now - self._drop_log_at >= LOG_EVERY
-            if due:
-                n, self._drops_unlogged, self._drop_log_at = self._drops_unlogged, 0, now
+            n = self._drop_log.hit(items)
             self._cond.notify_all()
-        if due:
+        if n:
             log.warning(
                 "influxdb exporter: queue full (max_queue_bytes=%d), dropped the oldest %d "
                 "records; see dropped_records_total",
