@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from wattspan.agent.receiver import OtlpHandler, OtlpReceiver
 
 
 @pytest.fixture
@@ -18,6 +23,16 @@ def store_path(tmp_path: Path) -> Path:
 def wattspan_cmd() -> list[str]:
     """The installed console script, run with this interpreter."""
     return [sys.executable, "-m", "wattspan"]
+
+
+@pytest.fixture
+def receiver(collector: OtlpHandler) -> Iterator[OtlpReceiver]:
+    """An in-process OTLP/gRPC receiver on a free port, handing what it receives to the
+    ``collector`` fixture, which each module using this one defines (its own handler)."""
+    from wattspan.agent.receiver import OtlpReceiver  # grpc: only for the tests that use it
+
+    with OtlpReceiver(collector, port=0) as r:  # stop(grace=1.0) on the way out
+        yield r
 
 
 @pytest.fixture(autouse=True)

@@ -37,12 +37,8 @@ def _require(binary: str) -> None:
 @pytest.fixture(scope="session")
 def influxd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxD]:
     _require(INFLUXD)
-    server = InfluxD(tmp_path_factory.mktemp("influxd-shared"))
-    server.start()
-    try:
+    with InfluxD(tmp_path_factory.mktemp("influxd-shared")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
@@ -73,12 +69,8 @@ def influxd_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callab
 @pytest.fixture(scope="session")
 def victoria_metrics_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VictoriaMetrics]:
     _require(VICTORIA_METRICS)
-    server = VictoriaMetrics(tmp_path_factory.mktemp("victoria-metrics"))
-    server.start()
-    try:
+    with VictoriaMetrics(tmp_path_factory.mktemp("victoria-metrics")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 #: Defaults that keep tests fast: small batches, short intervals, quick retries.

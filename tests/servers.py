@@ -23,7 +23,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 INFLUXD = os.environ.get("WATTSPAN_TEST_INFLUXD", "influxd")
 VICTORIA_METRICS = os.environ.get("WATTSPAN_TEST_VICTORIA_METRICS", "victoria-metrics")
@@ -160,7 +160,7 @@ class _Server:
             return self.log_path.read_bytes()[-n:].decode("utf-8", "replace")
         return ""
 
-    def __enter__(self) -> _Server:
+    def __enter__(self) -> Self:
         self.start()
         return self
 

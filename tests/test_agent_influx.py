@@ -3,10 +3,12 @@ influxd; acknowledged spans survive a SIGKILL of the agent."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -60,28 +62,41 @@ def _start(cfg: Path, tmp: Path, otlp: int) -> tuple[subprocess.Popen[bytes], in
     return proc, mport
 
 
+@contextlib.contextmanager
+def _running_agent(cfg: Path, tmp: Path, otlp: int) -> Iterator[subprocess.Popen[bytes]]:
+    """The agent, up for the block; then SIGTERM, which it must exit from cleanly."""
+    proc, _ = _start(cfg, tmp, otlp)
+    try:
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+
+
+def _send_plain_otel(otlp: int) -> subprocess.CompletedProcess[str]:
+    """Run the plain OpenTelemetry client (``PLAIN_OTEL``) against the agent's OTLP port."""
+    return subprocess.run(
+        [sys.executable, "-c", PLAIN_OTEL, f"http://127.0.0.1:{otlp}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def _wait_for_spans(influx: InfluxD, db: str, what: str) -> None:
+    """Until influxd holds the client's 4 spans."""
+    wait_for(lambda: influx.count(db, "spans", "duration_seconds") == 4, 60, what)
+
+
 def test_node_samples_and_spans_reach_influxdb(
     tmp_path: Path, influxd_server: InfluxD, influx_database: str
 ) -> None:
     db = influx_database
     otlp = free_port()
-    agent, _ = _start(_config(tmp_path, influxd_server, db), tmp_path, otlp)
-    try:
-        p = subprocess.run(
-            [sys.executable, "-c", PLAIN_OTEL, f"http://127.0.0.1:{otlp}"],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+    with _running_agent(_config(tmp_path, influxd_server, db), tmp_path, otlp):
+        p = _send_plain_otel(otlp)
         assert p.returncode == 0, p.stderr
-        wait_for(
-            lambda: influxd_server.count(db, "spans", "duration_seconds") == 4,
-            60,
-            "spans in influxd",
-        )
-    finally:
-        agent.send_signal(signal.SIGTERM)
-        assert agent.wait(60) == 0
+        _wait_for_spans(influxd_server, db, "spans in influxd")
     store = Store(tmp_path / "agent.db")
     run = store.runs(kind="agent")[0]
     # Every memory sample the agent stored reached influxd, with exact values and tags.
@@ -118,25 +133,12 @@ def test_acknowledged_spans_survive_sigkill(
     agent, _ = _start(cfg, tmp_path, otlp)
     # The client exports each span as it ends (SimpleSpanProcessor): when it exits, every
     # span was acknowledged by the agent. Kill the agent at once, before it can attribute.
-    p = subprocess.run(
-        [sys.executable, "-c", PLAIN_OTEL, f"http://127.0.0.1:{otlp}"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    p = _send_plain_otel(otlp)
     os.kill(agent.pid, signal.SIGKILL)
     agent.wait(30)
     assert p.returncode == 0, p.stderr
-    agent, _ = _start(cfg, tmp_path, otlp)
-    try:
-        wait_for(
-            lambda: influxd_server.count(db, "spans", "duration_seconds") == 4,
-            60,
-            "acknowledged spans delivered after restart",
-        )
-    finally:
-        agent.send_signal(signal.SIGTERM)
-        assert agent.wait(60) == 0
+    with _running_agent(cfg, tmp_path, otlp):
+        _wait_for_spans(influxd_server, db, "acknowledged spans delivered after restart")
     store = Store(tmp_path / "agent.db")
     spans = store.spans()
     assert len(spans) == 4 and all(s.resources for s in spans)

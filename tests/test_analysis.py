@@ -237,8 +237,8 @@ def make_store(path: Path) -> Store:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
-    s = make_store(tmp_path / "wattspan.db")
+def store(store_path: Path) -> Store:
+    s = make_store(store_path)
     yield s
     s.close()
 
@@ -463,10 +463,13 @@ class _Tty(io.StringIO):
         return True
 
 
-def test_cli_compare_json_and_table(
-    store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    db = str(tmp_path / "wattspan.db")
+@pytest.fixture
+def db(store: Store) -> str:
+    """The synthetic store's path, as ``--store`` takes it."""
+    return str(store.path)
+
+
+def test_cli_compare_json_and_table(db: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert _run_cli(["compare", RUN_A[:8], "train-adam", "--store", db, "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert [r["id"] for r in out["runs"]] == [RUN_A, RUN_B]
@@ -480,12 +483,8 @@ def test_cli_compare_json_and_table(
 
 
 def test_cli_exit_codes(
-    store: Store,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    db = str(tmp_path / "wattspan.db")
     monkeypatch.setattr("sys.stdin", io.StringIO(""))  # not a terminal
     assert _run_cli(["compare", "--store", db]) == 2
     assert "name at least 2 runs" in capsys.readouterr().err
@@ -501,12 +500,8 @@ def test_cli_exit_codes(
 
 
 def test_cli_interactive_pick(
-    store: Store,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    db: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    db = str(tmp_path / "wattspan.db")
     # Newest first: 1 = B, 2 = A. A bad answer is asked again.
     monkeypatch.setattr("sys.stdin", _Tty("9\n2 1\n"))
     assert _run_cli(["compare", "--store", db, "--json"]) == 0
@@ -527,8 +522,7 @@ def test_parse_selection() -> None:
     assert parse_selection("", 3) is None
 
 
-def test_cli_export_files(store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    db = str(tmp_path / "wattspan.db")
+def test_cli_export_files(db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out_csv = tmp_path / "spans.csv"
     assert _run_cli(["export", "spans", RUN_A, "--store", db, "-o", str(out_csv)]) == 0
     rows = list(csv.DictReader(out_csv.open()))

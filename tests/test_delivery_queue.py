@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.procs import kill_when_counted
-from wattspan.agent.delivery import DiskQueue, FsyncPolicy, QueueLockedError
+from wattspan.agent.delivery import DiskQueue, FsyncPolicy, QueueBatch, QueueLockedError
 from wattspan.agent.delivery import queue as queue_module
 from wattspan.agent.delivery.queue import HEADER_SIZE, encode_frame
 
@@ -34,13 +34,31 @@ def payload(i: int, size: int = 20) -> bytes:
     return f"{i:08d}".encode().ljust(size, b".")
 
 
+def fill(q: DiskQueue, ids: range, size: int = 20) -> None:
+    """Append ``payload(i, size)`` for each ``i`` in ``ids``, one frame (of one item) each."""
+    for i in ids:
+        q.append(payload(i, size), 1)
+
+
+def read_batch(q: DiskQueue, max_items: int) -> QueueBatch:
+    """The next batch of up to ``max_items`` items (no byte limit to speak of); one must be
+    there."""
+    b = q.read(max_items, 1 << 20)
+    assert b is not None
+    return b
+
+
+def drain_reopened(d: Path) -> list[bytes]:
+    """Open the queue in ``d`` again (as the next process would) and drain it."""
+    with DiskQueue(d, fsync=FsyncPolicy("none")) as q:
+        return drain(q)
+
+
 def test_fifo_order_across_segments_and_restarts(tmp_path):
     q = DiskQueue(tmp_path, max_bytes=1 << 20, segment_bytes=4096, fsync=FsyncPolicy("none"))
-    for i in range(1000):
-        q.append(payload(i), 1)
+    fill(q, range(1000))
     assert len(segments(tmp_path)) > 5  # rotation happened
-    first = q.read(100, 1 << 20)
-    assert first is not None
+    first = read_batch(q, 100)
     assert first.payloads == [payload(i) for i in range(100)]
     q.commit(first)
     q.close()
@@ -73,22 +91,16 @@ def test_read_limits_and_item_counts(tmp_path):
 
 def test_uncommitted_batch_is_read_again_after_restart(tmp_path):
     q = DiskQueue(tmp_path, fsync=FsyncPolicy("none"))
-    for i in range(10):
-        q.append(payload(i))
-    b = q.read(4, 1 << 20)
-    assert b is not None and b.count == 4
+    fill(q, range(10))
+    assert read_batch(q, 4).count == 4
     q.close()  # no commit: e.g. the server never answered
-    with DiskQueue(tmp_path, fsync=FsyncPolicy("none")) as q:
-        assert drain(q) == [payload(i) for i in range(10)]
+    assert drain_reopened(tmp_path) == [payload(i) for i in range(10)]
 
 
 def test_abandon_rewinds(tmp_path):
     with DiskQueue(tmp_path, fsync=FsyncPolicy("none")) as q:
-        for i in range(5):
-            q.append(payload(i))
-        b = q.read(3, 1 << 20)
-        assert b is not None
-        q.abandon(b)
+        fill(q, range(5))
+        q.abandon(read_batch(q, 3))
         assert q.unread_items == 5
         assert drain(q) == [payload(i) for i in range(5)]
 
@@ -122,8 +134,7 @@ def test_torn_tail_is_detected_and_truncated(tmp_path, garbage):
 
 def test_segment_without_header_is_discarded(tmp_path):
     with DiskQueue(tmp_path, segment_bytes=4096, max_bytes=1 << 20, fsync=FsyncPolicy("none")) as q:
-        for i in range(3):
-            q.append(payload(i))
+        fill(q, range(3))
     last = segments(tmp_path)[-1]
     nxt = last.with_name(f"{int(last.stem) + 1:020d}.seg")
     nxt.write_bytes(b"WSQ")  # creation of a new segment torn after 3 bytes
@@ -134,31 +145,24 @@ def test_segment_without_header_is_discarded(tmp_path):
 
 def test_corrupt_checkpoint_means_redelivery_not_loss(tmp_path):
     with DiskQueue(tmp_path, fsync=FsyncPolicy("none")) as q:
-        for i in range(6):
-            q.append(payload(i))
-        b = q.read(4, 1 << 20)
-        assert b is not None
-        q.commit(b)
+        fill(q, range(6))
+        q.commit(read_batch(q, 4))
     (tmp_path / "checkpoint").write_bytes(b"garbage")
-    with DiskQueue(tmp_path, fsync=FsyncPolicy("none")) as q:
-        assert drain(q) == [payload(i) for i in range(6)]  # at-least-once
+    assert drain_reopened(tmp_path) == [payload(i) for i in range(6)]  # at-least-once
 
 
 def test_no_checkpoint_write_after_close(tmp_path):
     # A commit racing close() must not write once close() has synced the checkpoint: by then
     # the directory lock may belong to the next process.
     q = DiskQueue(tmp_path, fsync=FsyncPolicy("batch"))
-    for i in range(4):
-        q.append(payload(i))
-    b = q.read(2, 1 << 20)
-    assert b is not None
+    fill(q, range(4))
+    b = read_batch(q, 2)
     q.commit(b)
     before = (tmp_path / "checkpoint").read_bytes()
     q.close()
     q._persist((b.segment, b.end + 1000), [])  # what the losing side of the race does
     assert (tmp_path / "checkpoint").read_bytes() == before
-    with DiskQueue(tmp_path, fsync=FsyncPolicy("none")) as q2:
-        assert drain(q2) == [payload(2), payload(3)]
+    assert drain_reopened(tmp_path) == [payload(2), payload(3)]
 
 
 CHILD = textwrap.dedent(
@@ -179,8 +183,7 @@ CHILD = textwrap.dedent(
 @pytest.mark.parametrize("fsync", ["batch", "200", "none"])
 def test_sigkill_during_appends_keeps_every_acknowledged_item(tmp_path, fsync):
     acked = kill_when_counted(CHILD, [str(tmp_path), fsync], 3000)
-    with DiskQueue(tmp_path, fsync=FsyncPolicy("none")) as q:
-        got = drain(q)
+    got = drain_reopened(tmp_path)
     # Every acknowledged item, in order; beyond them at most the one write in progress (a
     # write spanning a segment rotation may be cut in two: it was not acknowledged).
     assert acked <= len(got) <= acked + 7
@@ -207,8 +210,7 @@ CONSUMER = textwrap.dedent(
 @pytest.mark.parametrize("fsync", ["batch", "none"])
 def test_sigkill_after_commits_resumes_after_the_last_commit(tmp_path, fsync):
     committed = kill_when_counted(CONSUMER, [str(tmp_path), fsync], 2000)
-    with DiskQueue(tmp_path, fsync=FsyncPolicy("none")) as q:
-        got = drain(q)
+    got = drain_reopened(tmp_path)
     # Nothing committed comes back, beyond the one commit that may have been under way.
     first = int(got[0][:8])
     assert committed <= first <= committed + 7
@@ -240,12 +242,10 @@ def test_quota_drops_oldest_segments_and_counts(tmp_path):
 
 def test_quota_drop_of_a_batch_in_flight(tmp_path):
     q = DiskQueue(tmp_path, max_bytes=64 * 1024, fsync=FsyncPolicy("none"))
-    for i in range(50):
-        q.append(payload(i, 100), 1)
-    held = q.read(10, 1 << 20)  # the consumer is stuck sending this one
-    assert held is not None and not q.is_stale(held)
-    for i in range(50, 2000):
-        q.append(payload(i, 100), 1)
+    fill(q, range(50), size=100)
+    held = read_batch(q, 10)  # the consumer is stuck sending this one
+    assert not q.is_stale(held)
+    fill(q, range(50, 2000), size=100)
     assert q.is_stale(held)
     before = q.stats()["dropped_items_total"]
     q.abandon(held, 10)
@@ -256,12 +256,9 @@ def test_quota_drop_of_a_batch_in_flight(tmp_path):
     assert got == [payload(i, 100) for i in range(2000 - len(got), 2000)]
 
     # The same situation, but the held batch is delivered after all: counted as delivered.
-    for i in range(2000, 2050):
-        q.append(payload(i, 100), 1)
-    held = q.read(10, 1 << 20)
-    assert held is not None
-    for i in range(2050, 4000):
-        q.append(payload(i, 100), 1)
+    fill(q, range(2000, 2050), size=100)
+    held = read_batch(q, 10)
+    fill(q, range(2050, 4000), size=100)
     assert q.is_stale(held)
     dropped = q.stats()["dropped_items_total"]
     q.commit(held)
@@ -296,8 +293,7 @@ def test_fsync_batch_syncs_every_append(tmp_path, monkeypatch):
     counter = _FsyncCounter(monkeypatch)
     with DiskQueue(tmp_path, fsync=FsyncPolicy("batch")) as q:
         before = counter.calls
-        for i in range(20):
-            q.append(payload(i))
+        fill(q, range(20))
         assert counter.calls - before >= 20
         assert q.stats()["fsyncs_total"] >= 20
 
@@ -305,11 +301,8 @@ def test_fsync_batch_syncs_every_append(tmp_path, monkeypatch):
 def test_fsync_none_never_syncs_data(tmp_path, monkeypatch):
     counter = _FsyncCounter(monkeypatch)
     q = DiskQueue(tmp_path, fsync=FsyncPolicy("none"))
-    for i in range(20):
-        q.append(payload(i))
-    b = q.read(100, 1 << 20)
-    assert b is not None
-    q.commit(b)
+    fill(q, range(20))
+    q.commit(read_batch(q, 100))
     q.close()
     assert counter.calls == 0
 
@@ -318,8 +311,7 @@ def test_fsync_interval_syncs_in_background_not_per_append(tmp_path, monkeypatch
     counter = _FsyncCounter(monkeypatch)
     q = DiskQueue(tmp_path, fsync=FsyncPolicy.parse(50))  # every 50 ms
     assert q.fsync_policy == FsyncPolicy("interval", 0.05)
-    for i in range(200):
-        q.append(payload(i))
+    fill(q, range(200))
     appends_done = time.monotonic()
     # Background sync catches up (the timeout only bounds a hang).
     while q.stats()["fsyncs_total"] == 0:
@@ -333,8 +325,7 @@ def test_fsync_interval_syncs_in_background_not_per_append(tmp_path, monkeypatch
 def test_fsync_interval_long_interval_syncs_on_close(tmp_path, monkeypatch):
     counter = _FsyncCounter(monkeypatch)
     q = DiskQueue(tmp_path, fsync=FsyncPolicy.parse(3_600_000))
-    for i in range(10):
-        q.append(payload(i))
+    fill(q, range(10))
     assert counter.calls == 0
     q.close()
     assert counter.calls >= 1

@@ -9,19 +9,18 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import wattspan.instrument as w
+from tests.servers import unused_url
 from wattspan.agent.receiver import OtlpReceiver
 from wattspan.agent.records import LogRecord, MetricPoint, SpanRecord
 
@@ -53,14 +52,6 @@ class Collector:
 @pytest.fixture
 def collector() -> Collector:
     return Collector()
-
-
-@pytest.fixture
-def receiver(collector: Collector) -> Iterator[OtlpReceiver]:
-    r = OtlpReceiver(collector, port=0)
-    r.start()
-    yield r
-    r.stop(grace=1.0)
 
 
 def run_user_code(
@@ -567,12 +558,6 @@ def test_user_provider_is_respected(
     assert collector.spans == []  # wattspan installed no exporter of its own
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("runtime", ["short", "long"])
 def test_no_agent_never_blocks_or_raises(tmp_path: Path, runtime: str) -> None:
     """No agent: the program runs, exits promptly, and logs exactly one warning."""
@@ -600,7 +585,7 @@ def test_no_agent_never_blocks_or_raises(tmp_path: Path, runtime: str) -> None:
         w.log_params({{"after": True}})
         print(f"done in {{took:.3f}}s")
         """,
-        f"http://127.0.0.1:{_closed_port()}",
+        unused_url(),
     )
     elapsed = time.monotonic() - start
     assert "done in" in proc.stdout

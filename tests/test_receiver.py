@@ -89,14 +89,6 @@ def collector() -> Collector:
 
 
 @pytest.fixture
-def receiver(collector: Collector) -> Iterator[OtlpReceiver]:
-    r = OtlpReceiver(collector, port=0)
-    r.start()
-    yield r
-    r.stop(grace=1.0)
-
-
-@pytest.fixture
 def channel(receiver: OtlpReceiver) -> Iterator[grpc.Channel]:
     ch = grpc.insecure_channel(f"127.0.0.1:{receiver.port}")
     yield ch

@@ -35,6 +35,24 @@ def wattspan(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:
     )
 
 
+def wattspan_run_until_ready(
+    store_path: Path, code: str, *, start_new_session: bool = False
+) -> subprocess.Popen[str]:
+    """Start ``wattspan run`` of ``python -c code`` in the background, and return once the
+    child has printed its first line, which must be ``ready``."""
+    child = [sys.executable, "-c", code]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "wattspan", "run", "--store", str(store_path), "--", *child],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=start_new_session,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
 def _self_cpu(stderr: str) -> float:
     for line in stderr.splitlines():
         if line.startswith('{"self_cpu"'):
@@ -123,25 +141,7 @@ def test_sigterm_is_forwarded_to_the_child(store_path: Path, tmp_path: Path) -> 
         "print('ready', flush=True)\n"
         "time.sleep(60)\n"
     )
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "wattspan",
-            "run",
-            "--store",
-            str(store_path),
-            "--",
-            sys.executable,
-            "-c",
-            child,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    assert proc.stdout.readline().strip() == "ready"
+    proc = wattspan_run_until_ready(store_path, child)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 42
     assert marker.read_text() == "term"
@@ -149,26 +149,11 @@ def test_sigterm_is_forwarded_to_the_child(store_path: Path, tmp_path: Path) -> 
 
 
 def test_sigint_not_from_a_terminal_is_forwarded(store_path: Path) -> None:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "wattspan",
-            "run",
-            "--store",
-            str(store_path),
-            "--",
-            sys.executable,
-            "-c",
-            "import time; print('ready', flush=True); time.sleep(60)",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    proc = wattspan_run_until_ready(
+        store_path,
+        "import time; print('ready', flush=True); time.sleep(60)",
         start_new_session=True,
     )
-    assert proc.stdout is not None
-    assert proc.stdout.readline().strip() == "ready"
     proc.send_signal(signal.SIGINT)
     # Python's default SIGINT handling raises KeyboardInterrupt: exit status 1... or the
     # signal's 130 when the child dies of it. Either way it ended because we forwarded.
