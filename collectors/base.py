@@ -24,6 +24,14 @@ class Sample:
     fields: dict[str, FieldValue] = field(default_factory=dict)
 
 
+def number(s: Sample, key: str) -> float | None:
+    """Field ``key`` of ``s`` as a float; None when absent or not a number (a bool is not)."""
+    v = s.fields.get(key)
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return None
+    return float(v)
+
+
 class CollectorUnavailable(RuntimeError):
     """Raised by a collector factory when its source does not exist on this node.
 

@@ -19,13 +19,34 @@ def _times_dict(t: object) -> dict[str, float]:
     return {m: float(getattr(t, m, 0.0)) for m in _MODES}
 
 
+# The last node-wide reading and the tick (``now``) it was taken for. Every collector of one
+# tick is called with the same ``now``, so the power model reuses the cpu collector's reading
+# instead of having /proc/stat generated and parsed again (costly on many-core hosts).
+_last_total: tuple[float, dict[str, float]] | None = None
+
+
+def total_times(now: float) -> dict[str, float]:
+    """Node-wide CPU seconds by mode, read once per tick ``now`` (do not mutate the dict)."""
+    global _last_total
+    last = _last_total
+    if last is not None and last[0] == now:
+        return last[1]
+    times = _times_dict(psutil.cpu_times())
+    _last_total = (now, times)
+    return times
+
+
+def _busy_share(deltas: dict[str, float], total: float) -> float:
+    return 1.0 - sum(deltas[m] for m in _IDLE_MODES) / total
+
+
 def busy_ratio(prev: dict[str, float], cur: dict[str, float]) -> float:
     """Share of CPU time (0..1) that was not idle between two ``cpu_times`` readings."""
     deltas = {m: max(cur[m] - prev[m], 0.0) for m in _MODES}
     total = sum(deltas.values())
     if total <= 0:
         return 0.0
-    return 1.0 - sum(deltas[m] for m in _IDLE_MODES) / total
+    return _busy_share(deltas, total)
 
 
 class CpuCollector:
@@ -71,12 +92,12 @@ class CpuCollector:
             if total > 0:
                 for m in _MODES:
                     fields[f"{m}_ratio"] = deltas[m] / total
-                fields["utilization_ratio"] = busy_ratio(prev, times)
+                fields["utilization_ratio"] = _busy_share(deltas, total)
         self._prev[cpu] = times
         return Sample("cpu", now, {"cpu": cpu}, fields)
 
     def sample(self, now: float) -> list[Sample]:
-        total = self._emit(now, "total", _times_dict(psutil.cpu_times()))
+        total = self._emit(now, "total", total_times(now))
         hz = self._frequency(now)
         if hz is not None:  # absent is better than a made-up number
             total.fields["frequency_hertz"] = hz

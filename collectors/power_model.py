@@ -14,7 +14,7 @@ from __future__ import annotations
 import psutil
 
 from wattspan.collectors.base import Sample
-from wattspan.collectors.cpu import _times_dict, busy_ratio
+from wattspan.collectors.cpu import busy_ratio, total_times
 
 # Without a configured TDP we assume a per-thread share of a typical server package
 # (e.g. 10 W per hardware thread: 160 W for a 16-thread part). Crude but bounded, and
@@ -52,7 +52,7 @@ class PowerModelCollector:
         return idle + (self.tdp_watts - idle) * min(max(utilization, 0.0), 1.0)
 
     def sample(self, now: float) -> list[Sample]:
-        times = _times_dict(psutil.cpu_times())
+        times = total_times(now)
         fields: dict[str, float | int | str | bool] = {
             "tdp_watts": self.tdp_watts,
             "idle_power_watts": self.power(0.0),

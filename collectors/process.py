@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -13,19 +14,23 @@ from wattspan.collectors.base import Sample
 _GONE = (psutil.NoSuchProcess, psutil.ZombieProcess)
 
 
-def _peak_rss_bytes(pid: int) -> int | None:
-    """``VmHWM`` from /proc/PID/status: the kernel's own resident high-water mark.
+_THREADS_RE = re.compile(rb"Threads:\t(\d+)")
+_HWM_RE = re.compile(rb"(?m)^VmHWM:\s+(\d+)")
 
-    It catches peaks between our samples, which a polled maximum would miss.
+
+def _status(pid: int) -> tuple[int, int | None]:
+    """Thread count and ``VmHWM`` (bytes; None for kernel threads) from /proc/PID/status.
+
+    ``VmHWM`` is the kernel's own resident high-water mark: it catches peaks between our
+    samples, which a polled maximum would miss. psutil's ``num_threads`` reads this same
+    file, so one read serves both. Raises ``OSError`` (gone, denied, no /proc) or
+    ``ValueError``/``IndexError`` on unexpected content.
     """
-    try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
+    with open(f"/proc/{pid}/status", "rb") as f:
+        data = f.read()
+    threads = int(_THREADS_RE.findall(data)[0])
+    m = _HWM_RE.search(data)
+    return threads, int(m.group(1)) * 1024 if m else None
 
 
 def _descendants(root: int) -> list[int] | None:
@@ -167,7 +172,12 @@ class ProcessCollector:
                             continue
                         ct = p.cpu_times()
                         mem = p.memory_info()
-                        nthreads = p.num_threads()
+                        try:
+                            nthreads, hwm = _status(p.pid)
+                        except (OSError, ValueError, IndexError):
+                            # No Linux /proc, or the process is going: psutil reads it its
+                            # own way and raises what applies (gone, denied).
+                            nthreads, hwm = p.num_threads(), None
                         pname = p.name()
                         try:
                             io = p.io_counters()
@@ -196,7 +206,6 @@ class ProcessCollector:
                         "write_bytes_total": wr,
                         "threads": nthreads,
                     }
-                    hwm = _peak_rss_bytes(p.pid)
                     if hwm is not None:
                         fields["peak_rss_bytes"] = max(hwm, mem.rss)
                     tags = {"pid": str(p.pid), "name": pname, "root": str(tree.root)}

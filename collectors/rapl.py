@@ -113,7 +113,6 @@ class _Zone:
     max_range_uj: int
     last_raw_uj: int | None = None
     total_uj: int = 0
-    prev_total_uj: int = 0
     prev_ts: float | None = None
 
 
@@ -299,7 +298,7 @@ class RaplCollector:
                 continue
             zone = _Zone(f.zone, domains[f.zone], f.key, energy_path, max_range)
             carried = self._retired_uj.pop(zone.domain, 0)
-            zone.total_uj = zone.prev_total_uj = carried
+            zone.total_uj = carried
             zones.append(zone)
         for gone in old.values():
             log.debug("RAPL zone %s (%s) is gone", gone.zone, gone.domain)
@@ -320,14 +319,15 @@ class RaplCollector:
             except (OSError, ValueError):
                 failed = True
                 continue
+            delta_uj = 0
             if z.last_raw_uj is not None:
-                z.total_uj += unwrap_delta_uj(z.last_raw_uj, raw, z.max_range_uj)
+                delta_uj = unwrap_delta_uj(z.last_raw_uj, raw, z.max_range_uj)
+                z.total_uj += delta_uj
             z.last_raw_uj = raw
             fields: dict[str, float | int | str | bool] = {"energy_joules_total": z.total_uj / 1e6}
             if z.prev_ts is not None and now > z.prev_ts:
-                fields["power_watts"] = (z.total_uj - z.prev_total_uj) / 1e6 / (now - z.prev_ts)
+                fields["power_watts"] = delta_uj / 1e6 / (now - z.prev_ts)
             z.prev_ts = now
-            z.prev_total_uj = z.total_uj
             out.append(
                 Sample(
                     "rapl", now, {"zone": z.zone, "domain": z.domain, "estimated": "false"}, fields
