@@ -35,6 +35,7 @@ import numpy as np
 
 from wattspan.agent.domains import primary_domains
 from wattspan.collectors.base import Sample
+from wattspan.collectors.base import number as _f
 from wattspan.collectors.cpu import BUSY_FIELDS
 
 __all__ = [
@@ -99,11 +100,19 @@ def _series(points: list[tuple[float, float]]) -> Series | None:
     return Series(ts, vs)
 
 
-def _f(s: Sample, key: str) -> float | None:
-    v = s.fields.get(key)
-    if isinstance(v, bool) or not isinstance(v, int | float):
-        return None
-    return float(v)
+def _add_cpu_rss(
+    s: Sample,
+    pid: int,
+    cpu: dict[int, list[tuple[float, float]]],
+    rss: dict[int, list[tuple[float, float]]],
+) -> None:
+    """Appends a process (or tree) sample's CPU seconds (user + system) and RSS points."""
+    u, sy = _f(s, "cpu_user_seconds_total"), _f(s, "cpu_system_seconds_total")
+    if u is not None and sy is not None:
+        cpu[pid].append((s.ts, u + sy))
+    r = _f(s, "rss_bytes")
+    if r is not None:
+        rss[pid].append((s.ts, r))
 
 
 def build_series(samples: Iterable[Sample]) -> NodeSeries:
@@ -128,13 +137,7 @@ def build_series(samples: Iterable[Sample]) -> NodeSeries:
             vals = [_f(s, k) for k in BUSY_FIELDS]
             busy.append((s.ts, sum(v for v in vals if v is not None)))
         elif src == "process_tree":
-            pid = int(s.tags["root"])
-            u, sy = _f(s, "cpu_user_seconds_total"), _f(s, "cpu_system_seconds_total")
-            if u is not None and sy is not None:
-                cpu[pid].append((s.ts, u + sy))
-            r = _f(s, "rss_bytes")
-            if r is not None:
-                rss[pid].append((s.ts, r))
+            _add_cpu_rss(s, int(s.tags["root"]), cpu, rss)
         elif src == "process":
             pid = int(s.tags["pid"])
             # The kernel's per-process high-water mark (VmHWM) catches peaks that fall
@@ -144,12 +147,7 @@ def build_series(samples: Iterable[Sample]) -> NodeSeries:
                 hwm[pid].append((s.ts, h))
             # A process inside a watched tree (a worker of the root, say) gets its own CPU
             # series; a tree root's series below takes precedence over it.
-            u, sy = _f(s, "cpu_user_seconds_total"), _f(s, "cpu_system_seconds_total")
-            if u is not None and sy is not None:
-                pcpu[pid].append((s.ts, u + sy))
-            r = _f(s, "rss_bytes")
-            if r is not None:
-                prss[pid].append((s.ts, r))
+            _add_cpu_rss(s, pid, pcpu, prss)
         elif src == "gpu":
             v = _f(s, "energy_joules_total")
             if v is not None:

@@ -94,7 +94,10 @@ class Agent:
             self.store.create_run(self.run)
             sinks.append(StoreSink(self.store, self.run.id))
         sinks.extend(build_exporters(config) if exporters is None else exporters)
-        self.pipeline = Pipeline(sinks, stale_after=max(10 * self.interval, 5.0))
+        serve = config["metrics"]["enabled"] if serve_metrics is None else serve_metrics
+        self.pipeline = Pipeline(
+            sinks, stale_after=max(10 * self.interval, 5.0), keep_latest=bool(serve)
+        )
         store_sink = next((s for s in sinks if isinstance(s, StoreSink)), None)
         self.ingest = TelemetryIngest(
             store=self.store,
@@ -105,8 +108,7 @@ class Agent:
             flush_samples=store_sink.flush if store_sink is not None else None,
         )
         # First in line: attribution sees each tick's samples before exporters are called.
-        self.pipeline.sinks.insert(0, self.ingest)
-        self.pipeline.sink_errors.setdefault(self.ingest.name, 0)
+        self.pipeline.add_sink(self.ingest, first=True)
         self.receiver: OtlpReceiver | None = None
         if config["otlp"]["enabled"] if otlp is None else otlp:
             o = config["otlp"]
@@ -128,7 +130,6 @@ class Agent:
             self.pipeline.emit,
             intervals={"gpu": nvml_interval} if nvml_interval else None,
         )
-        serve = config["metrics"]["enabled"] if serve_metrics is None else serve_metrics
         self.metrics: MetricsServer | None = None
         if serve:
             # Imported only when serving: ``wattspan run`` never loads prometheus_client.

@@ -27,16 +27,22 @@ class Pipeline:
     its failures are counted in ``sink_errors``.
     """
 
-    def __init__(self, sinks: Sequence[Sink] = (), stale_after: float = 30.0) -> None:
+    def __init__(
+        self, sinks: Sequence[Sink] = (), stale_after: float = 30.0, keep_latest: bool = True
+    ) -> None:
         self.sinks = list(sinks)
         self.stale_after = stale_after
+        # Only /metrics reads the latest samples: without it, keeping them is work per tick
+        # that nothing uses.
+        self.keep_latest = keep_latest
         self._latest: dict[SeriesKey, Sample] = {}
         self._lock = threading.Lock()
         self._failing: set[str] = set()
         self.sink_errors: dict[str, int] = {s.name: 0 for s in self.sinks}
 
-    def add_sink(self, sink: Sink) -> None:
-        self.sinks.append(sink)
+    def add_sink(self, sink: Sink, first: bool = False) -> None:
+        """Adds ``sink`` after the others, or before them with ``first``."""
+        self.sinks.insert(0 if first else len(self.sinks), sink)
         self.sink_errors.setdefault(sink.name, 0)
 
     def wants(self, source: str) -> bool:
@@ -72,12 +78,15 @@ class Pipeline:
         return True
 
     def _remember(self, samples: Sequence[Sample]) -> None:
+        if not self.keep_latest:
+            return
         with self._lock:
             for s in samples:
                 self._latest[(s.source, tuple(sorted(s.tags.items())))] = s
 
     def latest(self) -> list[Sample]:
-        """The newest sample of each series seen within ``stale_after`` seconds."""
+        """The newest sample of each series seen within ``stale_after`` seconds (none
+        without ``keep_latest``)."""
         cutoff = time.time() - self.stale_after
         with self._lock:
             for key in [k for k, s in self._latest.items() if s.ts < cutoff]:

@@ -24,6 +24,11 @@ from typing import Any, Literal
 JsonValue = Any
 """A JSON-safe value (see the module docstring); ``Any`` because recursive aliases buy nothing."""
 
+#: Sources of the records the telemetry ingest produces itself (attributed spans, valued
+#: metrics): the store keeps them in tables of their own, so neither the store's sample sink
+#: nor the ingest's takes them as node samples.
+TELEMETRY_SOURCES = frozenset({"spans", "ml", "metrics"})
+
 SpanKind = Literal["unspecified", "internal", "server", "client", "producer", "consumer"]
 StatusCode = Literal["unset", "ok", "error"]
 MetricKind = Literal["gauge", "sum", "histogram", "summary"]

@@ -8,11 +8,7 @@ from collections import defaultdict
 from typing import Any
 
 from wattspan.collectors.base import Sample
-
-
-def _num(s: Sample, key: str) -> float | None:
-    v = s.fields.get(key)
-    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+from wattspan.collectors.base import number as _num
 
 
 def _counter_delta(series: list[Sample], key: str) -> tuple[float, float] | None:

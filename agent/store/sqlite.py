@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from wattspan.agent.records import TELEMETRY_SOURCES
 from wattspan.collectors.base import Sample
 
 # Each entry upgrades the schema from version i to i+1. Never edit a released entry:
@@ -247,6 +248,13 @@ class Store:
         with self._lock:
             return int(self._db.execute("PRAGMA user_version").fetchone()[0])
 
+    def _insert_many(self, sql: str, rows: list[tuple[Any, ...]]) -> int:
+        """Writes ``rows`` with ``sql`` in one transaction (none for no rows); returns how many."""
+        if rows:
+            with self._lock, self._db:
+                self._db.executemany(sql, rows)
+        return len(rows)
+
     # -- runs ---------------------------------------------------------------------------
     def create_run(self, run: Run) -> None:
         with self._lock, self._db:
@@ -340,14 +348,10 @@ class Store:
 
     # -- samples ------------------------------------------------------------------------
     def write_samples(self, run_id: str | None, samples: Iterable[Sample]) -> int:
-        rows = [(run_id, s.ts, s.source, _dumps(s.tags), _dumps(s.fields)) for s in samples]
-        if rows:
-            with self._lock, self._db:
-                self._db.executemany(
-                    "INSERT INTO samples (run_id, ts, source, tags, fields) VALUES (?,?,?,?,?)",
-                    rows,
-                )
-        return len(rows)
+        return self._insert_many(
+            "INSERT INTO samples (run_id, ts, source, tags, fields) VALUES (?,?,?,?,?)",
+            [(run_id, s.ts, s.source, _dumps(s.tags), _dumps(s.fields)) for s in samples],
+        )
 
     def samples(
         self,
@@ -418,12 +422,10 @@ class Store:
 
     def set_batch_resources(self, items: Iterable[tuple[int, list[dict[str, Any]]]]) -> None:
         """Attribution results: (batch id, resources of its spans in order)."""
-        data = [(_dumps(res), bid) for bid, res in items]
-        if data:
-            with self._lock, self._db:
-                self._db.executemany(
-                    "INSERT OR REPLACE INTO span_resources (resources, batch_id) VALUES (?,?)", data
-                )
+        self._insert_many(
+            "INSERT OR REPLACE INTO span_resources (resources, batch_id) VALUES (?,?)",
+            [(_dumps(res), bid) for bid, res in items],
+        )
 
     def unattributed_batches(self) -> list[tuple[int, list[SpanRow]]]:
         """Batches received but not attributed (the agent stopped before it got to them)."""
@@ -471,14 +473,11 @@ class Store:
             (r.run_id, r.ts, r.name, r.value, r.step, r.trace_id, r.span_id, _dumps(r.attributes))
             for r in rows
         ]
-        if data:
-            with self._lock, self._db:
-                self._db.executemany(
-                    "INSERT INTO metrics (run_id, ts, name, value, step, trace_id, span_id, "
-                    "attributes) VALUES (?,?,?,?,?,?,?,?)",
-                    data,
-                )
-        return len(data)
+        return self._insert_many(
+            "INSERT INTO metrics (run_id, ts, name, value, step, trace_id, span_id, "
+            "attributes) VALUES (?,?,?,?,?,?,?,?)",
+            data,
+        )
 
     def metrics(self, run_id: str | None = None, name: str | None = None) -> list[MetricRow]:
         clauses, args = [], []
@@ -498,12 +497,10 @@ class Store:
         return [MetricRow(*r[:7], attributes=_loads(r[7])) for r in rows]
 
     def write_params(self, run_id: str | None, span_id: str | None, params: dict[str, Any]) -> None:
-        data = [(run_id, span_id, str(k), _dumps(v)) for k, v in params.items()]
-        if data:
-            with self._lock, self._db:
-                self._db.executemany(
-                    "INSERT INTO params (run_id, span_id, key, value) VALUES (?,?,?,?)", data
-                )
+        self._insert_many(
+            "INSERT INTO params (run_id, span_id, key, value) VALUES (?,?,?,?)",
+            [(run_id, span_id, str(k), _dumps(v)) for k, v in params.items()],
+        )
 
     def params(self, run_id: str) -> dict[str, Any]:
         """Hyperparameters of a run; a key logged twice keeps its latest value."""
@@ -527,14 +524,11 @@ class Store:
             )
             for r in rows
         ]
-        if data:
-            with self._lock, self._db:
-                self._db.executemany(
-                    "INSERT INTO confusion_matrices (run_id, ts, name, step, trace_id, span_id, "
-                    "labels, matrix) VALUES (?,?,?,?,?,?,?,?)",
-                    data,
-                )
-        return len(data)
+        return self._insert_many(
+            "INSERT INTO confusion_matrices (run_id, ts, name, step, trace_id, span_id, "
+            "labels, matrix) VALUES (?,?,?,?,?,?,?,?)",
+            data,
+        )
 
     def confusion_matrices(self, run_id: str) -> list[ConfusionRow]:
         with self._lock:
@@ -547,15 +541,11 @@ class Store:
 
     def write_logs(self, rows: Iterable[tuple[Any, ...]]) -> int:
         """Rows of (run_id, ts, severity, body, trace_id, span_id, service, attributes)."""
-        data = [(*r[:7], _dumps(r[7])) for r in rows]
-        if data:
-            with self._lock, self._db:
-                self._db.executemany(
-                    "INSERT INTO logs (run_id, ts, severity, body, trace_id, span_id, service, "
-                    "attributes) VALUES (?,?,?,?,?,?,?,?)",
-                    data,
-                )
-        return len(data)
+        return self._insert_many(
+            "INSERT INTO logs (run_id, ts, severity, body, trace_id, span_id, service, "
+            "attributes) VALUES (?,?,?,?,?,?,?,?)",
+            [(*r[:7], _dumps(r[7])) for r in rows],
+        )
 
     def logs(self, run_id: str) -> list[tuple[Any, ...]]:
         with self._lock:
@@ -591,7 +581,7 @@ class StoreSink:
         self._errors = 0
 
     # Records that have tables of their own (written by the telemetry ingest).
-    SKIP_SOURCES = frozenset({"spans", "ml", "metrics"})
+    SKIP_SOURCES = TELEMETRY_SOURCES
 
     def write(self, samples: Sequence[Sample]) -> None:
         with self._lock:

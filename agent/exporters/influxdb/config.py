@@ -10,7 +10,7 @@ import os
 import re
 import urllib.parse
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -206,38 +206,18 @@ def _secret(
     return None
 
 
-_KNOWN_KEYS = frozenset(
-    {
-        "url",
-        "api",
-        "database",
-        "retention_policy",
-        "username",
-        "password",
-        "password_file",
-        "create_database",
-        "org",
-        "bucket",
-        "token",
-        "token_file",
-        "batch_size",
-        "max_batch_bytes",
-        "flush_interval",
-        "gzip",
-        "precision",
-        "timeout",
-        "tags",
-        "field_tags",
-        "queue_dir",
-        "max_queue_bytes",
-        "segment_bytes",
-        "fsync",
-        "retry_initial_interval",
-        "retry_max_interval",
-        "max_dead_letter_bytes",
-        "close_timeout",
-    }
+#: Keys that only the v1 (``/write``) or only the v2 (``/api/v2/write``) API takes.
+_V1_ONLY_KEYS = (
+    "database",
+    "retention_policy",
+    "username",
+    "password",
+    "password_file",
+    "create_database",
 )
+_V2_ONLY_KEYS = ("org", "bucket", "token", "token_file")
+# Every setting of InfluxDBConfig, plus the files that may hold its secrets.
+_KNOWN_KEYS = frozenset(f.name for f in fields(InfluxDBConfig)) | {"password_file", "token_file"}
 
 
 def parse_config(
@@ -285,20 +265,13 @@ def parse_config(
     if api == "v1":
         if not database:
             raise ConfigError(f"{SECTION}.database", 'required with api = "v1"')
-        for k in ("org", "bucket", "token", "token_file"):
+        for k in _V2_ONLY_KEYS:
             if k in section:
                 raise ConfigError(f"{SECTION}.{k}", 'only valid with api = "v2"')
     else:
         if not bucket:
             raise ConfigError(f"{SECTION}.bucket", 'required with api = "v2"')
-        for k in (
-            "database",
-            "retention_policy",
-            "username",
-            "password",
-            "password_file",
-            "create_database",
-        ):
+        for k in _V1_ONLY_KEYS:
             if k in section:
                 raise ConfigError(f"{SECTION}.{k}", 'only valid with api = "v1"')
 
