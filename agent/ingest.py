@@ -10,20 +10,20 @@ worker thread: its resources are written to the store beside it and its spans ex
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import math
 import threading
-from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from wattspan import semconv as sc
 from wattspan.agent.domains import primary_domains
 from wattspan.agent.pipeline import Pipeline
-from wattspan.agent.records import LogRecord, MetricPoint, SpanRecord
+from wattspan.agent.records import TELEMETRY_SOURCES, LogRecord, MetricPoint, SpanRecord
 from wattspan.agent.store import ConfusionRow, MetricRow, SpanRow, Store
-from wattspan.collectors.base import Sample
+from wattspan.collectors.base import Sample, number
 from wattspan.collectors.cpu import BUSY_FIELDS
 from wattspan.collectors.process import ProcessCollector
 
@@ -87,37 +87,101 @@ def _json_attr(v: Any) -> Any:
     return v
 
 
+class _Series:
+    """One series' samples in time order, with their times beside them for bisection;
+    evicted from the head by moving ``head`` (the lists are compacted now and then)."""
+
+    __slots__ = ("head", "rows", "ts")
+
+    def __init__(self) -> None:
+        self.ts: list[float] = []
+        self.rows: list[Sample] = []
+        self.head = 0
+
+    def add(self, s: Sample) -> None:
+        if self.ts and s.ts < self.ts[-1]:  # the clock stepped back: keep time order
+            i = bisect.bisect_right(self.ts, s.ts, self.head)
+            self.ts.insert(i, s.ts)
+            self.rows.insert(i, s)
+        else:
+            self.ts.append(s.ts)
+            self.rows.append(s)
+
+    def evict(self, cutoff: float) -> None:
+        """Forgets samples older than ``cutoff``."""
+        ts = self.ts
+        if self.head < len(ts) and ts[self.head] < cutoff:
+            self.head = bisect.bisect_left(ts, cutoff, self.head)
+            if self.head >= 256 and 8 * self.head >= len(ts):
+                del ts[: self.head], self.rows[: self.head]
+                self.head = 0
+
+    def window(self, t0: float, t1: float) -> list[Sample]:
+        """The samples within [t0, t1] and the nearest on each side (all those sharing its
+        time): everything interpolation, peaks and coverage over [t0, t1] read."""
+        ts, head = self.ts, self.head
+        i = bisect.bisect_right(ts, t0, head) - 1
+        i = head if i < head else bisect.bisect_left(ts, ts[i], head, i)
+        j = bisect.bisect_left(ts, t1, head)
+        j = len(ts) if j == len(ts) else bisect.bisect_right(ts, ts[j], j)
+        return self.rows[i:j]
+
+
 class SampleRing:
-    """The recent node samples attribution needs, kept for ``max_age`` seconds."""
+    """The recent node samples attribution needs, kept for ``max_age`` seconds per series,
+    so that the window of a batch of spans is cut out without reading the rest."""
 
     def __init__(self, max_age: float) -> None:
         self.max_age = max_age
-        self._q: deque[Sample] = deque()
+        self._series: dict[tuple[str, tuple[tuple[str, str], ...]], _Series] = {}
         self._lock = threading.Lock()
         self.latest_ts = 0.0
+        self._swept = 0.0
 
     def add(self, samples: Sequence[Sample]) -> None:
         with self._lock:
             for s in samples:
                 slim = _slim(s)
-                if slim is not None:
-                    self._q.append(slim)
-                    if s.ts > self.latest_ts:
-                        self.latest_ts = s.ts
-            cutoff = self.latest_ts - self.max_age
-            while self._q and self._q[0].ts < cutoff:
-                self._q.popleft()
+                if slim is None:
+                    continue
+                if s.ts > self.latest_ts:
+                    self.latest_ts = s.ts
+                key = (slim.source, tuple(slim.tags.items()))
+                ser = self._series.get(key)
+                if ser is None:
+                    ser = self._series[key] = _Series()
+                ser.add(slim)
+                ser.evict(self.latest_ts - self.max_age)
+            # Series that stopped (a process that exited) are dropped now and then; reads
+            # apply the cutoff to every series regardless.
+            if self.latest_ts - self._swept >= min(self.max_age, 60.0):
+                self._swept = self.latest_ts
+                self._evict_all(self.latest_ts - self.max_age)
 
-    def between(self, t0: float, t1: float) -> list[Sample] | None:
-        """Samples covering [t0, t1] with one on each side, or None if t0 is too old."""
+    def _evict_all(self, cutoff: float) -> None:
+        for key in list(self._series):
+            ser = self._series[key]
+            ser.evict(cutoff)
+            if ser.head >= len(ser.ts):
+                del self._series[key]
+
+    def between(self, t0: float, t1: float, whole: bool = False) -> list[Sample] | None:
+        """Samples covering [t0, t1] with one on each side per series, or None if t0 is
+        too old. ``whole``: every sample kept, not only those around [t0, t1]."""
         with self._lock:
-            if not self._q or self._q[0].ts > t0:
+            self._evict_all(self.latest_ts - self.max_age)
+            if not self._series:
                 return None
-            return list(self._q)
+            if min(ser.ts[ser.head] for ser in self._series.values()) > t0:
+                return None
+            if whole:
+                return [s for ser in self._series.values() for s in ser.rows[ser.head :]]
+            return [s for ser in self._series.values() for s in ser.window(t0, t1)]
 
     def all(self) -> list[Sample]:
         with self._lock:
-            return list(self._q)
+            self._evict_all(self.latest_ts - self.max_age)
+            return [s for ser in self._series.values() for s in ser.rows[ser.head :]]
 
 
 class TelemetryIngest:
@@ -125,7 +189,7 @@ class TelemetryIngest:
 
     name = "ingest"
     # Spans and metrics come from this sink: it never takes them back.
-    SKIP_SOURCES = frozenset({"spans", "ml", "metrics"})
+    SKIP_SOURCES = TELEMETRY_SOURCES
 
     def __init__(
         self,
@@ -180,14 +244,14 @@ class TelemetryIngest:
         watts: dict[str, float] = {}
         for s in samples:
             if s.source == "power_model":
-                idle = s.fields.get("idle_power_watts")
-                if isinstance(idle, int | float) and not isinstance(idle, bool):
-                    self._idle_watts = float(idle)
+                idle = number(s, "idle_power_watts")
+                if idle is not None:
+                    self._idle_watts = idle
                     return
             if s.source == "rapl":
-                p = s.fields.get("power_watts")
-                if isinstance(p, int | float) and not isinstance(p, bool):
-                    watts[s.tags.get("domain", "?")] = float(p)
+                p = number(s, "power_watts")
+                if p is not None:
+                    watts[s.tags.get("domain", "?")] = p
         if not watts:
             return
         total = sum(watts[d] for d in primary_domains(watts))
@@ -420,7 +484,14 @@ class TelemetryIngest:
         due = [r for _, rows in batches for r in rows]
         t0 = min(r.start_ts for r in due)
         t1 = max(r.end_ts for r in due)
-        samples = self.ring.between(t0, t1)
+        idle = self._idle_watts
+        # Without an idle figure from the samples, it is derived below from every interval
+        # the ring holds; otherwise only the samples around these spans are read.
+        samples = self.ring.between(
+            min(t0, min(r.end_ts for r in due)),
+            max(t1, max(r.start_ts for r in due)),
+            whole=idle is None,
+        )
         if samples is None and self.store is not None:
             if self.flush_samples is not None:
                 self.flush_samples()
@@ -428,7 +499,6 @@ class TelemetryIngest:
             stored = self.store.samples(start=t0 - margin - 60, end=t1 + margin)
             samples = [x for s in stored if (x := _slim(s)) is not None] + self.ring.all()
         series = build_series(samples or self.ring.all())
-        idle = self._idle_watts
         if idle is None:
             idle = min_interval_power(series, primary_domains(series.energy))
         key = sc.ATTR_ITEMS
