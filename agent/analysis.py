@@ -124,6 +124,22 @@ def _run(store: Store, ref: str | Run) -> Run:
     return ref if isinstance(ref, Run) else store.resolve_run(ref)
 
 
+def metrics_by_name(store: Store, run: Run) -> dict[str, list[MetricRow]]:
+    """A run's metric points per name, names sorted, points in logging order: one query."""
+    by_name: dict[str, list[MetricRow]] = {}
+    for m in store.metrics(run.id):
+        by_name.setdefault(m.name, []).append(m)
+    return dict(sorted(by_name.items()))
+
+
+def curve_points(rows: Sequence[MetricRow], run: Run, use_step: bool) -> list[tuple[float, float]]:
+    """``[(x, value), ...]`` of one metric's points: x is the step (points without one are
+    dropped) or the seconds since the run start."""
+    if use_step:
+        return [(float(r.step), r.value) for r in rows if r.step is not None]
+    return [(r.ts - run.start_ts, r.value) for r in rows]
+
+
 def metric_curves(
     store: Store, run_id: str | Run, x: Literal["auto", "step", "seconds"] = "auto"
 ) -> dict[str, list[tuple[float, float]]]:
@@ -134,16 +150,10 @@ def metric_curves(
     or the other with ``x="step"`` (points without a step are dropped) or ``x="seconds"``.
     """
     run = _run(store, run_id)
-    by_name: dict[str, list[MetricRow]] = {}
-    for m in store.metrics(run.id):
-        by_name.setdefault(m.name, []).append(m)
     out: dict[str, list[tuple[float, float]]] = {}
-    for name, rows in sorted(by_name.items()):
+    for name, rows in metrics_by_name(store, run).items():
         use_step = x == "step" or (x == "auto" and all(r.step is not None for r in rows))
-        if use_step:
-            out[name] = [(float(r.step), r.value) for r in rows if r.step is not None]
-        else:
-            out[name] = [(r.ts - run.start_ts, r.value) for r in rows]
+        out[name] = curve_points(rows, run, use_step)
     return out
 
 
@@ -172,11 +182,8 @@ def metric_summaries(store: Store, run_id: str | Run) -> dict[str, MetricSummary
     """Per metric name: first/last/best (best per :func:`metric_mode`); NaN points are
     ignored for best so that one diverged step does not hide the run's best value."""
     run = _run(store, run_id)
-    by_name: dict[str, list[MetricRow]] = {}
-    for m in store.metrics(run.id):
-        by_name.setdefault(m.name, []).append(m)
     out: dict[str, MetricSummary] = {}
-    for name, rows in sorted(by_name.items()):
+    for name, rows in metrics_by_name(store, run).items():
         mode = metric_mode(name)
         ok = [r for r in rows if _finite(r.value)]
         best_row = None
@@ -636,18 +643,20 @@ def write_csv(rows: Sequence[dict[str, Any]], fh: IO[str]) -> None:
         w.writerow([csv_cell(r.get(c)) for c in columns])
 
 
-def _json_safe(v: Any) -> Any:
-    # NaN/inf are not JSON; null keeps every line parseable by strict readers (jq, pandas).
+def json_safe(v: Any) -> Any:
+    """``v`` with NaN and infinities (not JSON) replaced by None, in nested dicts and lists
+    too (tuples become lists)."""
     if isinstance(v, float) and not math.isfinite(v):
         return None
     if isinstance(v, dict):
-        return {k: _json_safe(x) for k, x in v.items()}
+        return {k: json_safe(x) for k, x in v.items()}
     if isinstance(v, list | tuple):
-        return [_json_safe(x) for x in v]
+        return [json_safe(x) for x in v]
     return v
 
 
 def write_jsonl(rows: Iterable[dict[str, Any]], fh: IO[str]) -> None:
     """One JSON object per line (like ``wattspan runs --json``); NaN and inf become null."""
     for r in rows:
-        fh.write(json.dumps(_json_safe(r), sort_keys=True, allow_nan=False) + "\n")
+        # null keeps every line parseable by strict readers (jq, pandas).
+        fh.write(json.dumps(json_safe(r), sort_keys=True, allow_nan=False) + "\n")

@@ -5,16 +5,19 @@ Units: CPU and wall times in seconds, memory in bytes, unless a name says otherw
 
 from __future__ import annotations
 
+import contextlib
+import gzip as _gzip
 import os
 import platform
 import resource
 import shutil
 import socket
 import statistics
+import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -79,9 +82,21 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def http_get(url: str, timeout: float = 10.0) -> bytes:
-    with urllib.request.urlopen(url, timeout=timeout) as resp:
+def http_get(url: str, timeout: float = 10.0, gzip: bool = False) -> bytes:
+    """The body of a GET; with ``gzip``, asked for gzip (as Prometheus scrapes) and not
+    decompressed."""
+    req = urllib.request.Request(url, headers={"Accept-Encoding": "gzip"} if gzip else {})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
         return bytes(resp.read())
+
+
+def count_series(body: bytes) -> int:
+    """Samples (non-comment lines) in a Prometheus exposition, gzipped or not."""
+    try:
+        text = _gzip.decompress(body) if body[:2] == b"\x1f\x8b" else body
+    except OSError:
+        text = body
+    return sum(1 for line in text.splitlines() if line and not line.startswith(b"#"))
 
 
 def wait_http(url: str, timeout: float = 15.0) -> bytes:
@@ -95,6 +110,22 @@ def wait_http(url: str, timeout: float = 15.0) -> bytes:
             last = exc
             time.sleep(0.05)
     raise RuntimeError(f"{url} did not answer within {timeout} s: {last}")
+
+
+@contextlib.contextmanager
+def running(
+    argv: Sequence[str], url: str | None = None, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``argv`` as a subprocess with its output discarded, once ``url`` (if given) answers;
+    terminated on leaving the block."""
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        if url:
+            wait_http(url)
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 def wattspan_cmd() -> list[str]:

@@ -33,14 +33,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _util import (
+    count_series,
     free_port,
     http_get,
     machine,
     median,
     proc_rss_breakdown,
     proc_rss_bytes,
+    running,
     verdict,
-    wait_http,
     wattspan_cmd,
 )
 
@@ -73,17 +74,12 @@ def _slope(points: list[tuple[float, int]]) -> float:
 
 
 def _floor_rss(argv: list[str], settle: float = 2.0, url: str | None = None) -> int:
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
+    with running(argv, url) as proc:
         if url:
-            wait_http(url)
             for _ in range(3):
                 http_get(url)
         time.sleep(settle)
         return proc_rss_bytes(proc.pid)[0]
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def main() -> int:
@@ -146,7 +142,7 @@ def main() -> int:
     steady = median([r for _, r in tail])
     slope = _slope(tail) * 60 / MIB  # MiB per minute over the last quarter
     first = readings[0][1]
-    series = sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))
+    series = count_series(body)
     print()
     print(
         f"scrapes: {scrapes} (last: {series} series, {len(body)} B); agent exit code {agent_exit}"

@@ -23,12 +23,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from concurrent import futures
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import free_port, proc_cpu_seconds
+from _util import free_port, http_get, proc_cpu_seconds, wait_http
 
 TRACE_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 
@@ -124,10 +123,9 @@ def run_client(target: str, args: argparse.Namespace) -> float:
 
 
 def metric(port: int, name: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
-        for line in r.read().decode().splitlines():
-            if line.startswith(name + "{") or line.startswith(name + " "):
-                return float(line.rsplit(" ", 1)[1])
+    for line in http_get(f"http://127.0.0.1:{port}/metrics").decode().splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
     return 0.0
 
 
@@ -153,13 +151,7 @@ def bench_agent(args: argparse.Namespace) -> dict[str, float]:
             env={**os.environ, "XDG_STATE_HOME": tmp},
         )
         try:
-            deadline = time.time() + 60
-            while time.time() < deadline:
-                try:
-                    metric(mport, "wattspan_build_info")
-                    break
-                except OSError:
-                    time.sleep(0.2)
+            wait_http(f"http://127.0.0.1:{mport}/metrics", timeout=60)
             cpu0 = proc_cpu_seconds(agent.pid)
             t0 = time.perf_counter()
             wall = run_client(f"127.0.0.1:{otlp}", args)

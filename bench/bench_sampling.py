@@ -42,7 +42,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,12 +50,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _util import (
     CLK_TCK,
+    count_series,
     fmt_ms,
     free_port,
+    http_get,
     machine,
     proc_cpu_seconds,
+    running,
     verdict,
-    wait_http,
     wattspan_cmd,
 )
 
@@ -72,33 +73,17 @@ class HttpCost:
     series: int
 
 
-def _get(url: str, gzip: bool) -> bytes:
-    req = urllib.request.Request(url, headers={"Accept-Encoding": "gzip"} if gzip else {})
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        return bytes(resp.read())
-
-
-def _series(body: bytes) -> int:
-    try:
-        import gzip as _gz
-
-        text = _gz.decompress(body) if body[:2] == b"\x1f\x8b" else body
-    except OSError:
-        text = body
-    return sum(1 for line in text.splitlines() if line and not line.startswith(b"#"))
-
-
 def measure_http(pid: int, url: str, scrapes: int, rounds: int, gap: float, gzip: bool) -> HttpCost:
     """CPU that process ``pid`` spends per GET of ``url``, net of its idle background CPU."""
     for _ in range(5):  # warm-up: first scrapes allocate, JIT-free but cache-cold
-        body = _get(url, gzip)
+        body = http_get(url, gzip=gzip)
     per_round = max(scrapes // rounds, 1)
     busy_cpu = idle_cpu = busy_wall = 0.0
     done = 0
     for _ in range(rounds):
         c0, w0 = proc_cpu_seconds(pid), time.perf_counter()
         for _ in range(per_round):
-            body = _get(url, gzip)
+            body = http_get(url, gzip=gzip)
             if gap:
                 time.sleep(gap)
         w1 = time.perf_counter()
@@ -116,7 +101,7 @@ def measure_http(pid: int, url: str, scrapes: int, rounds: int, gap: float, gzip
         idle_per_second=idle_cpu / busy_wall if busy_wall else 0.0,
         wall_per_scrape=busy_wall / done,
         body_bytes=len(body),
-        series=_series(body),
+        series=count_series(body),
     )
 
 
@@ -124,51 +109,33 @@ def measure_node_exporter(
     binary: str, scrapes: int, rounds: int, gap: float, gzip: bool
 ) -> HttpCost:
     port = free_port()
-    proc = subprocess.Popen(
-        [binary, f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        url = f"http://127.0.0.1:{port}/metrics"
-        wait_http(url)
+    url = f"http://127.0.0.1:{port}/metrics"
+    with running([binary, f"--web.listen-address=127.0.0.1:{port}"], url) as proc:
         return measure_http(proc.pid, url, scrapes, rounds, gap, gzip)
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def measure_agent_http(scrapes: int, rounds: int, gap: float, gzip: bool) -> HttpCost:
     port = free_port()
+    url = f"http://127.0.0.1:{port}/metrics"
     env = {k: v for k, v in os.environ.items() if not k.startswith("WATTSPAN_")}
     env["WATTSPAN_OTLP__ENABLED"] = "false"
+    argv = [
+        *wattspan_cmd(),
+        "--log-level",
+        "warning",
+        "agent",
+        "--interval",
+        "3600",
+        "--metrics-port",
+        str(port),
+        "--otlp-port",
+        "0",
+        "--no-store",
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         env["XDG_STATE_HOME"] = tmp
-        proc = subprocess.Popen(
-            [
-                *wattspan_cmd(),
-                "--log-level",
-                "warning",
-                "agent",
-                "--interval",
-                "3600",
-                "--metrics-port",
-                str(port),
-                "--otlp-port",
-                "0",
-                "--no-store",
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            url = f"http://127.0.0.1:{port}/metrics"
-            wait_http(url)
+        with running(argv, url, env) as proc:
             return measure_http(proc.pid, url, scrapes, rounds, gap, gzip)
-        finally:
-            proc.terminate()
-            proc.wait(10)
 
 
 def _agent_path(tmp: str, render: bool):  # -> (scheduler, registry | None, closer)
@@ -235,7 +202,7 @@ def measure_ticks(ticks: int, gap: float, path: str) -> tuple[float, dict]:
             "per_collector_wall": {
                 name: st["seconds_total"] / (ticks + 5) for name, st in scheduler.stats().items()
             },
-            "series": _series(body) if body else 0,
+            "series": count_series(body) if body else 0,
             "body_bytes": len(body),
         }
         close()

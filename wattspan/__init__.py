@@ -12,16 +12,6 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-_API = (
-    "count_items",
-    "flush",
-    "log_confusion_matrix",
-    "log_metric",
-    "log_params",
-    "span",
-    "track",
-)
-
 if TYPE_CHECKING:
     from wattspan.instrument import (
         count_items,
@@ -43,6 +33,8 @@ __all__ = [  # noqa: RUF022 (the API names, then the version)
     "track",
     "__version__",
 ]
+# Literal above because tools read __all__ statically; the lazily loaded names derive from it.
+_API = frozenset(__all__) - {"__version__"}
 
 
 def __getattr__(name: str) -> Any:

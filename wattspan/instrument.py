@@ -261,21 +261,20 @@ class _PidProcessor:
 
 
 _PID_PROCESSOR = _PidProcessor()
-_PID_PROCESSOR_ADDED = False
 
 
 def _after_fork_in_child() -> None:
-    global _RUN_ROOT, _EXITED, _PID_PROCESSOR_ADDED
+    global _RUN_ROOT, _EXITED
     # The parent's run root and item counters belong to the parent; ending them here would
     # export a duplicate span.
     _RUN_ROOT = None
     _ITEMS.clear()
     _EXITED = False
     if _PROVIDER is not None:
+        added = _PID_PROCESSOR.pid != 0  # set only here, just before the first add
         _PID_PROCESSOR.pid = os.getpid()
-        if not _PID_PROCESSOR_ADDED:
+        if not added:
             _PROVIDER.add_span_processor(_PID_PROCESSOR)
-            _PID_PROCESSOR_ADDED = True
 
 
 def _mp_after_fork(_obj: object) -> None:
@@ -477,8 +476,12 @@ def _params_json(params: Mapping[str, Any]) -> str:
     return json.dumps(_str_keys(params), default=str, sort_keys=True)
 
 
+def _flat_param_attributes(params: Mapping[str, Any]) -> dict[str, Any]:
+    return {ATTR_PARAM_PREFIX + k: _attr_value(v) for k, v in _flatten(params).items()}
+
+
 def _param_attributes(params: Mapping[str, Any]) -> dict[str, Any]:
-    attrs = {ATTR_PARAM_PREFIX + k: _attr_value(v) for k, v in _flatten(params).items()}
+    attrs = _flat_param_attributes(params)
     attrs[ATTR_HYPERPARAMETERS] = _params_json(params)
     return attrs
 
@@ -777,7 +780,7 @@ def log_params(params: Mapping[str, Any]) -> None:
     if isinstance(previous, str):
         with contextlib.suppress(ValueError):
             merged = {**json.loads(previous), **merged}
-    attrs = _param_attributes(params)
+    attrs = _flat_param_attributes(params)
     attrs[ATTR_HYPERPARAMETERS] = _params_json(merged)
     target.set_attributes(attrs)
 

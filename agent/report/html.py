@@ -39,10 +39,12 @@ from wattspan.agent.analysis import (
     Comparison,
     SpanNode,
     compare_runs,
+    curve_points,
     iter_tree,
-    metric_curves,
+    json_safe,
     metric_mode,
     metric_summaries,
+    metrics_by_name,
     run_figures,
     span_tree,
 )
@@ -50,6 +52,7 @@ from wattspan.agent.attribution import BUSY_FIELDS, primary_domains
 from wattspan.agent.report._template import CSS, ERROR_RECORDER_JS, RENDER_JS
 from wattspan.agent.store import Run, Store
 from wattspan.collectors.base import Sample
+from wattspan.collectors.base import number as _num
 
 MAX_POINTS = 2000  # per series; more points than pixels only bloat the file
 MAX_TIMELINE_RUNS = 6
@@ -99,18 +102,29 @@ class Figure:
 
 @dataclass
 class _Ctx:
-    """Per-report state: stable colours per run and per span name."""
+    """Per-report state: stable colours per run and per span name, and each run's span tree
+    (the timeline and the energy figure both need it; a long session has many spans)."""
 
     runs: list[Run]
     colors: dict[str, str] = field(default_factory=dict)
+    trees: dict[str, list[SpanNode]] = field(default_factory=dict)
 
     def run_color(self, run: Run) -> str:
-        return PALETTE[self.runs.index(run) % len(PALETTE)]
+        return _color(self.runs.index(run))
 
     def name_color(self, name: str) -> str:
         if name not in self.colors:
-            self.colors[name] = PALETTE[len(self.colors) % len(PALETTE)]
+            self.colors[name] = _color(len(self.colors))
         return self.colors[name]
+
+    def span_tree(self, store: Store, run: Run) -> list[SpanNode]:
+        if run.id not in self.trees:
+            self.trees[run.id] = span_tree(store.spans(run.id))
+        return self.trees[run.id]
+
+
+def _color(i: int) -> str:
+    return PALETTE[i % len(PALETTE)]
 
 
 def _layout(**kw: Any) -> dict[str, Any]:
@@ -124,13 +138,6 @@ def _label(run: Run) -> str:
 
 
 # -- series helpers -----------------------------------------------------------------------
-
-
-def _num(s: Sample, key: str) -> float | None:
-    v = s.fields.get(key)
-    if isinstance(v, bool) or not isinstance(v, int | float):
-        return None
-    return float(v)
 
 
 def _downsample(
@@ -150,19 +157,24 @@ def _downsample(
     return ox, oy
 
 
-def _rate(points: list[tuple[float, float]]) -> tuple[list[float], list[float]]:
+def _rate(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
     """Per-second rate of a cumulative counter, at the end of each sampling interval.
     A counter that went backwards (restart) gives no point rather than a negative rate."""
-    xs, ys = [], []
-    for (t0, v0), (t1, v1) in itertools.pairwise(points):
-        if t1 > t0 and v1 >= v0:
-            xs.append(t1)
-            ys.append((v1 - v0) / (t1 - t0))
-    return xs, ys
+    return [
+        (t1, (v1 - v0) / (t1 - t0))
+        for (t0, v0), (t1, v1) in itertools.pairwise(points)
+        if t1 > t0 and v1 >= v0
+    ]
 
 
-def _line(name: str, xs: list[float], ys: list[float], yaxis: str, **kw: Any) -> dict[str, Any]:
-    xs, ys = _downsample(xs, ys)
+def _line(
+    name: str, points: list[tuple[float, float]], color: str, dash: str | None = None
+) -> dict[str, Any]:
+    """A line trace of ``(x, y)`` points; its y axis is set when the panels are laid out."""
+    xs, ys = _downsample([p[0] for p in points], [p[1] for p in points])
+    style = {"color": color}
+    if dash:
+        style["dash"] = dash
     return {
         "type": "scatter",
         "mode": "lines",
@@ -170,9 +182,14 @@ def _line(name: str, xs: list[float], ys: list[float], yaxis: str, **kw: Any) ->
         "x": xs,
         "y": ys,
         "xaxis": "x",
-        "yaxis": yaxis,
-        **kw,
+        "yaxis": "y?",
+        "line": style,
     }
+
+
+def _tree_cpu_seconds(s: Sample) -> float:
+    """User + system CPU seconds of a process tree sample (cumulative)."""
+    return (_num(s, "cpu_user_seconds_total") or 0.0) + (_num(s, "cpu_system_seconds_total") or 0.0)
 
 
 def _band_level(roots: list[SpanNode]) -> list[SpanNode]:
@@ -238,39 +255,18 @@ def timeline_figure(store: Store, run: Run, ctx: _Ctx, fid: str) -> Figure | Non
         if s.tags.get("cpu") == "total"
     ]
     if len(busy) >= 2:
-        cpu.append(_line("node", *_rate(busy), "y?", line={"color": "#555"}))
+        cpu.append(_line("node", _rate(busy), "#555"))
     trees: dict[str, list[Sample]] = defaultdict(list)
     for s in by_src.get("process_tree", []):
         trees[s.tags.get("root", "?")].append(s)
     # The busiest trees only: an agent session can watch dozens of processes.
-    ranked = sorted(
-        trees.items(),
-        key=lambda kv: (
-            -(
-                (_num(kv[1][-1], "cpu_user_seconds_total") or 0)
-                + (_num(kv[1][-1], "cpu_system_seconds_total") or 0)
-            )
-        ),
-    )[:MAX_PROCESS_TREES]
+    ranked = sorted(trees.items(), key=lambda kv: -_tree_cpu_seconds(kv[1][-1]))
+    ranked = ranked[:MAX_PROCESS_TREES]
     for i, (root, pts) in enumerate(ranked):
         name = pts[-1].tags.get("name") or "process"
-        counter = [
-            (
-                s.ts - t0,
-                (_num(s, "cpu_user_seconds_total") or 0.0)
-                + (_num(s, "cpu_system_seconds_total") or 0.0),
-            )
-            for s in pts
-        ]
+        counter = [(s.ts - t0, _tree_cpu_seconds(s)) for s in pts]
         if len(counter) >= 2:
-            cpu.append(
-                _line(
-                    f"{name} ({root})",
-                    *_rate(counter),
-                    "y?",
-                    line={"color": PALETTE[(i + 1) % len(PALETTE)]},
-                )
-            )
+            cpu.append(_line(f"{name} ({root})", _rate(counter), _color(i + 1)))
     if cpu:
         panels.append(("CPU cores busy", cpu))
 
@@ -281,28 +277,12 @@ def timeline_figure(store: Store, run: Run, ctx: _Ctx, fid: str) -> Figure | Non
         if (v := _num(s, "used_bytes")) is not None
     ]
     if node_mem:
-        mem.append(
-            _line(
-                "node used",
-                [p[0] for p in node_mem],
-                [p[1] for p in node_mem],
-                "y?",
-                line={"color": "#555"},
-            )
-        )
+        mem.append(_line("node used", node_mem, "#555"))
     for i, (root, pts) in enumerate(ranked):
         rss = [(s.ts - t0, v / GIB) for s in pts if (v := _num(s, "rss_bytes")) is not None]
         if rss:
             name = pts[-1].tags.get("name") or "process"
-            mem.append(
-                _line(
-                    f"{name} ({root}) RSS",
-                    [p[0] for p in rss],
-                    [p[1] for p in rss],
-                    "y?",
-                    line={"color": PALETTE[(i + 1) % len(PALETTE)]},
-                )
-            )
+            mem.append(_line(f"{name} ({root}) RSS", rss, _color(i + 1)))
     if mem:
         panels.append(("memory GiB", mem))
 
@@ -316,35 +296,24 @@ def timeline_figure(store: Store, run: Run, ctx: _Ctx, fid: str) -> Figure | Non
         estimated = pts[0].tags.get("estimated") == "true"
         watts = [(s.ts - t0, v) for s in pts if (v := _num(s, "power_watts")) is not None]
         if not watts:  # older samples without power_watts: derive it from the counter
-            xs, ys = _rate(
+            watts = _rate(
                 [(s.ts - t0, v) for s in pts if (v := _num(s, "energy_joules_total")) is not None]
             )
-            watts = list(zip(xs, ys, strict=True))
         if watts:
             label = domain + (" (estimated)" if estimated else "")
-            style = {"color": PALETTE[(i + 3) % len(PALETTE)]}
+            dash = None
             if estimated:
-                style["dash"] = "dash"  # never let an estimate look like a measurement
+                dash = "dash"  # never let an estimate look like a measurement
             elif domain not in primary:
-                style["dash"] = "dot"  # a sub-domain, already inside its package
-            power.append(
-                _line(label, [p[0] for p in watts], [p[1] for p in watts], "y?", line=style)
-            )
+                dash = "dot"  # a sub-domain, already inside its package
+            power.append(_line(label, watts, _color(i + 3), dash))
     gpus: dict[str, list[Sample]] = defaultdict(list)
     for s in by_src.get("gpu", []):
         gpus[s.tags.get("gpu", "?")].append(s)
     for i, (gpu, pts) in enumerate(sorted(gpus.items())):
         watts = [(s.ts - t0, v) for s in pts if (v := _num(s, "power_watts")) is not None]
         if watts:
-            power.append(
-                _line(
-                    f"GPU {gpu}",
-                    [p[0] for p in watts],
-                    [p[1] for p in watts],
-                    "y?",
-                    line={"color": PALETTE[(i + 6) % len(PALETTE)]},
-                )
-            )
+            power.append(_line(f"GPU {gpu}", watts, _color(i + 6)))
     if power:
         panels.append(("power W", power))
 
@@ -356,19 +325,11 @@ def timeline_figure(store: Store, run: Run, ctx: _Ctx, fid: str) -> Figure | Non
             if (v := _num(s, "utilization_gpu_ratio")) is not None
         ]
         if util:
-            gpu_util.append(
-                _line(
-                    f"GPU {gpu} util",
-                    [p[0] for p in util],
-                    [p[1] for p in util],
-                    "y?",
-                    line={"color": PALETTE[(i + 6) % len(PALETTE)]},
-                )
-            )
+            gpu_util.append(_line(f"GPU {gpu} util", util, _color(i + 6)))
     if gpu_util:
         panels.append(("GPU util %", gpu_util))
 
-    roots = span_tree(store.spans(run.id))
+    roots = ctx.span_tree(store, run)
     if not panels and not roots:
         return None
 
@@ -488,7 +449,7 @@ def span_energy_figure(store: Store, runs: Sequence[Run], ctx: _Ctx, fid: str) -
     estimated = False
     for run in runs:
         agg: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
-        for node in iter_tree(span_tree(store.spans(run.id))):
+        for node in iter_tree(ctx.span_tree(store, run)):
             r = node.resources
             if (
                 r.get("node_energy_total_joules") is None
@@ -590,23 +551,15 @@ def metric_figures(
     store: Store, runs: Sequence[Run], ctx: _Ctx, fid: str, target: dict[str, Any] | None
 ) -> list[Figure]:
     """One plot per valued metric, all runs overlaid."""
-    names = sorted({n for run in runs for n in metric_curves(store, run)})
-    # Common x across runs: steps only if every run logged steps for this metric.
+    by_run = [metrics_by_name(store, run) for run in runs]
+    names = sorted({n for rows in by_run for n in rows})
     figs = []
     for i, name in enumerate(names[:MAX_METRIC_PLOTS]):
-        use_step = all(
-            all(r.step is not None for r in store.metrics(run.id, name=name)) for run in runs
-        )
+        # Common x across runs: steps only if every run logged steps for this metric.
+        use_step = all(all(r.step is not None for r in rows.get(name, ())) for rows in by_run)
         data = []
-        for run in runs:
-            if use_step:
-                pts = [
-                    (float(r.step), r.value)
-                    for r in store.metrics(run.id, name=name)
-                    if r.step is not None
-                ]
-            else:
-                pts = [(r.ts - run.start_ts, r.value) for r in store.metrics(run.id, name=name)]
+        for run, rows in zip(runs, by_run, strict=True):
+            pts = curve_points(rows.get(name, ()), run, use_step)
             if not pts:
                 continue
             data.append(
@@ -816,20 +769,10 @@ def build_figures(
 # -- HTML ---------------------------------------------------------------------------------
 
 
-def _json_safe(v: Any) -> Any:
-    if isinstance(v, float) and not math.isfinite(v):
-        return None  # plotly draws null as a gap; NaN is not JSON
-    if isinstance(v, dict):
-        return {k: _json_safe(x) for k, x in v.items()}
-    if isinstance(v, list | tuple):
-        return [_json_safe(x) for x in v]
-    return v
-
-
 def _script_json(obj: Any) -> str:
     """JSON safe inside <script>: no ``</script>``, ``<!--`` or ``&`` can end or confuse the
-    element, whatever run names or labels contain."""
-    text = json.dumps(_json_safe(obj), separators=(",", ":"), allow_nan=False)
+    element, whatever run names or labels contain. NaN becomes null: plotly draws a gap."""
+    text = json.dumps(json_safe(obj), separators=(",", ":"), allow_nan=False)
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
@@ -860,7 +803,7 @@ def _fmt(v: Any, unit: str = "") -> str:
 
 def _fmt_delta(d: float, pct: float | None, unit: str) -> str:
     sign = "+" if d >= 0 else "−"
-    mag = _fmt_bytes(abs(d)) if unit == "B" else _fmt(abs(d), unit)
+    mag = _fmt(abs(d), unit)
     p = f", {'+' if pct >= 0 else '−'}{abs(pct):.1f}%" if pct is not None else ""
     return f"{sign}{mag}{p}"
 

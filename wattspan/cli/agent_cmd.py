@@ -15,21 +15,23 @@ from wattspan.agent.errors import ConfigError
 log = logging.getLogger("wattspan.agent")
 
 
+def _port_arg(flag: str, port: int) -> int:
+    if not 0 <= port <= 65535:
+        raise ConfigError(flag, f"not a port: {port}")
+    return port
+
+
 def cmd_agent(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
         if args.interval:
             config["agent"]["interval"] = args.interval
         if args.metrics_port is not None:
-            if not 0 <= args.metrics_port <= 65535:
-                raise ConfigError("--metrics-port", f"not a port: {args.metrics_port}")
-            config["metrics"]["port"] = args.metrics_port
+            config["metrics"]["port"] = _port_arg("--metrics-port", args.metrics_port)
         if args.metrics_listen:
             config["metrics"]["listen"] = args.metrics_listen
         if args.otlp_port is not None:
-            if not 0 <= args.otlp_port <= 65535:
-                raise ConfigError("--otlp-port", f"not a port: {args.otlp_port}")
-            config["otlp"]["port"] = args.otlp_port
+            config["otlp"]["port"] = _port_arg("--otlp-port", args.otlp_port)
         if args.store:
             config["store"]["path"] = args.store
         if args.no_store:

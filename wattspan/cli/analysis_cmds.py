@@ -121,6 +121,22 @@ def _select(store: Store, refs: Sequence[str], command: str, minimum: int) -> li
     return 2
 
 
+def _store_and_runs(
+    args: argparse.Namespace, command: str, minimum: int, every: bool = False
+) -> tuple[Store, list[Run]] | int:
+    """The store of ``--store`` and the runs a command acts on (with ``every``, all of them,
+    oldest first; else as :func:`_select` picks them), or the exit code to return instead."""
+    store = open_store(args.store)
+    if store is None:
+        return 1
+    if every:
+        return store, list(reversed(store.runs()))  # oldest first, like a log
+    runs = _select(store, args.runs, command, minimum)
+    if isinstance(runs, int):
+        return runs
+    return store, runs
+
+
 # -- compare ------------------------------------------------------------------------------
 
 
@@ -166,7 +182,7 @@ def comparison_table(comp: Comparison) -> Table:
                 style = "dim"
                 if row.better and d != 0:
                     style = "green" if (d < 0) == (row.better == "min") else "red"
-                mag = fmt_bytes(abs(d)) if row.unit == "B" else _fmt_value(abs(d), row.unit)
+                mag = _fmt_value(abs(d), row.unit)
                 pct = row.pct[i]
                 ptxt = "" if pct is None else f", {pct:+.1f}%"
                 cell.append(f"\n{'+' if d >= 0 else '-'}{mag}{ptxt}", style=style)
@@ -180,12 +196,10 @@ def comparison_table(comp: Comparison) -> Table:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    store = open_store(args.store)
-    if store is None:
-        return 1
-    runs = _select(store, args.runs, "compare", minimum=2)
-    if isinstance(runs, int):
-        return runs
+    selected = _store_and_runs(args, "compare", minimum=2)
+    if isinstance(selected, int):
+        return selected
+    store, runs = selected
     if len(runs) < 2:
         _err("compare: name at least two runs")
         return 2
@@ -203,12 +217,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    store = open_store(args.store)
-    if store is None:
-        return 1
-    runs = _select(store, args.runs, "report", minimum=1)
-    if isinstance(runs, int):
-        return runs
+    selected = _store_and_runs(args, "report", minimum=1)
+    if isinstance(selected, int):
+        return selected
+    store, runs = selected
     from wattspan.agent.report import write_report  # plotly is only needed here
 
     try:
@@ -232,15 +244,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    store = open_store(args.store)
-    if store is None:
-        return 1
-    if args.all:
-        runs: list[Run] | int = list(reversed(store.runs()))  # oldest first, like a log
-    else:
-        runs = _select(store, args.runs, "export", minimum=1)
-    if isinstance(runs, int):
-        return runs
+    selected = _store_and_runs(args, "export", minimum=1, every=args.all)
+    if isinstance(selected, int):
+        return selected
+    store, runs = selected
     fmt = "csv" if args.csv else "json" if args.json else None
     if fmt is None:
         fmt = "csv" if args.output and Path(args.output).suffix.lower() == ".csv" else "json"
