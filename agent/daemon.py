@@ -123,13 +123,14 @@ class Agent:
                 # Handlers hold the GIL: more threads than this only add contention.
                 max_workers=2,
             )
-        nvml_interval = config["collectors.nvml"].get("interval")
-        self.scheduler = Scheduler(
-            self.collectors,
-            self.interval,
-            self.pipeline.emit,
-            intervals={"gpu": nvml_interval} if nvml_interval else None,
-        )
+        # A collector's own ``interval`` (``[collectors.nvml]`` has one) lives in the section
+        # named after it; the scheduler looks intervals up by collector name.
+        intervals = {
+            c.name: sec["interval"]
+            for c in self.collectors
+            if (sec := config.sections.get(f"collectors.{c.name}", {})).get("interval")
+        }
+        self.scheduler = Scheduler(self.collectors, self.interval, self.pipeline.emit, intervals)
         self.metrics: MetricsServer | None = None
         if serve:
             # Imported only when serving: ``wattspan run`` never loads prometheus_client.

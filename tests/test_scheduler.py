@@ -113,3 +113,25 @@ def test_emit_failure_does_not_stop_sampling() -> None:
     sch.stop()
     assert g.calls > 1
     assert sch.emit_errors == sch.ticks
+
+
+def test_agent_applies_a_collectors_own_interval(tmp_path, monkeypatch) -> None:
+    from wattspan.agent import daemon
+    from wattspan.agent.config import load_config
+
+    gpu, cpu = Good(), Good()
+    gpu.name, cpu.name = "nvml", "cpu"
+    monkeypatch.setattr(daemon, "build_collectors", lambda *_a, **_k: [cpu, gpu])
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text("[collectors.nvml]\ninterval = 0.2\n")
+    agent = daemon.Agent(
+        load_config(cfg, environ={}), interval=0.02, serve_metrics=False, otlp=False
+    )
+    try:
+        agent.scheduler.start()
+        time.sleep(0.5)
+        agent.scheduler.stop()
+    finally:
+        agent.stop()
+    assert cpu.calls >= 3 * gpu.calls
+    assert gpu.calls >= 1
