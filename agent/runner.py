@@ -111,28 +111,40 @@ def run_command(
 
     agent.scheduler.tick(force=True)  # baseline: counters at the start of the run
     start = time.time()
-    try:
-        proc = subprocess.Popen(list(cmd), env=env)
-    except FileNotFoundError:
-        print(f"wattspan: {cmd[0]}: command not found", file=sys.stderr)
-        return _finish(agent, run, start, 127)
-    except PermissionError:
-        print(f"wattspan: {cmd[0]}: Permission denied", file=sys.stderr)
-        return _finish(agent, run, start, 126)
-
-    if agent.process_collector is not None:
-        agent.process_collector.add_root(proc.pid)
-    agent.start()
-    tune_gc()
+    # Handlers go in before the child exists: a signal sent once the child is up (it may
+    # already have said it is ready) must be forwarded, not kill us with the default action.
+    # One that comes before the child exists is held and sent to it once it does.
+    child: list[subprocess.Popen[bytes]] = []
+    held: list[int] = []
 
     def forward(signum: int, frame: FrameType | None) -> None:
+        if not child:
+            held.append(signum)
+            return
         if signum in _FROM_TTY and _child_in_our_foreground_group():
             return
         with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signum)
+            child[0].send_signal(signum)
 
     previous = {s: signal.signal(s, forward) for s in _FORWARDED}
     try:
+        try:
+            proc = subprocess.Popen(list(cmd), env=env)
+        except FileNotFoundError:
+            print(f"wattspan: {cmd[0]}: command not found", file=sys.stderr)
+            return _finish(agent, run, start, 127)
+        except PermissionError:
+            print(f"wattspan: {cmd[0]}: Permission denied", file=sys.stderr)
+            return _finish(agent, run, start, 126)
+        child.append(proc)
+        for signum in held:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signum)
+
+        if agent.process_collector is not None:
+            agent.process_collector.add_root(proc.pid)
+        agent.start()
+        tune_gc()
         _, status, ru = os.wait4(proc.pid, 0)
     finally:
         for s, h in previous.items():

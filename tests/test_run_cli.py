@@ -208,3 +208,13 @@ def test_interval_controls_sampling(store_path: Path) -> None:
     assert len(ts) >= 12  # about 20 at 50 ms; anything near 10 would mean 0.1 s
     assert os.path.exists(store_path)
     assert time.time() > run.start_ts
+
+
+def test_a_signal_right_after_the_child_starts_is_forwarded(store_path: Path) -> None:
+    # The child signals ``wattspan run`` at once, while it is still setting up around the
+    # spawn: the signal must reach the child (exit 128 + 15), not kill wattspan by default.
+    p = wattspan(
+        "run", "--store", str(store_path), "--", "sh", "-c", 'kill -TERM "$PPID"; exec sleep 5'
+    )
+    assert p.returncode == 128 + signal.SIGTERM, p.stderr
+    assert Store(store_path).resolve_run("latest").exit_code == 128 + signal.SIGTERM
