@@ -58,8 +58,7 @@ class Pipeline:
 
     def submit(self, samples: Sequence[Sample]) -> None:
         """All-or-error: raises :class:`SinkError` if any sink failed to take the records."""
-        self._remember(samples)
-        failed = [sink.name for sink in self.sinks if not self._write(sink, samples)]
+        failed = self.emit(samples)
         if failed:
             raise SinkError(f"not accepted by: {', '.join(failed)}")
 
