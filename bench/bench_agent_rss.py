@@ -8,8 +8,9 @@ Target (the issue): steady RSS of ``wattspan agent`` with the default collectors
 it picked is read from its log; the OTLP receiver is on, as by default, on a free port);
 ``/metrics`` is scraped every ``--scrape-every`` s and VmRSS is read from /proc every second.
 "Steady" is the median of the last quarter of the run, whose slope says whether it has
-settled: the agent keeps 15 minutes of node samples for span attribution, so RSS only
-plateaus after about 900 s (``--duration 1200`` shows it). The peak (VmHWM) and the
+settled: the agent keeps 5 minutes of node samples for span attribution (it kept 15 when the
+results in bench/README.md were taken), so RSS only plateaus after about 300 s
+(``--duration 600`` shows it). The peak (VmHWM) and the
 anonymous/file split of the last reading are reported too: file pages (shared libraries:
 numpy's OpenBLAS, grpc's core...) are shared and reclaimable, anonymous pages (the Python
 heap) are the agent's own.
@@ -154,7 +155,7 @@ def main() -> int:
     print(f"growth, last quarter: {slope:+7.2f} MiB/min")
     if slope > 0.05:
         print(
-            "  still growing: the agent keeps node samples for span attribution for 15 min "
+            "  still growing: the agent keeps node samples for span attribution for 5 min "
             "(TelemetryIngest ring_seconds=300); run with --duration 600 to see the plateau"
         )
     print(f"VmHWM (peak):         {hwm / MIB:7.1f} MiB")
