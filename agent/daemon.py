@@ -15,42 +15,27 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wattspan.agent.config import Config
+from wattspan.agent.exporters.sqlite import StoreSink
 from wattspan.agent.ingest import TelemetryIngest
 from wattspan.agent.pipeline import Pipeline
 from wattspan.agent.receiver import OtlpReceiver
 from wattspan.agent.scheduler import Scheduler
 from wattspan.agent.sinks import Sink
-from wattspan.agent.store import Run, Store, StoreSink, default_store_path
+from wattspan.agent.store import Run, Store, default_store_path
 from wattspan.collectors.process import ProcessCollector
 from wattspan.collectors.registry import build_collectors
 
 if TYPE_CHECKING:
-    from wattspan.agent.metrics import MetricsServer
+    from wattspan.agent.exporters.prometheus import MetricsServer
 
 log = logging.getLogger("wattspan.agent")
 
 
 def build_exporters(config: Config) -> list[Sink]:
-    """One sink per ``[exporters.<name>]`` table; unknown names are a config error."""
-    from wattspan.agent.errors import ConfigError
+    """One sink per enabled ``[exporters.<name>]`` table; unknown names are a config error."""
+    from wattspan.agent import exporters
 
-    sinks: list[Sink] = []
-    for name, section in config.exporters.items():
-        if section.get("enabled", True) is False:
-            continue
-        if name == "influxdb":
-            from wattspan.agent.exporters.influxdb import from_config
-
-            sinks.append(
-                from_config(
-                    {k: v for k, v in section.items() if k != "enabled"},
-                    state_dir=config.state_dir,
-                    host=config.host,
-                )
-            )
-        else:
-            raise ConfigError(f"exporters.{name}", "unknown exporter (known: influxdb)")
-    return sinks
+    return exporters.build_all(config.exporters, state_dir=config.state_dir, host=config.host)
 
 
 class Agent:
@@ -134,7 +119,7 @@ class Agent:
         self.metrics: MetricsServer | None = None
         if serve:
             # Imported only when serving: ``wattspan run`` never loads prometheus_client.
-            from wattspan.agent.metrics import AgentCollector, MetricsServer
+            from wattspan.agent.exporters.prometheus import AgentCollector, MetricsServer
 
             self.metrics = MetricsServer(
                 AgentCollector(self.pipeline, self.scheduler, self.component_stats),

@@ -23,7 +23,10 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from wattspan.agent.analysis import (
+from wattspan.agent.attribution import SpanWindow, attribute, build_series
+from wattspan.agent.store import ConfusionRow, MetricRow, Run, SpanRow, Store
+from wattspan.agent.summary import summarize
+from wattspan.analysis import (
     compare_runs,
     csv_cell,
     energy_between,
@@ -38,9 +41,6 @@ from wattspan.agent.analysis import (
     write_csv,
     write_jsonl,
 )
-from wattspan.agent.attribution import SpanWindow, attribute, build_series
-from wattspan.agent.store import ConfusionRow, MetricRow, Run, SpanRow, Store
-from wattspan.agent.summary import summarize
 from wattspan.cli.analysis_cmds import parse_selection, show_details
 from wattspan.cli.analysis_parsers import add_analysis_parsers
 from wattspan.collectors.base import Sample
@@ -554,7 +554,7 @@ def test_show_details(store: Store) -> None:
 
 
 def test_export_kinds_of_the_parser_match_the_analysis() -> None:
-    from wattspan.agent import analysis
+    from wattspan import analysis
     from wattspan.cli import analysis_parsers
 
     assert tuple(analysis_parsers.EXPORT_KINDS) == tuple(analysis.EXPORT_KINDS)

@@ -209,3 +209,20 @@ def test_build_all_closes_built_exporters_on_error(tmp_path):
     # The influxdb exporter built first was closed: its queue directory is free again.
     sink = from_config({"url": unused_url(), "database": "d"}, state_dir=tmp_path, host="n1")
     sink.close(0)
+
+
+def test_build_all_skips_a_disabled_table_but_still_checks_names(tmp_path):
+    on = {"url": unused_url(), "database": "d"}
+    sinks = exporters.build_all(
+        {"influxdb": {**on, "enabled": False}}, state_dir=tmp_path, host="n1"
+    )
+    assert sinks == []
+    (sink,) = exporters.build_all(
+        {"influxdb": {**on, "enabled": True}}, state_dir=tmp_path, host="n1"
+    )
+    try:
+        assert sink.name == "influxdb"
+    finally:
+        sink.close(0)
+    with pytest.raises(ConfigError):
+        exporters.build_all({"nope": {"enabled": False}}, state_dir=tmp_path, host="n1")

@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 
 from tests.test_analysis import RUN_A, RUN_B, make_store
-from wattspan.agent.report import build_figures, render_report, write_report
 from wattspan.agent.store import Run, SpanRow, Store
+from wattspan.analysis.report import build_figures, render_report, write_report
 from wattspan.cli.analysis_parsers import add_analysis_parsers
 
 CHROMIUM = next(

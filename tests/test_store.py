@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from wattspan.agent.store import Run, Store, StoreSink, default_store_path
+from wattspan.agent.exporters.sqlite import StoreSink
+from wattspan.agent.store import Run, Store, default_store_path
 from wattspan.agent.store.sqlite import MIGRATIONS, SCHEMA_VERSION
 from wattspan.collectors.base import Sample
 

@@ -6,7 +6,6 @@ from wattspan.agent.store.sqlite import (
     Run,
     SpanRow,
     Store,
-    StoreSink,
     default_store_path,
 )
 
@@ -16,6 +15,5 @@ __all__ = [
     "Run",
     "SpanRow",
     "Store",
-    "StoreSink",
     "default_store_path",
 ]

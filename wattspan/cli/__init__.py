@@ -128,9 +128,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from wattspan.cli.status_cmd import cmd_status
 
         return cmd_status(args)
-    from wattspan.cli.store_cmds import cmd_runs, cmd_show
+    if args.command == "show":
+        from wattspan.cli.analysis_cmds import cmd_show
 
-    return {"runs": cmd_runs, "show": cmd_show}[args.command](args)
+        return cmd_show(args)
+    from wattspan.cli.store_cmds import cmd_runs
+
+    return cmd_runs(args)
 
 
 def dump_json(obj: object) -> str:

@@ -1,5 +1,4 @@
-"""Analysis commands over the embedded store: ``compare``, ``report``, ``export``, and the
-span tree / metrics view that ``show`` prints.
+"""Analysis commands over the embedded store: ``show``, ``compare``, ``report``, ``export``.
 
 Non-interactive by default, as scripts and CI need: runs are named on the command line. When
 none is named and stdin is a terminal, a numbered list of recent runs is offered to pick
@@ -11,6 +10,7 @@ Exit codes: 0 success, 1 store or run not found / output not writable, 2 usage e
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -23,7 +23,8 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from wattspan.agent.analysis import (
+from wattspan.agent.store import Run, Store
+from wattspan.analysis import (
     Comparison,
     SpanNode,
     compare_runs,
@@ -34,7 +35,6 @@ from wattspan.agent.analysis import (
     write_csv,
     write_jsonl,
 )
-from wattspan.agent.store import Run, Store
 from wattspan.cli.store_cmds import open_store
 from wattspan.cli.tables import fmt_bytes, fmt_num, fmt_ts
 
@@ -221,7 +221,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if isinstance(selected, int):
         return selected
     store, runs = selected
-    from wattspan.agent.report import write_report  # plotly is only needed here
+    from wattspan.analysis.report import write_report  # plotly is only needed here
 
     try:
         path = write_report(
@@ -412,3 +412,26 @@ def show_details(
                 line.append(f"not reached (best {_fmt_value(best, '')})", style="yellow")
             out.append(line)
     return out
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    store = open_store(args.store)
+    if store is None:
+        return 1
+    try:
+        run = store.resolve_run(args.run)
+    except KeyError as exc:
+        print(f"wattspan: {exc.args[0]}", file=sys.stderr)
+        return 1
+    if args.json:
+        sys.stdout.write(json.dumps(dataclasses.asdict(run), sort_keys=True) + "\n")
+        return 0
+    from rich.console import Console
+
+    from wattspan.cli.tables import print_table, summary_table
+
+    print_table(summary_table(run, run.summary or {}))
+    console = Console()
+    for renderable in show_details(store, run):
+        console.print(renderable)
+    return 0

@@ -10,7 +10,7 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-# The kinds of rows ``export`` writes (``wattspan.agent.analysis.EXPORT_KINDS``, repeated
+# The kinds of rows ``export`` writes (``wattspan.analysis.EXPORT_KINDS``, repeated
 # here so that parsing the command line imports no analysis code; a test keeps them equal).
 EXPORT_KINDS = ("runs", "spans", "metrics")
 

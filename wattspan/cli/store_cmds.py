@@ -1,4 +1,4 @@
-"""Commands that read the embedded store: ``runs``, ``show``."""
+"""Opening the embedded store for a command, and ``runs``, which lists what it holds."""
 
 from __future__ import annotations
 
@@ -34,28 +34,4 @@ def cmd_runs(args: argparse.Namespace) -> int:
         from wattspan.cli.tables import print_table, runs_table
 
         print_table(runs_table(runs))
-    return 0
-
-
-def cmd_show(args: argparse.Namespace) -> int:
-    store = open_store(args.store)
-    if store is None:
-        return 1
-    try:
-        run = store.resolve_run(args.run)
-    except KeyError as exc:
-        print(f"wattspan: {exc.args[0]}", file=sys.stderr)
-        return 1
-    if args.json:
-        sys.stdout.write(json.dumps(dataclasses.asdict(run), sort_keys=True) + "\n")
-        return 0
-    from rich.console import Console
-
-    from wattspan.cli.analysis_cmds import show_details
-    from wattspan.cli.tables import print_table, summary_table
-
-    print_table(summary_table(run, run.summary or {}))
-    console = Console()
-    for renderable in show_details(store, run):
-        console.print(renderable)
     return 0

@@ -35,7 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wattspan.agent.analysis import (
+from wattspan.agent.attribution import BUSY_FIELDS, primary_domains
+from wattspan.agent.store import Run, Store
+from wattspan.analysis import (
     Comparison,
     SpanNode,
     compare_runs,
@@ -48,9 +50,7 @@ from wattspan.agent.analysis import (
     run_figures,
     span_tree,
 )
-from wattspan.agent.attribution import BUSY_FIELDS, primary_domains
-from wattspan.agent.report._template import CSS, ERROR_RECORDER_JS, RENDER_JS
-from wattspan.agent.store import Run, Store
+from wattspan.analysis.report._template import CSS, ERROR_RECORDER_JS, RENDER_JS
 from wattspan.collectors.base import Sample
 from wattspan.collectors.base import number as _num
 
