@@ -6,6 +6,7 @@ key. Exporter sections are validated by each exporter's own ``from_config``.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import tomllib
@@ -29,9 +30,31 @@ def _bool(key: str, v: Any) -> bool:
 
 
 def _pos(key: str, v: Any) -> float:
-    if isinstance(v, bool) or not isinstance(v, int | float) or not v > 0:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v < math.inf:
         raise ConfigError(key, f"expected a positive number, got {v!r}")
     return float(v)
+
+
+def _within(lo: float, hi: float, *, integer: bool = False, zero: bool = False) -> Check:
+    """A number in ``(lo, hi]`` (``[lo, hi]`` when ``lo`` is 0 and ``zero`` allows 0 as
+    "off"): finite, so ``inf``, ``nan`` and absurd values fail at load, not in a thread."""
+    what = "a whole number" if integer else "a number"
+
+    def check(key: str, v: Any) -> float | int:
+        ok_type = isinstance(v, int) if integer else isinstance(v, int | float)
+        if isinstance(v, bool) or not ok_type:
+            raise ConfigError(key, f"expected {what} in ({lo:g}, {hi:g}], got {v!r}")
+        if (zero and v == 0) or (lo < v <= hi):
+            return int(v) if integer else float(v)
+        span = f"[0, {hi:g}]" if zero else f"({lo:g}, {hi:g}]"
+        raise ConfigError(key, f"expected {what} in {span}, got {v!r}")
+
+    return check
+
+
+# Sampling faster than 10 ms costs more than it measures; slower than an hour is no sampling.
+INTERVAL = _within(0.01, 3600.0)
+TIMEOUT = _within(0.0, 3600.0)
 
 
 def _port(key: str, v: Any) -> int:
@@ -46,8 +69,12 @@ def _str(key: str, v: Any) -> str:
     return v
 
 
-def _opt_pos(key: str, v: Any) -> float | None:
-    return None if v in (None, 0, "auto") else _pos(key, v)
+def _opt_interval(key: str, v: Any) -> float | None:
+    return None if v in (None, 0, "auto") else INTERVAL(key, v)
+
+
+def _opt_watts(key: str, v: Any) -> float | None:
+    return None if v in (None, 0, "auto") else _within(0.0, 100_000.0)(key, v)
 
 
 def _ratio(key: str, v: Any) -> float:
@@ -73,29 +100,55 @@ def _choice(*options: str) -> Check:
 
 SCHEMA: dict[str, dict[str, tuple[Check, Any]]] = {
     "agent": {
-        "interval": (_pos, 1.0),
+        "interval": (INTERVAL, 1.0),
         "host": (_str, ""),
         "state_dir": (_str, ""),
         "log_level": (_choice("debug", "info", "warning", "error"), "info"),
+        # The whole stop (flush, exporters, store) within systemd's TimeoutStopSec=30s and
+        # Kubernetes' 30 s grace period, with room to spare; undelivered data stays queued.
+        "shutdown_timeout_seconds": (TIMEOUT, 20.0),
     },
     "store": {
         "enabled": (_bool, True),
         "path": (_str, ""),
-        "retention_hours": (_pos, 168.0),
+        # Every table: samples, spans, metrics, logs, runs that ended before the horizon.
+        "retention_hours": (_within(0.0, 24 * 365 * 10), 168.0),
+        # 0 = no size bound; else the oldest runs' data is deleted first (and counted).
+        "max_bytes": (_within(0, 2**50, integer=True, zero=True), 0),
     },
     "metrics": {
         "enabled": (_bool, True),
         "listen": (_str, "127.0.0.1"),
         "port": (_port, DEFAULT_METRICS_PORT),
+        "tls_cert_file": (_str, ""),
+        "tls_key_file": (_str, ""),
+        "tls_client_ca_file": (_str, ""),
+        "bearer_token_file": (_str, ""),
+        "bearer_token_env": (_str, ""),
     },
     "otlp": {
         "enabled": (_bool, True),
         "listen": (_str, "127.0.0.1"),
         "port": (_port, DEFAULT_OTLP_PORT),
-        "max_message_bytes": (_pos, 4 * 1024 * 1024),
+        "max_message_bytes": (_within(1024, 64 * 1024 * 1024, integer=True), 4 * 1024 * 1024),
         "tls_cert_file": (_str, ""),
         "tls_key_file": (_str, ""),
         "tls_client_ca_file": (_str, ""),
+        "bearer_token_file": (_str, ""),
+        "bearer_token_env": (_str, ""),
+        # Wire bytes of requests being decoded and handled at once; decoded, a request takes
+        # up to ~20x its wire size, so 8 MiB keeps the receiver's peak near 160 MB.
+        "max_inflight_bytes": (_within(1024, 2**31, integer=True), 8 * 1024 * 1024),
+        "max_connections": (_within(0, 100_000, integer=True), 256),
+        "max_concurrent_streams": (_within(0, 10_000, integer=True), 16),
+        "max_connection_idle_seconds": (TIMEOUT, 300.0),
+        "keepalive_time_seconds": (TIMEOUT, 60.0),
+        # How far in the future a span's end may be (clock skew between client and node).
+        "max_clock_skew_seconds": (TIMEOUT, 60.0),
+        # Spans received but not yet attributed; past it new spans are refused (counted).
+        "max_pending_spans": (_within(0, 10_000_000, integer=True), 200_000),
+        # Process trees clients may ask the agent to watch (each costs a /proc walk a tick).
+        "max_watched_processes": (_within(0, 100_000, integer=True), 64),
     },
     "collectors.cpu": {"enabled": (_bool, True), "percpu": (_bool, True)},
     "collectors.memory": {"enabled": (_bool, True)},
@@ -105,10 +158,10 @@ SCHEMA: dict[str, dict[str, tuple[Check, Any]]] = {
         "per_process": (_bool, True),
     },
     "collectors.rapl": {"enabled": (_bool, True), "root": (_str, "/sys/class/powercap")},
-    "collectors.nvml": {"enabled": (_bool, True), "interval": (_opt_pos, None)},
+    "collectors.nvml": {"enabled": (_bool, True), "interval": (_opt_interval, None)},
     "collectors.power_model": {
         "enabled": (_choice("auto", "always", "never"), "auto"),
-        "tdp_watts": (_opt_pos, None),
+        "tdp_watts": (_opt_watts, None),
         "idle_fraction": (_ratio, 0.3),
     },
 }

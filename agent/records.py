@@ -18,6 +18,7 @@ Conventions shared by every record:
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -125,3 +126,17 @@ class LogRecord:
     span_id: str | None = None
     pid: int | None = None
     service_name: str = "unknown_service"
+
+
+@dataclass(slots=True)
+class Rejection:
+    """What a receiver handler refused of an otherwise accepted request: ``count`` items,
+    with a count per reason. The receiver adds them to the response's ``partial_success``
+    (OTLP clients do not retry those) and to its ``*_rejected_total`` counters."""
+
+    count: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+
+    def add(self, reason: str, n: int = 1) -> None:
+        self.count += n
+        self.reasons[reason] += n

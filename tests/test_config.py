@@ -52,6 +52,18 @@ def test_file_then_environment(tmp_path: Path) -> None:
         ("[nosuch]\nx = 1\n", "nosuch"),
         ("[collectors.power_model]\nidle_fraction = 2\n", "collectors.power_model.idle_fraction"),
         ("[collectors.process]\npids = ['a']\n", "collectors.process.pids"),
+        # Non-finite and absurd numbers fail at load, not later in a thread.
+        ("[agent]\ninterval = inf\n", "agent.interval"),
+        ("[agent]\ninterval = nan\n", "agent.interval"),
+        ("[agent]\ninterval = 1e10\n", "agent.interval"),
+        ("[agent]\nshutdown_timeout_seconds = 1e12\n", "agent.shutdown_timeout_seconds"),
+        ("[otlp]\nmax_message_bytes = inf\n", "otlp.max_message_bytes"),
+        ("[otlp]\nmax_message_bytes = 0.5\n", "otlp.max_message_bytes"),
+        ("[store]\nretention_hours = nan\n", "store.retention_hours"),
+        ("[store]\nmax_bytes = -1\n", "store.max_bytes"),
+        ("[collectors.nvml]\ninterval = inf\n", "collectors.nvml.interval"),
+        ("[collectors.power_model]\ntdp_watts = inf\n", "collectors.power_model.tdp_watts"),
+        ("[collectors.power_model]\nidle_fraction = nan\n", "collectors.power_model.idle_fraction"),
     ],
 )
 def test_invalid_values_name_the_key(tmp_path: Path, text: str, key: str) -> None:
@@ -81,3 +93,27 @@ def test_agent_exits_2_with_one_clear_line(tmp_path: Path) -> None:
     assert p.returncode == 2
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and "metrics.port" in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["run", "--interval", "nan", "--", "true"], "--interval"),
+        (["run", "--interval", "inf", "--", "true"], "--interval"),
+        (["agent", "--interval", "1e10"], "--interval"),
+    ],
+)
+def test_absurd_command_line_numbers_exit_2_naming_the_option(argv: list[str], needle: str) -> None:
+    p = subprocess.run(
+        [sys.executable, "-m", "wattspan", *argv], capture_output=True, text=True, timeout=60
+    )
+    assert p.returncode == 2
+    last = p.stderr.strip().splitlines()[-1]
+    assert needle in last and "expected a number" in last
+
+
+def test_zero_store_size_bound_means_off() -> None:
+    c = load_config(environ={"WATTSPAN_STORE__MAX_BYTES": "0"})
+    assert c["store"]["max_bytes"] == 0
+    c = load_config(environ={"WATTSPAN_STORE__MAX_BYTES": "1073741824"})
+    assert c["store"]["max_bytes"] == 1 << 30

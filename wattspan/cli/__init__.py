@@ -11,14 +11,19 @@ from collections.abc import Sequence
 from wattspan import __version__
 
 
-def _positive(text: str) -> float:
+def _interval(text: str) -> float:
+    """A sampling interval, checked as the config's ``agent.interval`` is."""
+    from wattspan.agent.config import INTERVAL
+    from wattspan.agent.errors import ConfigError
+
     try:
-        v = float(text)
+        value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
-    return v
+    try:
+        return float(INTERVAL("--interval", value))
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run CMD under an embedded agent, print a summary table when it ends, "
         "store the run, and exit with CMD's exit code.",
     )
-    r.add_argument("--interval", type=_positive, default=0.1, help="sampling interval, s (0.1)")
+    r.add_argument("--interval", type=_interval, default=0.1, help="sampling interval, s (0.1)")
     r.add_argument(
         "--store",
         metavar="PATH",
@@ -71,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a.add_argument("--metrics-listen", help="address for /metrics (default 127.0.0.1)")
     a.add_argument("--otlp-port", type=int, help="OTLP/gRPC receiver port (default 4317)")
-    a.add_argument("--interval", type=_positive, help="sampling interval, s (default 1)")
+    a.add_argument("--interval", type=_interval, help="sampling interval, s (default 1)")
     a.add_argument("--store", metavar="PATH", help="SQLite store path")
     a.add_argument("--no-store", action="store_true", help="do not write the embedded store")
 
