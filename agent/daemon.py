@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from wattspan.agent.config import Config
 from wattspan.agent.exporters.sqlite import StoreSink
-from wattspan.agent.ingest import TelemetryIngest
+from wattspan.agent.ingest import IngestLimits, TelemetryIngest
 from wattspan.agent.pipeline import Pipeline
 from wattspan.agent.receiver import OtlpReceiver
 from wattspan.agent.scheduler import Scheduler
@@ -91,6 +91,7 @@ class Agent:
             interval=self.interval,
             process_collector=self.process_collector,
             flush_samples=store_sink.flush if store_sink is not None else None,
+            limits=IngestLimits.from_config(config["otlp"]),
         )
         # First in line: attribution sees each tick's samples before exporters are called.
         self.pipeline.add_sink(self.ingest, first=True)
@@ -196,17 +197,35 @@ class Agent:
         if removed:
             log.info("store retention: removed %d samples older than %.0f h", removed, hours)
 
-    def stop(self, exit_code: int | None = None, summary: dict[str, Any] | None = None) -> None:
+    def stop(
+        self,
+        exit_code: int | None = None,
+        summary: dict[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        """Stop within ``timeout`` s in all (None: ``agent.shutdown_timeout_seconds``).
+
+        Requests in flight finish first (what was acknowledged is stored), then pending spans
+        are attributed and every sink is flushed and closed in the time that is left. What an
+        exporter could not deliver by then stays in its disk queue for the next start.
+        """
+        budget = self.config["agent"]["shutdown_timeout_seconds"] if timeout is None else timeout
+        deadline = time.monotonic() + budget
+
+        def left(share: float = 1.0) -> float:
+            return max(0.0, (deadline - time.monotonic()) * share)
+
         if self.receiver is not None and self._receiver_started:
-            # Finish the requests in flight, so everything acknowledged is stored.
-            self.receiver.stop(grace=5.0)
+            self.receiver.stop(grace=min(5.0, left(0.25)))
             self._receiver_started = False
         self.scheduler.stop()
-        self.pipeline.flush()
+        # Half of what is left to deliver, the rest to close (which retries once more and
+        # persists queue state); neither step may take the other's share.
+        self.pipeline.flush(timeout=left(0.5))
         if self.metrics is not None:
             self.metrics.stop()
         self.scheduler.close()
-        self.pipeline.close(timeout=5.0)
+        self.pipeline.close(timeout=left())
         if self.store is not None and self.run is not None and self.run.kind == "agent":
             self.store.finish_run(self.run.id, time.time(), exit_code, summary)
 

@@ -15,13 +15,24 @@ import json
 import logging
 import math
 import threading
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from wattspan import semconv as sc
 from wattspan.agent.domains import primary_domains
+from wattspan.agent.errors import Backpressure
+from wattspan.agent.logthrottle import LogThrottle
+from wattspan.agent.pids import refusal
 from wattspan.agent.pipeline import Pipeline
-from wattspan.agent.records import TELEMETRY_SOURCES, LogRecord, MetricPoint, SpanRecord
+from wattspan.agent.records import (
+    TELEMETRY_SOURCES,
+    LogRecord,
+    MetricPoint,
+    Rejection,
+    SpanRecord,
+)
 from wattspan.agent.store import ConfusionRow, MetricRow, SpanRow, Store
 from wattspan.collectors.base import Sample, number
 from wattspan.collectors.cpu import BUSY_FIELDS
@@ -56,7 +67,29 @@ def _slim(s: Sample) -> Sample | None:
     )
 
 
-MAX_DYNAMIC_ROOTS = 256
+@dataclass(frozen=True, slots=True)
+class IngestLimits:
+    """The ingest's bounds (config section ``otlp``; defaults fit ``MemoryMax=256M``)."""
+
+    #: how far past the agent's clock a span may end (client clock skew), s
+    max_clock_skew_seconds: float = 60.0
+    #: spans received but not yet attributed; a request past it is refused with backpressure
+    max_pending_spans: int = 200_000
+    #: process trees clients may have the agent watch at once
+    max_watched_processes: int = 64
+
+    @classmethod
+    def from_config(cls, otlp: dict[str, Any]) -> IngestLimits:
+        return cls(
+            float(otlp["max_clock_skew_seconds"]),
+            int(otlp["max_pending_spans"]),
+            int(otlp["max_watched_processes"]),
+        )
+
+
+# Decoded JSON values nested deeper than this are not kept: the store's encoder (orjson)
+# stops at 255 levels, and no hyperparameter set or confusion matrix needs more than a few.
+MAX_JSON_DEPTH = 32
 
 
 def _num(v: Any) -> float | None:
@@ -78,13 +111,32 @@ def _step(attrs: dict[str, Any]) -> int | None:
     return int(f) if f is not None and math.isfinite(f) else None
 
 
+def _depth_ok(v: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    """True when ``v`` nests lists/dicts at most ``limit`` deep (iterative: no recursion)."""
+    stack = [(v, 0)]
+    while stack:
+        x, d = stack.pop()
+        if isinstance(x, dict):
+            x = list(x.values())
+        if isinstance(x, list):
+            if d >= limit:
+                return False
+            stack.extend((y, d + 1) for y in x)
+    return True
+
+
+_MALFORMED = object()
+
+
 def _json_attr(v: Any) -> Any:
+    """A JSON-encoded attribute decoded; ``_MALFORMED`` when it is a string that should have
+    been JSON and is not (or nests absurdly deep); other values as they are."""
     if isinstance(v, str):
         try:
-            return json.loads(v)
-        except ValueError:
-            return v
-    return v
+            v = json.loads(v)
+        except (ValueError, RecursionError):
+            return _MALFORMED
+    return v if _depth_ok(v) else _MALFORMED
 
 
 class _Series:
@@ -201,7 +253,9 @@ class TelemetryIngest:
         process_collector: ProcessCollector | None = None,
         ring_seconds: float = 300.0,
         flush_samples: Callable[[], None] | None = None,
+        limits: IngestLimits | None = None,
     ) -> None:
+        self.limits = limits or IngestLimits()
         self.store = store
         self.pipeline = pipeline
         self.run_id = run_id
@@ -226,10 +280,21 @@ class TelemetryIngest:
             "attribution_errors_total": 0,
             # Attributed spans a sink (an exporter) refused; they are in the store regardless.
             "spans_export_failed_total": 0,
+            # Requests refused whole because max_pending_spans was reached (clients retry).
+            "spans_refused_backpressure_total": 0,
+            # Attribution passes that failed (a store error...) and were put back to retry.
+            "attribution_retries_total": 0,
+            # Client pids past otlp.max_watched_processes: their spans get no process share.
+            "processes_not_watched_total": 0,
         }
+        self._watch_log = LogThrottle(60.0)
+        self._retry_at = 0.0
+        self._retry_delay = 0.0
+        self._pending_spans = 0
         if store is not None:
             # Spans acknowledged before a stop or crash, never attributed: finish the job.
             self._pending.extend(store.unattributed_batches())
+            self._pending_spans = sum(len(rows) for _, rows in self._pending)
 
     # -- sink of node samples -------------------------------------------------------------
     def write(self, samples: Sequence[Sample]) -> None:
@@ -271,7 +336,7 @@ class TelemetryIngest:
 
     def stats(self) -> dict[str, float | int | str]:
         with self._lock:
-            pending = sum(len(rows) for _, rows in self._pending)
+            pending = self._pending_spans
         return {**self.counts, "spans_pending": pending}
 
     # -- receiver handler -----------------------------------------------------------------
@@ -279,19 +344,42 @@ class TelemetryIngest:
         rid = resource.get(sc.ATTR_RUN_ID)
         return str(rid) if rid else self.run_id
 
-    def on_spans(self, spans: list[SpanRecord]) -> None:
+    def on_spans(self, spans: list[SpanRecord]) -> Rejection | None:
+        """Validates, then commits a request's spans and what their events carry.
+
+        Everything is checked before anything is written, so a request either fails whole
+        (the client retries it: nothing was kept) or is stored once. Spans that end too far
+        in the future are rejected; a refused ``process.pid`` or malformed JSON in
+        ``ml.hyperparameters``/``ml.confusion_matrix`` costs only that part, reported back
+        as a partial-success warning.
+        """
         rows: list[SpanRow] = []
         metrics: list[MetricRow] = []
         matrices: list[ConfusionRow] = []
         params: list[tuple[str | None, str, dict[str, Any]]] = []
+        rejected = Rejection()
+        horizon_ns = time.time_ns() + int(self.limits.max_clock_skew_seconds * 1e9)
+        pid_ok: dict[Any, str | None] = {}
         last_resource: object = None
         run_id = self.run_id
         prefix = sc.ATTR_PARAM_PREFIX
         for s in spans:
+            if s.end_ns > horizon_ns:
+                rejected.add(
+                    f"span ends more than {self.limits.max_clock_skew_seconds:g} s after the "
+                    "agent's clock"
+                )
+                continue
             # Records of one OTLP resource block share one resource dict: resolve it once.
             if s.resource_attributes is not last_resource:
                 last_resource = s.resource_attributes
                 run_id = self._run_of(s.resource_attributes)
+            pid = s.pid
+            if pid is not None:
+                why = pid_ok[pid] if pid in pid_ok else pid_ok.setdefault(pid, refusal(pid))
+                if why is not None:
+                    rejected.warn(why)
+                    pid = None
             attrs = s.attributes
             rows.append(
                 SpanRow(
@@ -304,7 +392,7 @@ class TelemetryIngest:
                     s.end_ns / 1e9,
                     s.status_code,
                     s.service_name,
-                    s.pid,
+                    pid,
                     attrs,
                 )
             )
@@ -316,6 +404,8 @@ class TelemetryIngest:
                     decoded = _json_attr(hp)
                     if isinstance(decoded, dict):
                         p.update(decoded)
+                    else:
+                        rejected.warn(f"{sc.ATTR_HYPERPARAMETERS} is not a JSON object")
                 for k, v in attrs.items():
                     if k.startswith(prefix):
                         p.setdefault(k[len(prefix) :], v)
@@ -337,6 +427,7 @@ class TelemetryIngest:
                     matrix = _json_attr(ea.get(sc.ATTR_CM_MATRIX))
                     labels = _json_attr(ea.get(sc.ATTR_CM_LABELS))
                     if not isinstance(matrix, list):
+                        rejected.warn(f"{sc.ATTR_CM_MATRIX} is not a JSON array")
                         continue
                     if not isinstance(labels, list):
                         labels = [str(i) for i in range(len(matrix))]
@@ -351,6 +442,26 @@ class TelemetryIngest:
                             span_id=s.span_id,
                         )
                     )
+        if rows:
+            self._commit_spans(rows, metrics, matrices, params)
+        self._watch_pids(r.pid for r in rows)
+        return rejected if rejected.reasons else None
+
+    def _commit_spans(
+        self,
+        rows: list[SpanRow],
+        metrics: list[MetricRow],
+        matrices: list[ConfusionRow],
+        params: list[tuple[str | None, str, dict[str, Any]]],
+    ) -> None:
+        with self._lock:
+            pending = self._pending_spans
+        if pending + len(rows) > self.limits.max_pending_spans:
+            self.counts["spans_refused_backpressure_total"] += len(rows)
+            raise Backpressure(
+                f"{pending} spans are waiting for attribution (otlp.max_pending_spans = "
+                f"{self.limits.max_pending_spans}); retry later"
+            )
         by_run: dict[str | None, list[SpanRow]] = {}
         for r in rows:
             by_run.setdefault(r.run_id, []).append(r)
@@ -367,9 +478,9 @@ class TelemetryIngest:
         self.counts["metric_points_stored_total"] += len(metrics)
         if metrics:
             self.pipeline.submit([self._metric_sample(m) for m in metrics])
-        self._watch_pids(s.pid for s in spans)
         with self._lock:
             self._pending.extend(batches)
+            self._pending_spans += len(rows)
         self._wake.set()
 
     def on_metrics(self, points: list[MetricPoint]) -> None:
@@ -433,10 +544,16 @@ class TelemetryIngest:
         for pid in set(pids):
             if pid is None or pc.watches(pid):
                 continue
-            if pc.dynamic_roots >= MAX_DYNAMIC_ROOTS:
-                log.warning(
-                    "not watching process %d: %d processes watched already", pid, MAX_DYNAMIC_ROOTS
-                )
+            bound = self.limits.max_watched_processes
+            if pc.dynamic_roots >= bound:
+                self.counts["processes_not_watched_total"] += 1
+                if self._watch_log.hit():
+                    log.warning(
+                        "not watching process %d: %d client processes watched already "
+                        "(otlp.max_watched_processes)",
+                        pid,
+                        bound,
+                    )
                 continue
             pc.add_root(pid, dynamic=True)
 
@@ -449,19 +566,37 @@ class TelemetryIngest:
             self._thread.start()
 
     def _loop(self) -> None:
+        failing = False
         while not self._stop.is_set():
             self._wake.wait(max(self.interval, 0.1))
             self._wake.clear()
             try:
-                self.attribute_due()
+                n = self.attribute_due()
             except Exception as exc:
                 self.counts["attribution_errors_total"] += 1
-                log.error("attribution failed: %s: %s", type(exc).__name__, exc)
+                if not failing:
+                    log.error(
+                        "attribution failed, retrying with backoff: %s: %s",
+                        type(exc).__name__,
+                        exc,
+                    )
+                failing = True
+                continue
+            if failing and n:
+                log.info("attribution works again: %d spans attributed", n)
+                failing = False
 
     def attribute_due(self, force: bool = False) -> int:
-        """Attributes pending spans that a sample already covers (all of them with ``force``)."""
+        """Attributes pending spans that a sample already covers (all of them with ``force``).
+
+        A pass that fails (the store could not be read or written) puts its batches back and
+        is retried with backoff by the running agent, up to 30 s apart: acknowledged spans
+        are never left waiting for a restart. Raises what the failed pass raised.
+        """
         latest = self.ring.latest_ts
         with self._lock:
+            if not force and time.monotonic() < self._retry_at:
+                return 0
             if force:
                 batches, self._pending = self._pending, []
             else:
@@ -471,7 +606,21 @@ class TelemetryIngest:
                     self._pending = [b for b in self._pending if id(b) not in ready]
         if not batches:
             return 0
+        try:
+            n = self._attribute(batches)
+        except BaseException:
+            with self._lock:
+                self._pending[:0] = batches
+                self._retry_delay = min(max(2 * self._retry_delay, self.interval), 30.0)
+                self._retry_at = time.monotonic() + self._retry_delay
+            self.counts["attribution_retries_total"] += 1
+            raise
+        with self._lock:
+            self._pending_spans -= n
+            self._retry_delay = 0.0
+        return n
 
+    def _attribute(self, batches: list[tuple[int | None, list[SpanRow]]]) -> int:
         # numpy loads with the first span, not with the agent: a node agent that is never
         # sent a span does not carry it.
         from wattspan.agent.attribution import (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from wattspan.agent.sinks import Sink
 from wattspan.collectors.base import Sample
@@ -93,15 +93,24 @@ class Pipeline:
             return list(self._latest.values())
 
     def flush(self, timeout: float | None = None) -> None:
-        for sink in self.sinks:
-            try:
-                sink.flush(timeout)
-            except Exception as exc:
-                log.error("flushing sink %s failed: %s: %s", sink.name, type(exc).__name__, exc)
+        """Flush every sink, in order, within ``timeout`` s in all (None: each sink's own
+        default): a slow sink leaves the later ones the rest of the budget, not its own."""
+        self._each("flushing", lambda sink, left: sink.flush(left), timeout)
 
     def close(self, timeout: float | None = None) -> None:
+        """Close every sink within ``timeout`` s in all, like :meth:`flush`."""
+        self._each("closing", lambda sink, left: sink.close(left), timeout)
+
+    def _each(
+        self,
+        what: str,
+        call: Callable[[Sink, float | None], None],
+        timeout: float | None,
+    ) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
         for sink in self.sinks:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                sink.close(timeout)
+                call(sink, left)
             except Exception as exc:
-                log.error("closing sink %s failed: %s: %s", sink.name, type(exc).__name__, exc)
+                log.error("%s sink %s failed: %s: %s", what, sink.name, type(exc).__name__, exc)

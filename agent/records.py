@@ -132,7 +132,9 @@ class LogRecord:
 class Rejection:
     """What a receiver handler refused of an otherwise accepted request: ``count`` items,
     with a count per reason. The receiver adds them to the response's ``partial_success``
-    (OTLP clients do not retry those) and to its ``*_rejected_total`` counters."""
+    (OTLP clients do not retry those) and to its ``*_rejected_total`` counters. Reasons with
+    no rejected item (:meth:`warn`: the item was kept, less what the reason names) make a
+    partial success with ``rejected = 0`` and a message, which OTLP defines as a warning."""
 
     count: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
@@ -140,3 +142,6 @@ class Rejection:
     def add(self, reason: str, n: int = 1) -> None:
         self.count += n
         self.reasons[reason] += n
+
+    def warn(self, reason: str) -> None:
+        self.reasons[reason] += 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Iterable
@@ -12,6 +13,8 @@ import psutil
 from wattspan.collectors.base import Sample
 
 _GONE = (psutil.NoSuchProcess, psutil.ZombieProcess)
+
+log = logging.getLogger("wattspan.collectors.process")
 
 
 _THREADS_RE = re.compile(rb"Threads:\t(\d+)")
@@ -102,6 +105,8 @@ class ProcessCollector:
 
     def __init__(self, roots: Iterable[int] = (), per_process: bool = True) -> None:
         self.per_process = per_process
+        #: roots dropped because reading them failed unexpectedly
+        self.errors = 0
         self._trees: dict[int, _Tree] = {}
         self._procs: dict[int, psutil.Process] = {}
         self._last: dict[int, tuple[int, _Last]] = {}
@@ -110,7 +115,10 @@ class ProcessCollector:
 
     def add_root(self, pid: int, dynamic: bool = False) -> None:
         """Watch ``pid`` and its descendants. A ``dynamic`` root (a process the agent learnt
-        of from its spans) is dropped once it has exited."""
+        of from its spans) is dropped once it has exited. Raises ``ValueError`` for a pid
+        that cannot name a process (not an int, or below 1)."""
+        if isinstance(pid, bool) or not isinstance(pid, int) or pid < 1:
+            raise ValueError(f"not a process id: {pid!r}")
         self._trees.setdefault(pid, _Tree(root=pid, dynamic=dynamic))
 
     def watches(self, pid: int) -> bool:
@@ -160,10 +168,21 @@ class ProcessCollector:
         out: list[Sample] = []
         seen: set[int] = set()
         totals: list[tuple[_Tree, _Last, int, int, int]] = []
-        for tree in self._trees.values():
+        for tree in list(self._trees.values()):
             sums = _Last()
             rss = threads = count = 0
-            for p in self._members(tree.root):
+            try:
+                members = self._members(tree.root)
+            except Exception as exc:
+                # One root that cannot be read must not cost every other tree its samples
+                # on every tick from now on: drop it, once, and say why.
+                self.errors += 1
+                del self._trees[tree.root]
+                log.warning(
+                    "stopped watching process %d: %s: %s", tree.root, type(exc).__name__, exc
+                )
+                continue
+            for p in members:
                 try:
                     with p.oneshot():
                         # A zombie holds no resources; its CPU time moves to the tree's
