@@ -7,6 +7,7 @@ import logging
 import os
 import resource
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -19,7 +20,7 @@ from typing import Any
 from wattspan.agent.config import Config
 from wattspan.agent.daemon import Agent, tune_gc
 from wattspan.agent.store import Run
-from wattspan.agent.summary import summarize
+from wattspan.agent.summary import RunSummary
 from wattspan.collectors.base import Sample
 
 log = logging.getLogger("wattspan.run")
@@ -93,6 +94,8 @@ def run_command(
         serve_metrics=False,
         otlp_port=0,
     )
+    measured = RunSummary()
+    agent.pipeline.add_sink(measured)
     env = dict(os.environ)
     env["WATTSPAN_RUN_ID"] = run.id
     try:
@@ -132,10 +135,10 @@ def run_command(
             proc = subprocess.Popen(list(cmd), env=env)
         except FileNotFoundError:
             print(f"wattspan: {cmd[0]}: command not found", file=sys.stderr)
-            return _finish(agent, run, start, 127)
+            return _finish(agent, measured, run, start, 127)
         except PermissionError:
             print(f"wattspan: {cmd[0]}: Permission denied", file=sys.stderr)
-            return _finish(agent, run, start, 126)
+            return _finish(agent, measured, run, start, 126)
         child.append(proc)
         for signum in held:
             with contextlib.suppress(ProcessLookupError):
@@ -156,19 +159,50 @@ def run_command(
         code = 128 - code  # killed by a signal: the shell's convention
     agent.scheduler.stop()
     agent.pipeline.emit([_usage_sample(ru, end)])
-    return _finish(agent, run, start, code, end)
+    return _finish(agent, measured, run, start, code, end)
 
 
-def _finish(agent: Agent, run: Run, start: float, code: int, end: float | None = None) -> RunResult:
+def _store_trouble(agent: Agent) -> int:
+    """Writes of this run's records that the store refused or still holds back."""
+    n = agent.pipeline.sink_errors.get("store", 0)
+    for sink in agent.pipeline.sinks:
+        if sink.name in ("store", "ingest"):
+            stats = sink.stats()
+            n += int(stats.get("write_errors_total", 0)) + int(stats.get("queued_records", 0))
+            n += int(stats.get("attribution_errors_total", 0))
+    return n
+
+
+def _finish(
+    agent: Agent,
+    measured: RunSummary,
+    run: Run,
+    start: float,
+    code: int,
+    end: float | None = None,
+) -> RunResult:
     end = time.time() if end is None else end
     agent.scheduler.tick(force=True)  # final counters, so energy covers the whole run
     agent.stop()
-    summary: dict[str, Any] = {}
+    # The table comes from what this process measured (wait4, samples folded in as they
+    # were taken), never from reading the store back: a store that failed mid-run would
+    # otherwise shrink the figures without a word.
+    summary = measured.result(start, end)
     if agent.store is not None:
-        summary = summarize(agent.store.samples(run_id=run.id), start, end)
-        agent.store.finish_run(run.id, end, code, summary, start_ts=start)
+        trouble = _store_trouble(agent)
+        if trouble:
+            summary["store_incomplete"] = True
+            summary["store_errors"] = trouble
+            log.warning(
+                "the store missed part of this run (%d failed or pending writes); "
+                "the figures above are complete, the stored samples are not",
+                trouble,
+            )
+        try:
+            agent.store.finish_run(run.id, end, code, summary, start_ts=start)
+        except sqlite3.Error as exc:
+            summary["store_incomplete"] = True
+            log.warning("could not record the end of the run in the store: %s", exc)
         agent.close_store()
-    else:
-        summary = {"wall_seconds": end - start}
     run.start_ts, run.end_ts, run.exit_code, run.summary = start, end, code, summary
     return RunResult(code, run, summary)

@@ -1,123 +1,226 @@
-"""A run's summary, computed from its stored samples alone (so ``wattspan show`` can
-recompute and a reader can check it by hand)."""
+"""A run's summary: the figures of the run table, from the run's samples.
+
+:class:`RunSummary` folds samples in as they are produced, in constant memory per series, so
+``wattspan run`` has its table from what it measured even if the store failed during the run;
+:func:`summarize` applies the same fold to stored samples, so ``wattspan show`` can recompute
+the table and a reader can check it by hand against the rows.
+"""
 
 from __future__ import annotations
 
-import itertools
-from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from wattspan.collectors.base import Sample
 from wattspan.collectors.base import number as _num
 
-
-def _counter_delta(series: list[Sample], key: str) -> tuple[float, float] | None:
-    """(increase, seconds covered) of a cumulative field between first and last sample."""
-    pts = [(s.ts, v) for s in series if (v := _num(s, key)) is not None]
-    if len(pts) < 2:
-        return None
-    return pts[-1][1] - pts[0][1], pts[-1][0] - pts[0][0]
+_CPU = ("cpu_user_seconds_total", "cpu_system_seconds_total")
 
 
-def _mean(values: list[float]) -> float | None:
-    return sum(values) / len(values) if values else None
+@dataclass(slots=True)
+class _Counter:
+    """First and last (ts, value) of a cumulative field, and how many values it had."""
+
+    first: tuple[float, float] = (0.0, 0.0)
+    last: tuple[float, float] = (0.0, 0.0)
+    n: int = 0
+
+    def add(self, ts: float, v: float | None) -> None:
+        if v is None:
+            return
+        if not self.n:
+            self.first = (ts, v)
+        self.last = (ts, v)
+        self.n += 1
+
+    def delta(self) -> tuple[float, float] | None:
+        """(increase, seconds covered), None with fewer than two values."""
+        if self.n < 2:
+            return None
+        return self.last[1] - self.first[1], self.last[0] - self.first[0]
 
 
-def summarize(samples: list[Sample], start: float, end: float) -> dict[str, Any]:
-    """Figures for the run table. Units: seconds, bytes, joules, watts, percent (of one core
-    for CPU %, so 200 means two cores busy)."""
-    by_source: dict[str, list[Sample]] = defaultdict(list)
-    for s in samples:
-        by_source[s.source].append(s)
-    out: dict[str, Any] = {"wall_seconds": end - start}
+@dataclass(slots=True)
+class _Mean:
+    total: float = 0.0
+    n: int = 0
 
-    tree = by_source.get("process_tree", [])
-    usage = by_source.get("run", [])
-    final = usage[-1] if usage else (tree[-1] if tree else None)
-    if final is not None:
-        user = _num(final, "cpu_user_seconds_total") or 0.0
-        system = _num(final, "cpu_system_seconds_total") or 0.0
-        out["cpu_user_seconds"] = user
-        out["cpu_system_seconds"] = system
-        out["cpu_seconds"] = user + system
-        wall = out["wall_seconds"]
-        out["cpu_percent_avg"] = 100.0 * (user + system) / wall if wall > 0 else None
-    # The tree's peak is the larger of the sampled sum over its processes and the kernel's
-    # high-water mark (VmHWM) of its largest process, which catches peaks between samples.
-    peak_rss = [
-        v
-        for s in tree + by_source.get("process", [])
-        if (v := _num(s, "peak_rss_bytes")) is not None
-    ]
-    if peak_rss:
-        out["peak_rss_bytes"] = int(max(peak_rss))
-    peaks = []
-    for a, b in itertools.pairwise(tree):
-        dt = b.ts - a.ts
-        if dt <= 0:
-            continue
-        cpu_a = (_num(a, "cpu_user_seconds_total") or 0) + (
-            _num(a, "cpu_system_seconds_total") or 0
-        )
-        cpu_b = (_num(b, "cpu_user_seconds_total") or 0) + (
-            _num(b, "cpu_system_seconds_total") or 0
-        )
-        peaks.append(100.0 * max(cpu_b - cpu_a, 0.0) / dt)
-    if peaks:
-        out["cpu_percent_peak"] = max(peaks)
-    if tree:
-        for key in ("read_bytes_total", "write_bytes_total"):
-            v = _num(tree[-1], key)
-            if v is not None:
-                out[key.replace("_total", "")] = int(v)
+    def add(self, v: float | None) -> None:
+        if v is not None:
+            self.total += v
+            self.n += 1
 
-    node_util = [
-        v
-        for s in by_source.get("cpu", [])
-        if s.tags.get("cpu") == "total"
-        if (v := _num(s, "utilization_ratio")) is not None
-    ]
-    if node_util:
-        out["node_cpu_utilization_avg"] = _mean(node_util)
+    def value(self) -> float | None:
+        return self.total / self.n if self.n else None
 
-    energy: list[dict[str, Any]] = []
-    for source in ("rapl", "power_model"):
-        series: dict[str, list[Sample]] = defaultdict(list)
-        for s in by_source.get(source, []):
-            series[s.tags.get("domain", "?")].append(s)
-        for domain, pts in sorted(series.items()):
-            d = _counter_delta(pts, "energy_joules_total")
-            if d is None:
-                continue
-            joules, secs = d
-            energy.append(
-                {
-                    "domain": domain,
-                    "joules": joules,
-                    "watts_avg": joules / secs if secs > 0 else None,
-                    "estimated": pts[0].tags.get("estimated") == "true",
-                    "source": source,
-                }
+
+@dataclass(slots=True)
+class _Energy:
+    counter: _Counter = field(default_factory=_Counter)
+    estimated: bool = False
+
+
+@dataclass(slots=True)
+class _Gpu:
+    name: str = ""
+    energy_method: str = ""
+    energy: _Counter = field(default_factory=_Counter)
+    util: _Mean = field(default_factory=_Mean)
+    mem_peak: float | None = None
+    mem_total: float | None = None
+
+
+class RunSummary:
+    """Streaming summary of one run's samples (also a pipeline sink: ``name = "summary"``)."""
+
+    name = "summary"
+
+    def __init__(self) -> None:
+        self._final: Sample | None = None  # last ``run`` sample (wait4), else last tree
+        self._have_run = False
+        self._last_tree: Sample | None = None
+        self._prev_tree: tuple[float, float] | None = None
+        self._cpu_peak: float | None = None
+        self._peak_rss: float | None = None
+        self._util = _Mean()
+        self._energy: dict[tuple[str, str], _Energy] = {}
+        self._gpus: dict[str, _Gpu] = {}
+
+    # -- the Sink protocol -----------------------------------------------------------------
+    def write(self, samples: Sequence[Sample]) -> None:
+        self.add(samples)
+
+    def flush(self, timeout: float | None = None) -> None:
+        pass
+
+    def close(self, timeout: float | None = None) -> None:
+        pass
+
+    def stats(self) -> dict[str, float | int | str]:
+        return {}
+
+    # -- folding ---------------------------------------------------------------------------
+    def add(self, samples: Iterable[Sample]) -> None:
+        for s in samples:
+            src = s.source
+            if src == "process_tree":
+                self._tree(s)
+            elif src == "run":
+                self._final, self._have_run = s, True
+            elif src == "process":
+                self._rss(_num(s, "peak_rss_bytes"))
+            elif src == "cpu":
+                if s.tags.get("cpu") == "total":
+                    self._util.add(_num(s, "utilization_ratio"))
+            elif src in ("rapl", "power_model"):
+                e = self._energy.get((src, s.tags.get("domain", "?")))
+                if e is None:
+                    e = self._energy[(src, s.tags.get("domain", "?"))] = _Energy(
+                        estimated=s.tags.get("estimated") == "true"
+                    )
+                e.counter.add(s.ts, _num(s, "energy_joules_total"))
+            elif src == "gpu":
+                self._gpu(s)
+
+    def _rss(self, v: float | None) -> None:
+        if v is not None and (self._peak_rss is None or v > self._peak_rss):
+            self._peak_rss = v
+
+    def _tree(self, s: Sample) -> None:
+        # The tree's peak is the larger of the sampled sum over its processes and the
+        # kernel's high-water mark (VmHWM) of its largest process, which catches peaks
+        # between samples.
+        self._rss(_num(s, "peak_rss_bytes"))
+        cpu = sum(_num(s, k) or 0.0 for k in _CPU)
+        if self._prev_tree is not None:
+            dt = s.ts - self._prev_tree[0]
+            if dt > 0:
+                pct = 100.0 * max(cpu - self._prev_tree[1], 0.0) / dt
+                self._cpu_peak = pct if self._cpu_peak is None else max(self._cpu_peak, pct)
+        self._prev_tree = (s.ts, cpu)
+        self._last_tree = s
+        if not self._have_run:
+            self._final = s
+
+    def _gpu(self, s: Sample) -> None:
+        key = s.tags.get("gpu", "?")
+        g = self._gpus.get(key)
+        if g is None:
+            g = self._gpus[key] = _Gpu(
+                name=s.tags.get("name", ""), energy_method=s.tags.get("energy_method", "")
             )
-    out["energy"] = energy
+        g.energy.add(s.ts, _num(s, "energy_joules_total"))
+        g.util.add(_num(s, "utilization_gpu_ratio"))
+        mem = _num(s, "memory_used_bytes")
+        if mem is not None and (g.mem_peak is None or mem > g.mem_peak):
+            g.mem_peak = mem
+        g.mem_total = _num(s, "memory_total_bytes")
 
-    gpus: list[dict[str, Any]] = []
-    per_gpu: dict[str, list[Sample]] = defaultdict(list)
-    for s in by_source.get("gpu", []):
-        per_gpu[s.tags.get("gpu", "?")].append(s)
-    for gpu, pts in sorted(per_gpu.items()):
-        g: dict[str, Any] = {"gpu": gpu, "name": pts[0].tags.get("name", "")}
-        d = _counter_delta(pts, "energy_joules_total")
-        if d is not None:
-            g["joules"] = d[0]
-            g["watts_avg"] = d[0] / d[1] if d[1] > 0 else None
-        g["energy_method"] = pts[0].tags.get("energy_method", "")
-        util = [v for s in pts if (v := _num(s, "utilization_gpu_ratio")) is not None]
-        g["utilization_avg"] = _mean(util)
-        mem = [v for s in pts if (v := _num(s, "memory_used_bytes")) is not None]
-        g["memory_used_peak_bytes"] = int(max(mem)) if mem else None
-        total = _num(pts[-1], "memory_total_bytes")
-        g["memory_total_bytes"] = int(total) if total is not None else None
-        gpus.append(g)
-    out["gpus"] = gpus
-    return out
+    # -- the figures -----------------------------------------------------------------------
+    def result(self, start: float, end: float) -> dict[str, Any]:
+        """Figures for the run table. Units: seconds, bytes, joules, watts, percent (of one
+        core for CPU %, so 200 means two cores busy)."""
+        out: dict[str, Any] = {"wall_seconds": end - start}
+        final = self._final
+        if final is not None:
+            user = _num(final, "cpu_user_seconds_total") or 0.0
+            system = _num(final, "cpu_system_seconds_total") or 0.0
+            out["cpu_user_seconds"] = user
+            out["cpu_system_seconds"] = system
+            out["cpu_seconds"] = user + system
+            wall = out["wall_seconds"]
+            out["cpu_percent_avg"] = 100.0 * (user + system) / wall if wall > 0 else None
+        if self._peak_rss is not None:
+            out["peak_rss_bytes"] = int(self._peak_rss)
+        if self._cpu_peak is not None:
+            out["cpu_percent_peak"] = self._cpu_peak
+        if self._last_tree is not None:
+            for key in ("read_bytes_total", "write_bytes_total"):
+                v = _num(self._last_tree, key)
+                if v is not None:
+                    out[key.replace("_total", "")] = int(v)
+        if self._util.n:
+            out["node_cpu_utilization_avg"] = self._util.value()
+
+        energy: list[dict[str, Any]] = []
+        for source in ("rapl", "power_model"):
+            for (src, domain), e in sorted(self._energy.items()):
+                if src != source:
+                    continue
+                d = e.counter.delta()
+                if d is None:
+                    continue
+                joules, secs = d
+                energy.append(
+                    {
+                        "domain": domain,
+                        "joules": joules,
+                        "watts_avg": joules / secs if secs > 0 else None,
+                        "estimated": e.estimated,
+                        "source": source,
+                    }
+                )
+        out["energy"] = energy
+
+        gpus: list[dict[str, Any]] = []
+        for gpu, g in sorted(self._gpus.items()):
+            row: dict[str, Any] = {"gpu": gpu, "name": g.name}
+            d = g.energy.delta()
+            if d is not None:
+                row["joules"] = d[0]
+                row["watts_avg"] = d[0] / d[1] if d[1] > 0 else None
+            row["energy_method"] = g.energy_method
+            row["utilization_avg"] = g.util.value()
+            row["memory_used_peak_bytes"] = int(g.mem_peak) if g.mem_peak is not None else None
+            row["memory_total_bytes"] = int(g.mem_total) if g.mem_total is not None else None
+            gpus.append(row)
+        out["gpus"] = gpus
+        return out
+
+
+def summarize(samples: Iterable[Sample], start: float, end: float) -> dict[str, Any]:
+    """The run table's figures from a run's samples in time order (see :class:`RunSummary`)."""
+    acc = RunSummary()
+    acc.add(samples)
+    return acc.result(start, end)

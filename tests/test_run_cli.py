@@ -218,3 +218,41 @@ def test_a_signal_right_after_the_child_starts_is_forwarded(store_path: Path) ->
     )
     assert p.returncode == 128 + signal.SIGTERM, p.stderr
     assert Store(store_path).resolve_run("latest").exit_code == 128 + signal.SIGTERM
+
+
+def test_summary_is_what_was_measured_when_the_store_fails_mid_run(
+    store_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A store that stops taking samples mid-run costs the stored samples, not the table:
+    CPU seconds still match what the child measured of itself, and the run is marked."""
+    import sqlite3
+
+    from wattspan.agent.config import load_config
+    from wattspan.agent.runner import run_command
+
+    real = Store.write_samples
+    calls = []
+
+    def failing_after_one(self: Store, run_id: str | None, samples: object) -> int:
+        calls.append(1)
+        if len(calls) > 1:
+            raise sqlite3.OperationalError("disk I/O error")
+        return real(self, run_id, samples)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Store, "write_samples", failing_after_one)
+    result = run_command(
+        [sys.executable, "-c", BURN, "2.0"],
+        load_config(environ={}),
+        interval=0.1,
+        store_path=str(store_path),
+        name="failing-store",
+    )
+    assert result.exit_code == 0
+    self_cpu = json.loads(capfd.readouterr().err.strip().splitlines()[-1])["self_cpu"]
+    assert len(calls) > 1, "the store never failed: the test proves nothing"
+    assert result.summary["cpu_seconds"] == pytest.approx(self_cpu, rel=0.10, abs=0.05)
+    assert result.summary["store_incomplete"] is True and result.summary["store_errors"] > 0
+    monkeypatch.setattr(Store, "write_samples", real)
+    stored = Store(store_path).resolve_run(result.run.id)
+    assert stored.summary is not None and stored.summary["store_incomplete"] is True
+    assert stored.summary["cpu_seconds"] == pytest.approx(result.summary["cpu_seconds"])

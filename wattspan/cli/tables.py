@@ -68,6 +68,12 @@ def summary_table(run: Run, summary: dict[str, Any]) -> Table:
         )
     if not summary.get("gpus"):
         t.add_row("GPU", "-", "no NVIDIA GPU found")
+    if summary.get("store_incomplete"):
+        t.add_row(
+            "stored",
+            "incomplete",
+            f"{summary.get('store_errors', '?')} store writes failed; figures are complete",
+        )
     return t
 
 
