@@ -18,7 +18,10 @@ The model (also in the README, "How attribution works"):
   other processes and the kernel (``other_energy_joules``); so for every span
   ``process + other + idle == node`` whenever ``node >= idle``.
 * **GPU energy**: per GPU, the difference of the interpolated NVML energy counter.
-* **CPU seconds** and **peak RSS** of the span's process tree come from the same samples.
+* **CPU seconds** and **peak RSS** of the span's process tree come from the same samples,
+  unless the span carries ``wattspan.cpu.process_seconds``: the CPU time its process
+  measured of itself over the span (``time.process_time``, exact, the process without its
+  children). Then that figure is ``c`` above, and ``cpu_source`` says which it was.
 
 Everything is vectorised over a batch of spans with numpy, so attribution costs a few
 microseconds per span.
@@ -52,12 +55,15 @@ __all__ = [
 
 @dataclass(slots=True)
 class SpanWindow:
-    """What attribution needs of a span: its interval (Unix s), process and item count."""
+    """What attribution needs of a span: its interval (Unix s), process, item count and the
+    CPU seconds its process reported using over the span (``wattspan.cpu.process_seconds``),
+    which, when present, replace the sampled figure: the process measured it exactly."""
 
     start: float
     end: float
     pid: int | None = None
     items: float | None = None
+    cpu_seconds: float | None = None
 
 
 @dataclass(slots=True)
@@ -270,6 +276,12 @@ def attribute(
         rss, hwm = series.proc_rss.get(pid), series.proc_hwm.get(pid)
         if rss is not None or hwm is not None:
             peak[ix] = _peaks(rss, hwm, t0[ix], t1[ix])
+    reported = np.fromiter(
+        (np.nan if s.cpu_seconds is None else s.cpu_seconds for s in spans), float, n
+    )
+    self_reported = ~np.isnan(reported)
+    if self_reported.any():
+        proc_cpu = np.where(self_reported, reported, proc_cpu)
     gpu_parts = {k: v.at(t1) - v.at(t0) for k, v in sorted(series.gpu_energy.items())}
     gpu_total = sum(gpu_parts.values()) if gpu_parts else None
 
@@ -324,9 +336,11 @@ def attribute(
             proc_e, other_e = share * active, (1.0 - share) * active
             share_l, proc_l, other_l = share.tolist(), proc_e.tolist(), other_e.tolist()
         cpu_l = cpu.tolist()
+        reported_l = self_reported.tolist()
         for i in np.flatnonzero(has_cpu).tolist():
             r = out[i]
             r["cpu_seconds"] = cpu_l[i]
+            r["cpu_source"] = "self-reported" if reported_l[i] else "sampled"
             if with_share:
                 r["process_cpu_share"] = share_l[i]
                 r["process_energy_joules"] = proc_l[i]

@@ -105,6 +105,12 @@ def _num(v: Any) -> float | None:
     return None
 
 
+def _cpu(v: Any) -> float | None:
+    """A self-reported CPU figure, if it is one a process could have measured."""
+    f = _num(v)
+    return f if f is not None and 0.0 <= f < 1e9 else None
+
+
 def _step(attrs: dict[str, Any]) -> int | None:
     v = attrs.get(sc.ATTR_STEP, attrs.get("step"))
     f = _num(v)
@@ -525,7 +531,17 @@ class TelemetryIngest:
         self.counts["logs_stored_total"] += len(rows)
 
     def _metric_sample(self, m: MetricRow) -> Sample:
-        tags = {"name": m.name}
+        # Attributes are tags: they tell the streams of one metric apart (http.status=200
+        # and =500 at the same collection time are two points, not one). Exporters bound
+        # them (influxdb: metric_tags_allow/deny, max_metric_tags). Keys this record
+        # already uses for its own tags or fields, and the step, are not repeated.
+        own = {"name", "run", "value", "step", "span_id", "trace_id", sc.ATTR_STEP}
+        tags: dict[str, str] = {}
+        for k, v in m.attributes.items():
+            if k in own or v is None or isinstance(v, list | dict):
+                continue
+            tags[k] = ("true" if v else "false") if isinstance(v, bool) else str(v)
+        tags["name"] = m.name
         if m.run_id:
             tags["run"] = m.run_id
         fields: dict[str, float | int | str | bool] = {"value": m.value}
@@ -650,13 +666,14 @@ class TelemetryIngest:
         series = build_series(samples or self.ring.all())
         if idle is None:
             idle = min_interval_power(series, primary_domains(series.energy))
-        key = sc.ATTR_ITEMS
+        key, cpu_key = sc.ATTR_ITEMS, sc.ATTR_CPU_PROCESS
         windows = [
             SpanWindow(
                 r.start_ts,
                 r.end_ts,
                 r.pid,
                 None if key not in r.attributes else _num(r.attributes[key]),
+                None if cpu_key not in r.attributes else _cpu(r.attributes[cpu_key]),
             )
             for r in due
         ]

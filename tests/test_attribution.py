@@ -119,6 +119,27 @@ def test_per_span_joules_are_exact_to_the_model(tmp_path: Path) -> None:
     assert r["energy_estimated"] is False
 
 
+def test_self_reported_cpu_replaces_the_sampled_figure(tmp_path: Path) -> None:
+    """A span carrying its process's own CPU seconds (even with no pid the agent watches)
+    gets that figure and the share it implies; conservation holds as before."""
+    samples = node_samples(tmp_path, [40.0] * 5 + [100.0] * 5, 3.0, 0.5, [1.5] * 10, [1.0] * 10)
+    series = build_series(samples)
+    spans = [
+        SpanWindow(1001.25, 1003.75, pid=4242, cpu_seconds=0.75),
+        SpanWindow(1001.25, 1003.75, pid=None, cpu_seconds=0.75),
+        SpanWindow(1001.25, 1003.75, pid=4242),
+    ]
+    reported, no_pid, sampled = attribute(spans, series, 40.0)
+    for r in (reported, no_pid):
+        assert r["cpu_seconds"] == pytest.approx(0.75)
+        assert r["cpu_source"] == "self-reported"
+        assert r["process_cpu_share"] == pytest.approx(0.75 / (1.5 * 2.5))
+        parts = r["process_energy_joules"] + r["other_energy_joules"] + r["idle_energy_joules"]
+        assert parts == pytest.approx(r["node_energy_total_joules"])
+    assert sampled["cpu_seconds"] == pytest.approx(2.5)
+    assert sampled["cpu_source"] == "sampled"
+
+
 def test_span_beyond_the_samples_reports_partial_coverage(tmp_path: Path) -> None:
     samples = node_samples(tmp_path, [50.0] * 4, 0.0, 1.0, [1.0] * 4, [1.0] * 4)
     (r,) = attribute([SpanWindow(1003.0, 1006.0, pid=4242)], build_series(samples), 50.0)

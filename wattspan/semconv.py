@@ -19,3 +19,7 @@ ATTR_CM_MATRIX = "ml.confusion_matrix.matrix"
 ATTR_CM_LABELS = "ml.confusion_matrix.labels"
 RUN_ROOT_SPAN = "wattspan.run"
 ML_PREFIX = "ml."
+# CPU seconds the sending process (and the span's thread) used between the span's start
+# and end, measured by the process itself: exact where sampling sees only interval means.
+ATTR_CPU_PROCESS = "wattspan.cpu.process_seconds"
+ATTR_CPU_THREAD = "wattspan.cpu.thread_seconds"
