@@ -126,11 +126,8 @@ def test_nested_spans_params_tags_errors_and_resource(
     assert outer.start_ns <= inner.start_ns <= inner.end_ns <= failing.start_ns <= outer.end_ns
     # Every span carries the CPU time its process and thread measured over it; the outer
     # span's covers the inner one's.
-    cpu = {
-        s.name: (s.attributes.pop("wattspan.cpu.process_seconds"),)
-        + (s.attributes.pop("wattspan.cpu.thread_seconds"),)
-        for s in (outer, inner, failing)
-    }
+    keys = ("wattspan.cpu.process_seconds", "wattspan.cpu.thread_seconds")
+    cpu = {s.name: tuple(s.attributes.pop(k) for k in keys) for s in (outer, inner, failing)}
     assert all(0.0 <= v < 5.0 for pair in cpu.values() for v in pair)
     assert cpu["outer"][0] >= cpu["inner"][0] + cpu["failing"][0]
     assert outer.attributes == {
