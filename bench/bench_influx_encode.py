@@ -25,6 +25,11 @@ Measured in ONE process, pinned to one CPU, same samples for every contender:
   repr loop    ``repr()`` of every float plus ``str()`` of every int and nothing else: the
                floor of any encoder that formats values one by one in Python.
 
+Beside the target, spans (``--spans N``, shaped like ``agent/ingest.py``'s ``span_sample``:
+ids as string fields, 8 names, ends 10 us apart) are encoded with and without the unique
+event timestamps (docs/influxdb.md, "Distinct records, distinct points"), to show what that
+costs per span.
+
 The interpreter runs with the agent's garbage-collector settings (``tune_gc()``: objects
 built before the measurement frozen, thresholds relaxed), applied after the data is built,
 for every contender alike: that is how the exporter runs inside the agent. ``--default-gc``
@@ -149,6 +154,41 @@ def make_samples(ticks: int, seed: int = 1) -> list[Sample]:
 BATCH_SIZE = 5000
 
 
+def make_spans(n: int, seed: int = 2) -> list[Sample]:
+    rng = random.Random(seed)
+    t0 = 1_700_000_000.0
+    out = []
+    for i in range(n):
+        out.append(
+            Sample(
+                "spans",
+                t0 + i * 1e-5,
+                {"span_name": f"step-{i % 8}", "service": "train", "status": "ok", "run": "r1"},
+                {
+                    "trace_id": f"{rng.getrandbits(128):032x}",
+                    "span_id": f"{rng.getrandbits(64):016x}",
+                    "duration_seconds": rng.random(),
+                    "start_time": t0 + i * 1e-5 - rng.random(),
+                    "pid": 4242,
+                    "cpu_seconds": rng.random() * 10,
+                    "node_energy_joules": rng.random() * 100,
+                },
+            )
+        )
+    return out
+
+
+def run_spans(samples: list[Sample]) -> bytes:
+    frames, _ = LineEncoder(global_tags={"host": HOST}).encode_frames(samples, BATCH_SIZE)
+    return b"".join(body for body, _ in frames)
+
+
+def run_spans_plain(samples: list[Sample]) -> bytes:
+    encoder = LineEncoder(global_tags={"host": HOST}, event_sources={})
+    frames, _ = encoder.encode_frames(samples, BATCH_SIZE)
+    return b"".join(body for body, _ in frames)
+
+
 def run_wattspan(samples: list[Sample]) -> bytes:
     frames, _ = LineEncoder(global_tags={"host": HOST}).encode_frames(samples, BATCH_SIZE)
     return b"".join(body for body, _ in frames)
@@ -203,11 +243,13 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--cpu", type=int, default=None, help="CPU to pin to (default: the last)")
     ap.add_argument("--default-gc", action="store_true", help="keep the interpreter's GC")
+    ap.add_argument("--spans", type=int, default=20_000, help="spans for the event rows")
     args = ap.parse_args()
 
     cpu = args.cpu if args.cpu is not None else max(os.sched_getaffinity(0))
     os.sched_setaffinity(0, {cpu})
     samples = make_samples(args.ticks)
+    spans = make_spans(args.spans)
     client_samples = samples[: len(samples) * args.client_ticks // args.ticks]
     n, n_client = len(samples), len(client_samples)
     n_floats = sum(1 for s in samples for v in s.fields.values() if type(v) is float)
@@ -227,6 +269,8 @@ def main() -> None:
     t_per_value = best_time(run_per_value, samples, args.repeat)
     t_client = best_time(run_client_point, client_samples, max(1, args.repeat // 2))
     t_floor = best_time(run_floor, samples, args.repeat)
+    t_spans = best_time(run_spans, spans, args.repeat)
+    t_spans_plain = best_time(run_spans_plain, spans, args.repeat)
 
     rate_ours = n / t_ours
     rate_per_value = n / t_per_value
@@ -243,6 +287,15 @@ def main() -> None:
     print(f"{'per-value path -> bytes':<34}{rate_per_value:>12,.0f}{1e6 / rate_per_value:>10.2f}")
     print(f"{'influxdb-client Point -> bytes':<34}{rate_client:>12,.0f}{1e6 / rate_client:>10.2f}")
     print(f"{'repr loop: values only':<34}{rate_floor:>12,.0f}{1e6 / rate_floor:>10.2f}")
+    n_spans = len(spans)
+    print(
+        f"{'spans, unique event timestamps':<34}{n_spans / t_spans:>12,.0f}"
+        f"{1e6 * t_spans / n_spans:>10.2f}"
+    )
+    print(
+        f"{'spans, without them':<34}{n_spans / t_spans_plain:>12,.0f}"
+        f"{1e6 * t_spans_plain / n_spans:>10.2f}"
+    )
     print(f"ratio wattspan / influxdb-client: {rate_ours / rate_client:.1f}x")
     print(f"ratio wattspan / per-value path: {rate_ours / rate_per_value:.2f}x")
     print(f"ratio wattspan / repr loop: {rate_ours / rate_floor:.2f}x")

@@ -15,13 +15,16 @@ class Sample:
     ``source`` names the measurement (``cpu``, ``memory``, ``process``, ``rapl``, ``gpu``,
     ``power_model``...), ``tags`` carry bounded identity (domain, gpu index, pid), ``fields``
     carry values in base units (seconds, bytes, joules, watts, ratios 0..1, hertz).
-    ``ts`` is Unix time in seconds.
+    ``ts`` is Unix time in seconds. ``ts_ns``, when set, is the same time in integer
+    nanoseconds, exact where the source had it (OTLP): exporters that store nanoseconds
+    prefer it to ``ts``, whose float carries only about 0.24 us today.
     """
 
     source: str
     ts: float
     tags: dict[str, str] = field(default_factory=dict)
     fields: dict[str, FieldValue] = field(default_factory=dict)
+    ts_ns: int | None = None
 
 
 def number(s: Sample, key: str) -> float | None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
+import os
 import time
 import tomllib
 from pathlib import Path
@@ -13,7 +16,13 @@ from tests.servers import unused_url
 from wattspan.agent import exporters
 from wattspan.agent.delivery import FsyncPolicy
 from wattspan.agent.errors import ConfigError
-from wattspan.agent.exporters.influxdb import InfluxDBExporter, from_config, parse_config
+from wattspan.agent.exporters.influxdb import (
+    InfluxDBConfig,
+    InfluxDBExporter,
+    from_config,
+    parse_config,
+)
+from wattspan.agent.exporters.influxdb.config import INT_RANGES, SECONDS_RANGES, SIZE_RANGES
 from wattspan.collectors.base import Sample
 
 STATE = Path("/var/lib/wattspan")
@@ -226,3 +235,168 @@ def test_build_all_skips_a_disabled_table_but_still_checks_names(tmp_path):
         sink.close(0)
     with pytest.raises(ConfigError):
         exporters.build_all({"nope": {"enabled": False}}, state_dir=tmp_path, host="n1")
+
+
+# --- every numeric key has a finite documented range --------------------------------------
+
+_BASE = {"database": "d"}
+
+
+def _error(section: dict[str, object]) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        parse_config({**_BASE, **section}, state_dir=STATE, env={})
+    return info.value
+
+
+def test_every_numeric_key_has_a_range():
+    numeric = {
+        f.name
+        for f in dataclasses.fields(InfluxDBConfig)
+        if f.type in ("int", "float") and f.name != "gzip"
+    }
+    ranged = set(SECONDS_RANGES) | set(SIZE_RANGES) | set(INT_RANGES)
+    assert numeric == ranged
+    doc = (Path(__file__).parent.parent / "docs" / "influxdb.md").read_text()
+    for key in ranged:
+        row = next(line for line in doc.splitlines() if line.startswith(f"| `{key}` |"))
+        assert "[" in row or "between" in row, f"{key}: no range in docs/influxdb.md"
+
+
+@pytest.mark.parametrize(
+    ("key", "lo", "hi"),
+    [(k, lo, hi) for k, (lo, hi) in {**SECONDS_RANGES, **INT_RANGES, **SIZE_RANGES}.items()],
+)
+def test_numeric_bounds_are_inclusive_and_enforced(key, lo, hi):
+    # retry_initial_interval <= retry_max_interval must hold at either bound
+    extra = {
+        "retry_max_interval": {"retry_initial_interval": lo},
+        "retry_initial_interval": {"retry_max_interval": hi},
+    }.get(key, {})
+    for ok in (lo, hi):
+        parse_config({**_BASE, **extra, key: ok}, state_dir=STATE, env={})
+    step = 1 if isinstance(lo, int) else lo / 2 or 0.5
+    for bad in (lo - step, hi + (1 if isinstance(hi, int) else hi)):
+        e = _error({**extra, key: bad})
+        assert e.key == f"exporters.influxdb.{key}"
+
+
+ABSURD = [
+    ("timeout", 1e12),
+    ("timeout", math.inf),
+    ("timeout", -math.inf),
+    ("timeout", math.nan),
+    ("timeout", 0),
+    ("timeout", "10"),
+    ("flush_interval", 1e-9),  # would spin the delivery thread
+    ("flush_interval", math.nan),
+    ("retry_initial_interval", 0),
+    ("retry_max_interval", 1e12),
+    ("close_timeout", -1),
+    ("close_timeout", math.inf),
+    ("batch_size", 10**20),
+    ("batch_size", -1),
+    ("batch_size", 2.5),
+    ("batch_size", True),
+    ("max_metric_tags", 65),
+    ("max_metric_tags", -1),
+    ("max_queue_bytes", -5),
+    ("max_queue_bytes", "-1KiB"),
+    ("max_queue_bytes", "1.5"),  # half a byte
+    ("max_queue_bytes", 1.5e9),  # a float is not a byte count
+    ("max_queue_bytes", "99999TiB"),
+    ("max_queue_bytes", math.inf),
+    ("max_batch_bytes", "0.1KiB"),
+    ("max_batch_bytes", 0),
+    ("segment_bytes", 10),
+    ("max_dead_letter_bytes", "nanMiB"),
+    ("fsync", math.inf),
+    ("fsync", 1e12),
+    ("fsync", math.nan),
+    ("fsync", -1),
+    ("fsync", "1e400ms"),
+    ("fsync", 0.001),
+    ("url", "http://127.0.0.1:99999"),
+    ("url", "http://127.0.0.1:0"),
+    ("url", "http://127.0.0.1:port"),
+    ("url", "http://[::1"),
+    ("url", "http://[::1]:-1"),
+    ("url", "http://host name:8086"),
+    ("url", "http://:8086"),
+    ("url", "http://h\n:8086"),
+    ("tags", {"x": math.nan}),
+    ("metric_tags_allow", "*"),
+    ("metric_tags_deny", [""]),
+    ("field_tags", [1]),
+]
+
+
+@pytest.mark.parametrize(("key", "value"), ABSURD, ids=[f"{k}={v!r}" for k, v in ABSURD])
+def test_absurd_values_are_config_errors_naming_the_key(key, value):
+    e = _error({key: value})
+    assert e.key == f"exporters.influxdb.{key}" or e.key.startswith(f"exporters.influxdb.{key}.")
+    assert "\n" not in str(e) and len(str(e)) < 300  # one clear line
+
+
+def test_url_errors_do_not_repeat_credentials():
+    for url in ("http://u:hunter2@[::1", "ftp://u:hunter2@h", "http://u:hunter2@h:99999"):
+        e = _error({"url": url})
+        assert e.key == "exporters.influxdb.url" and "hunter2" not in str(e)
+
+
+def test_bounds_themselves_are_safe_to_run_with(tmp_path):
+    """The largest accepted durations reach socket timeouts and timed waits: they must not
+    overflow there (1e12 did) or stop close() from returning."""
+    exp = from_config(
+        {
+            "url": unused_url(),
+            "database": "d",
+            "timeout": 3600,
+            "flush_interval": 3600,
+            "retry_initial_interval": 3600,
+            "retry_max_interval": 3600,
+            "fsync": 3_600_000,
+            "queue_dir": str(tmp_path / "q"),
+        },
+        state_dir=tmp_path,
+        host="n1",
+    )
+    try:
+        exp.write([Sample("m", 1.0, {}, {"v": 1})])
+        exp.flush(0.5)  # one attempt at the unreachable server, then a 1 h backoff
+        deadline = time.monotonic() + 30  # bounds a hang only
+        while exp.stats()["retries_total"] < 1:
+            assert time.monotonic() < deadline, exp.stats()
+            time.sleep(0.02)
+        assert exp.stats()["state"] == "retrying"
+    finally:
+        t = time.monotonic()
+        exp.close(0)
+    assert time.monotonic() - t < 10  # close cut the hour-long backoff short
+
+
+def _unwritable_dirs(tmp_path: Path) -> list[tuple[str, Path]]:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    cases = [("under a regular file", blocker / "queue")]
+    if os.geteuid() == 0:
+        # root ignores file modes; sysfs refuses mkdir to everyone.
+        cases.append(("permission denied", Path("/sys/wattspan-test-queue")))
+    else:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        cases.append(("permission denied", locked / "queue"))
+    return cases
+
+
+def test_queue_dir_that_cannot_be_created_is_a_config_error(tmp_path):
+    for what, path in _unwritable_dirs(tmp_path):
+        with pytest.raises(ConfigError) as info:
+            from_config(
+                {"url": unused_url(), "database": "d", "queue_dir": str(path)},
+                state_dir=tmp_path,
+                host="n1",
+            )
+        e = info.value
+        assert e.key == "exporters.influxdb.queue_dir", what
+        assert str(path) in str(e) and "\n" not in str(e), what
+        assert e.__cause__ is None and e.__suppress_context__, what  # no chained traceback

@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from http import HTTPStatus
 
 import pytest
 
@@ -185,7 +186,7 @@ def test_rejected_batch_is_dead_lettered_once_and_later_batches_flow(tmp_path, s
     assert sleeps == []
     st = exp.stats()
     assert st["dead_lettered_records_total"] == 2 and st["sent_records_total"] == 2
-    assert st["last_error"] == f"HTTP {status} Bad: bad line"
+    assert st["last_error"] == f"HTTP {status} {HTTPStatus(status).phrase}: bad line"
     assert len([r for r in caplog.records if "rejected" in r.getMessage()]) == 1
     exp.close(1)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 
 import numpy as np
 import pytest
@@ -15,8 +16,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from wattspan.agent.exporters.influxdb.lineprotocol import (
+    AttributeTags,
     EncodeCounts,
     LineEncoder,
+    _EventTimes,
     escape_field_key,
     escape_key,
     escape_measurement,
@@ -269,7 +272,7 @@ _numbers = st.one_of(
 @given(
     st.lists(
         st.tuples(
-            st.sampled_from(["m", "m%s", "cpu"]),
+            st.sampled_from(["m", "m%s", "cpu", "metrics"]),  # metrics: an event source
             st.dictionaries(st.sampled_from(["a", "b%", "c d"]), st.sampled_from(["1", "%s"])),
             st.dictionaries(st.sampled_from(["x", "y%i", "z,="]), _numbers, max_size=3),
         ),
@@ -317,3 +320,131 @@ def test_split_lines_recovers_points_even_with_newlines_in_strings(points):
     body = ("\n".join(out) + "\n").encode() if out else b""
     assert split_lines(body) == [line.encode() for line in out]  # the scanner
     assert split_lines(body, len(out)) == [line.encode() for line in out]  # fast path or scan
+
+
+# --- timestamps: integer nanoseconds, one point per event ---------------------------------
+
+
+def _ts(line: str) -> int:
+    return int(line.rsplit(" ", 1)[1])
+
+
+@pytest.mark.parametrize("fields", [{"x": 1}, {"x": "s"}])  # template and per-value path
+@pytest.mark.parametrize(("precision", "want"), [("ns", 123456789), ("ms", 123), ("s", 0)])
+def test_ts_ns_is_used_exactly_when_set(fields, precision, want):
+    whole = 1_700_000_000 * 10**9
+    ns = whole + 123_456_789
+    # ts says something else on purpose: ts_ns wins; ns precision keeps the last digit.
+    out, _ = enc([Sample("m", 1.0, {}, fields, ts_ns=ns)], precision=precision)
+    unit = {"ns": 1, "ms": 10**6, "s": 10**9}[precision]
+    assert _ts(out[0]) == whole // unit + want
+
+
+def _span(span_id: str, ts: float = T, **fields: object) -> Sample:
+    return Sample(
+        "spans",
+        ts,
+        {"span_name": "step"},
+        {"trace_id": "t" * 32, "span_id": span_id, "duration_seconds": 0.5, **fields},
+    )
+
+
+@pytest.mark.parametrize("precision", ["ns", "us", "ms", "s"])
+def test_events_of_one_series_and_time_get_timestamps_of_their_own(precision):
+    e = LineEncoder(precision=precision)
+    spans = [_span(f"{i:016x}") for i in range(500)]
+    out: list[str] = []
+    e.encode(spans, out)
+    times = [_ts(line) for line in out]
+    assert len(set(times)) == 500
+    unit = {"ns": 1, "us": 1000, "ms": 10**6, "s": 10**9}[precision]
+    first = int(T * 1e9) // unit
+    if precision == "ns":  # to the microsecond, nanoseconds from the span id
+        assert all(first - first % 1000 <= t < first - first % 1000 + 1500 for t in times)
+    else:  # the first at its time, every other one unit later than the one before
+        assert sorted(times) == list(range(first, first + 500))
+    # Encoded again (a retry, a re-export): every span gets the timestamp it got before.
+    again: list[str] = []
+    e.encode(list(reversed(spans)), again)
+    assert sorted(again) == sorted(out)
+
+
+def test_span_timestamps_at_ns_depend_on_the_span_alone():
+    """A fresh encoder (the agent after a restart) places a span where the first one did."""
+    spans = [_span(f"{i:016x}", T + i * 1e-5) for i in range(200)]
+    first: list[str] = []
+    LineEncoder().encode(spans, first)
+    later: list[str] = []
+    LineEncoder().encode(spans[150:], later)
+    assert later == first[150:]
+
+
+def test_samples_of_a_series_are_not_moved():
+    """Node samples are not events: one per series and tick; a second one at the same time
+    is the same observation (last write wins, as influxd does)."""
+    out, _ = enc([Sample("cpu", T, {"cpu": "0"}, {"v": 1.0})] * 2)
+    assert _ts(out[0]) == _ts(out[1]) == int(T * 1e9)
+
+
+def test_metric_events_with_equal_content_share_a_point_and_others_do_not():
+    e = LineEncoder(precision="s")
+    a = Sample("metrics", T, {"name": "q"}, {"value": 1.0, "step": 1})
+    b = Sample("metrics", T, {"name": "q"}, {"value": 1.0, "step": 2})
+    out: list[str] = []
+    e.encode([a, b, a, b], out)
+    assert [_ts(x) for x in out] == [int(T), int(T) + 1, int(T), int(T) + 1]
+    # The same values at another time are another point, not a repeat of the first.
+    later: list[str] = []
+    e.encode([Sample("metrics", T + 10, {"name": "q"}, {"value": 1.0, "step": 1})], later)
+    assert _ts(later[0]) == int(T) + 10
+
+
+def test_events_encoded_from_many_threads_never_share_a_timestamp():
+    e = LineEncoder(precision="ms")
+    outs: list[list[str]] = [[] for _ in range(4)]
+
+    def work(k: int) -> None:
+        for i in range(250):
+            e.encode([_span(f"{k:04x}{i:012x}")], outs[k])
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    times = [_ts(x) for out in outs for x in out]
+    assert len(times) == len(set(times)) == 1000
+
+
+def test_event_memory_is_bounded():
+    times = _EventTimes(1, cap=100)
+    for i in range(1000):
+        times.place("spans ", _span(f"{i:016x}"), ("trace_id", "span_id"))
+    for g in (times._taken, times._moved, times._skip):
+        assert len(g.new) <= 100 and len(g.old) <= 100
+
+
+# --- which metric attributes are tags -----------------------------------------------------
+
+
+def test_metric_attributes_are_tags_within_the_policy():
+    tags = {"name": "q", "run": "r", "zone": "eu", "a.b": "1", "user.id": "u7", "long": "x" * 300}
+    out, _ = enc(
+        [Sample("metrics", T, tags, {"value": 1.0}), Sample("cpu", T, tags, {"value": 1.0})],
+        attribute_tags=AttributeTags(deny=("user.*",), max_tags=1),
+    )
+    # "a.b" is the first allowed key in sorted order; the rest become string fields (in
+    # the record's order).
+    assert out[0] == (
+        f'metrics,a.b=1,name=q,run=r zone="eu",user.id="u7",long="{"x" * 300}",value=1.0 '
+        "1700000000500000000"
+    )
+    assert out[1].startswith(f"cpu,a.b=1,long={'x' * 300},name=q,run=r,user.id=u7,zone=eu ")
+
+
+def test_metric_attribute_allow_list():
+    out, _ = enc(
+        [Sample("ml", T, {"name": "ml.loss", "split": "val", "host.id": "h1"}, {"value": 0.5})],
+        attribute_tags=AttributeTags(allow=("split",)),
+    )
+    assert out == ['ml,name=ml.loss,split=val host.id="h1",value=0.5 1700000000500000000']

@@ -6,11 +6,13 @@ typo such as ``flush_intervall`` must not silently fall back to a default).
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +77,10 @@ class InfluxDBConfig:
     timeout: float = 10.0
     tags: Mapping[str, str] = field(default_factory=dict)
     field_tags: tuple[str, ...] = ("trace_id", "span_id", "parent_span_id")
+    # which attributes of metric points are tags (the rest are string fields)
+    metric_tags_allow: tuple[str, ...] = ("*",)
+    metric_tags_deny: tuple[str, ...] = ()
+    max_metric_tags: int = 16
     # queue and retry
     queue_dir: Path = Path("influxdb")
     max_queue_bytes: int = 256 * 1024 * 1024
@@ -93,6 +99,31 @@ class InfluxDBConfig:
 
 
 _DEFAULTS = InfluxDBConfig()
+
+KIB, MIB, GIB, TIB = 1024, 1024**2, 1024**3, 1024**4
+#: (minimum, maximum) of every numeric key; each is checked at load (docs/influxdb.md).
+#: The bounds are what works, not what is sensible: they exist so that a typo (1e12, inf,
+#: a negative size) is an error naming the key instead of an overflow in a socket or
+#: timer call deep in the delivery thread, a busy loop, or a retry that never comes.
+SECONDS_RANGES: dict[str, tuple[float, float]] = {
+    "flush_interval": (0.001, 3600.0),
+    "timeout": (0.01, 3600.0),
+    "retry_initial_interval": (0.001, 3600.0),
+    "retry_max_interval": (0.001, 3600.0),
+    "close_timeout": (0.0, 3600.0),
+}
+SIZE_RANGES: dict[str, tuple[int, int]] = {
+    "max_batch_bytes": (1 * KIB, 256 * MIB),
+    "max_queue_bytes": (64 * KIB, 1 * TIB),
+    "segment_bytes": (4 * KIB, 1 * GIB),
+    "max_dead_letter_bytes": (4 * KIB, 1 * TIB),
+}
+INT_RANGES: dict[str, tuple[int, int]] = {
+    "batch_size": (1, 1_000_000),
+    "max_metric_tags": (0, 64),
+}
+#: ``fsync = N``: milliseconds between background fsyncs.
+FSYNC_MS_RANGE = (1.0, 3_600_000.0)
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {
@@ -117,21 +148,38 @@ _SIZE_UNITS = {
 }
 
 
-def parse_size(value: object, key: str) -> int:
-    """Bytes from an int or a string such as ``"256MiB"``/``"1GB"``."""
-    if isinstance(value, bool):
-        raise ConfigError(key, "expected a size in bytes")
-    if isinstance(value, int):
+def _fmt_size(n: int) -> str:
+    for unit, name in ((TIB, "TiB"), (GIB, "GiB"), (MIB, "MiB"), (KIB, "KiB")):
+        if n >= unit and n % unit == 0:
+            return f"{n // unit}{name}"
+    return str(n)
+
+
+def parse_size(value: object, key: str, limits: tuple[int, int] = (1, TIB)) -> int:
+    """Bytes from an int or a string such as ``"256MiB"``/``"1GB"``, within ``limits``
+    (inclusive); a fraction of a byte (``"1.5"``) is an error."""
+    if isinstance(value, int) and not isinstance(value, bool):
         n = value
     elif isinstance(value, str) and (m := _SIZE_RE.match(value)):
-        n = int(float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "").lower()])
+        # Fraction, not float: "0.1KiB" must not become 102.40000000000001 bytes.
+        exact = Fraction(m.group(1)) * _SIZE_UNITS[(m.group(2) or "").lower()]
+        if exact.denominator != 1:
+            raise ConfigError(key, f"{value!r} is not a whole number of bytes")
+        n = int(exact)
     else:
         raise ConfigError(
             key, f'expected a size in bytes (e.g. 268435456 or "256MiB"), got {value!r}'
         )
-    if n <= 0:
-        raise ConfigError(key, "must be > 0")
+    lo, hi = limits
+    if not lo <= n <= hi:
+        raise ConfigError(
+            key, f"must be between {_fmt_size(lo)} and {_fmt_size(hi)}, got {value!r}"
+        )
     return n
+
+
+def _size(section: Mapping[str, Any], name: str, default: int) -> int:
+    return parse_size(section.get(name, default), f"{SECTION}.{name}", SIZE_RANGES[name])
 
 
 def _str(section: Mapping[str, Any], name: str, default: str | None = None) -> str | None:
@@ -143,24 +191,58 @@ def _str(section: Mapping[str, Any], name: str, default: str | None = None) -> s
     return value
 
 
-def _number(
-    section: Mapping[str, Any], name: str, default: float, *, allow_zero: bool = False
-) -> float:
+def _seconds(section: Mapping[str, Any], name: str, default: float) -> float:
     value = section.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+    lo, hi = SECONDS_RANGES[name]
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigError(f"{SECTION}.{name}", f"expected a number of seconds, got {value!r}")
-    if value < 0 or (value == 0 and not allow_zero) or value == float("inf"):
-        raise ConfigError(f"{SECTION}.{name}", "must be a finite number > 0")
+    if not (math.isfinite(value) and lo <= value <= hi):
+        raise ConfigError(
+            f"{SECTION}.{name}",
+            f"must be a finite number of seconds in [{lo:g}, {hi:g}], got {value!r}",
+        )
     return float(value)
 
 
 def _int(section: Mapping[str, Any], name: str, default: int) -> int:
     value = section.get(name, default)
+    lo, hi = INT_RANGES[name]
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"{SECTION}.{name}", f"expected an integer, got {value!r}")
-    if value <= 0:
-        raise ConfigError(f"{SECTION}.{name}", "must be > 0")
+    if not lo <= value <= hi:
+        raise ConfigError(f"{SECTION}.{name}", f"must be an integer in [{lo}, {hi}], got {value}")
     return value
+
+
+def _str_list(section: Mapping[str, Any], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    value = section.get(name, list(default))
+    if not isinstance(value, list | tuple) or not all(isinstance(x, str) and x for x in value):
+        raise ConfigError(f"{SECTION}.{name}", "expected a list of non-empty strings")
+    return tuple(value)
+
+
+def _url(section: Mapping[str, Any]) -> str:
+    """The server base URL. Error messages never repeat the URL: it may hold credentials."""
+    key = f"{SECTION}.url"
+    url = _str(section, "url", _DEFAULTS.url) or ""
+    if any(ord(c) < 33 or ord(c) == 127 for c in url):
+        raise ConfigError(key, "must not contain spaces or control characters")
+    try:
+        parsed = urllib.parse.urlsplit(url)
+        port = parsed.port  # parsed lazily: "Port out of range", "could not be cast"
+    except ValueError as e:
+        raise ConfigError(key, f"not a valid URL ({e})") from None
+    if parsed.scheme not in ("http", "https"):
+        raise ConfigError(key, f"expected an http:// or https:// URL, got {parsed.scheme!r}")
+    if not parsed.hostname:
+        raise ConfigError(key, "the URL has no host")
+    if port is not None and not 1 <= port <= 65535:
+        raise ConfigError(key, f"port must be in [1, 65535], got {port}")
+    if parsed.username or parsed.password:
+        raise ConfigError(key, "put credentials in username/password or token, not in the URL")
+    if parsed.query or parsed.fragment:
+        raise ConfigError(key, "must not contain a query string or fragment")
+    return url.rstrip("/")
 
 
 def _bool(section: Mapping[str, Any], name: str, default: bool) -> bool:
@@ -240,16 +322,7 @@ def parse_config(
             f"{SECTION}.{unknown[0]}", f"unknown key (known: {', '.join(sorted(_KNOWN_KEYS))})"
         )
 
-    url = _str(section, "url", _DEFAULTS.url) or ""
-    parsed = urllib.parse.urlsplit(url)
-    if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise ConfigError(f"{SECTION}.url", f"expected an http(s):// URL, got {url!r}")
-    if parsed.username or parsed.password:
-        raise ConfigError(
-            f"{SECTION}.url", "put credentials in username/password or token, not in the URL"
-        )
-    if parsed.query or parsed.fragment:
-        raise ConfigError(f"{SECTION}.url", "must not contain a query string or fragment")
+    url = _url(section)
 
     api = _str(section, "api")
     if api is None:
@@ -299,13 +372,11 @@ def parse_config(
     for k, v in tags_raw.items():
         if not isinstance(v, str | int | float) or isinstance(v, bool) or not str(k):
             raise ConfigError(f"{SECTION}.tags.{k}", "expected a string value")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"{SECTION}.tags.{k}", f"expected a string value, got {v!r}")
         tags[str(k)] = str(v)
 
-    field_tags_raw = section.get("field_tags", list(_DEFAULTS.field_tags))
-    if not isinstance(field_tags_raw, list | tuple) or not all(
-        isinstance(x, str) for x in field_tags_raw
-    ):
-        raise ConfigError(f"{SECTION}.field_tags", "expected a list of tag keys")
+    field_tags_raw = _str_list(section, "field_tags", _DEFAULTS.field_tags)
 
     queue_dir_raw = section.get("queue_dir")
     if queue_dir_raw is None:
@@ -319,19 +390,24 @@ def parse_config(
         fsync = FsyncPolicy.parse(section.get("fsync", "batch"))
     except ValueError as e:
         raise ConfigError(f"{SECTION}.fsync", str(e)) from None
+    if fsync.mode == "interval":
+        lo, hi = FSYNC_MS_RANGE
+        ms = fsync.interval * 1000.0
+        if not (math.isfinite(ms) and lo <= ms <= hi):
+            raise ConfigError(
+                f"{SECTION}.fsync",
+                f'milliseconds must be in [{lo:.0f}, {hi:.0f}] (or "batch", "none"), '
+                f"got {section.get('fsync')!r}",
+            )
 
-    max_queue_bytes = parse_size(
-        section.get("max_queue_bytes", _DEFAULTS.max_queue_bytes), f"{SECTION}.max_queue_bytes"
-    )
-    if max_queue_bytes < 64 * 1024:
-        raise ConfigError(f"{SECTION}.max_queue_bytes", "must be at least 64KiB")
-    retry_initial = _number(section, "retry_initial_interval", _DEFAULTS.retry_initial_interval)
-    retry_max = _number(section, "retry_max_interval", _DEFAULTS.retry_max_interval)
+    max_queue_bytes = _size(section, "max_queue_bytes", _DEFAULTS.max_queue_bytes)
+    retry_initial = _seconds(section, "retry_initial_interval", _DEFAULTS.retry_initial_interval)
+    retry_max = _seconds(section, "retry_max_interval", _DEFAULTS.retry_max_interval)
     if retry_max < retry_initial:
         raise ConfigError(f"{SECTION}.retry_max_interval", "must be >= retry_initial_interval")
 
     return InfluxDBConfig(
-        url=url.rstrip("/"),
+        url=url,
         api=api,
         database=database,
         retention_policy=_str(section, "retention_policy"),
@@ -342,27 +418,24 @@ def parse_config(
         bucket=bucket,
         token=token,
         batch_size=_int(section, "batch_size", _DEFAULTS.batch_size),
-        max_batch_bytes=parse_size(
-            section.get("max_batch_bytes", _DEFAULTS.max_batch_bytes),
-            f"{SECTION}.max_batch_bytes",
-        ),
-        flush_interval=_number(section, "flush_interval", _DEFAULTS.flush_interval),
+        max_batch_bytes=_size(section, "max_batch_bytes", _DEFAULTS.max_batch_bytes),
+        flush_interval=_seconds(section, "flush_interval", _DEFAULTS.flush_interval),
         gzip=_bool(section, "gzip", False),
         precision=precision,
-        timeout=_number(section, "timeout", _DEFAULTS.timeout),
+        timeout=_seconds(section, "timeout", _DEFAULTS.timeout),
         tags=tags,
-        field_tags=tuple(field_tags_raw),
+        field_tags=field_tags_raw,
+        metric_tags_allow=_str_list(section, "metric_tags_allow", _DEFAULTS.metric_tags_allow),
+        metric_tags_deny=_str_list(section, "metric_tags_deny", _DEFAULTS.metric_tags_deny),
+        max_metric_tags=_int(section, "max_metric_tags", _DEFAULTS.max_metric_tags),
         queue_dir=queue_dir,
         max_queue_bytes=max_queue_bytes,
-        segment_bytes=parse_size(
-            section.get("segment_bytes", _DEFAULTS.segment_bytes), f"{SECTION}.segment_bytes"
-        ),
+        segment_bytes=_size(section, "segment_bytes", _DEFAULTS.segment_bytes),
         fsync=fsync,
         retry_initial_interval=retry_initial,
         retry_max_interval=retry_max,
-        max_dead_letter_bytes=parse_size(
-            section.get("max_dead_letter_bytes", _DEFAULTS.max_dead_letter_bytes),
-            f"{SECTION}.max_dead_letter_bytes",
+        max_dead_letter_bytes=_size(
+            section, "max_dead_letter_bytes", _DEFAULTS.max_dead_letter_bytes
         ),
-        close_timeout=_number(section, "close_timeout", _DEFAULTS.close_timeout, allow_zero=True),
+        close_timeout=_seconds(section, "close_timeout", _DEFAULTS.close_timeout),
     )

@@ -24,9 +24,12 @@ network error, 5xx, 401...  retry the same batch forever (until close), exponent
 
 from __future__ import annotations
 
+import base64
 import gzip as gzip_module
+import http
 import json
 import logging
+import re
 import threading
 import time
 from collections import deque
@@ -43,8 +46,9 @@ from wattspan.agent.delivery import (
     QueueClosedError,
     parse_retry_after,
 )
-from wattspan.agent.exporters.influxdb.config import InfluxDBConfig, parse_config
-from wattspan.agent.exporters.influxdb.lineprotocol import LineEncoder, split_lines
+from wattspan.agent.errors import ConfigError
+from wattspan.agent.exporters.influxdb.config import SECTION, InfluxDBConfig, parse_config
+from wattspan.agent.exporters.influxdb.lineprotocol import AttributeTags, LineEncoder, split_lines
 from wattspan.agent.exporters.influxdb.transport import (
     Response,
     Transport,
@@ -105,8 +109,16 @@ class InfluxDBExporter:
         if host:
             global_tags.setdefault("host", host)
         self._encoder = LineEncoder(
-            precision=config.precision, global_tags=global_tags, field_tags=config.field_tags
+            precision=config.precision,
+            global_tags=global_tags,
+            field_tags=config.field_tags,
+            attribute_tags=AttributeTags(
+                allow=config.metric_tags_allow,
+                deny=config.metric_tags_deny,
+                max_tags=config.max_metric_tags,
+            ),
         )
+        self._redact = _redactor(config)
         self._lock = threading.Lock()  # counters and state
         self._cond = threading.Condition(self._lock)  # flush waiters, notified on progress
         self._written = 0
@@ -133,14 +145,22 @@ class InfluxDBExporter:
         # Sleeps between retries; cut short by close(). Replaceable by tests to record delays.
         self._sleep: Callable[[float], object] = self._interrupt.wait
 
-        self._queue = DiskQueue(
-            config.queue_dir,
-            max_bytes=config.max_queue_bytes,
-            segment_bytes=config.segment_bytes,
-            fsync=config.fsync,
-            on_drop=self._on_drop,
-            name=f"{self.name}:{config.queue_dir}",
-        )
+        try:
+            self._queue = DiskQueue(
+                config.queue_dir,
+                max_bytes=config.max_queue_bytes,
+                segment_bytes=config.segment_bytes,
+                fsync=config.fsync,
+                on_drop=self._on_drop,
+                name=f"{self.name}:{config.queue_dir}",
+            )
+        except (OSError, ValueError) as e:
+            # A directory that cannot be created or opened is a setting to fix, not a bug:
+            # one line naming the key, no traceback.
+            why = getattr(e, "strerror", None) or str(e)
+            raise ConfigError(
+                f"{SECTION}.queue_dir", f"cannot use {str(config.queue_dir)!r}: {why}"
+            ) from None
         try:
             self._dead = DeadLetterFile(
                 Path(config.queue_dir) / "deadletter.jsonl", max_bytes=config.max_dead_letter_bytes
@@ -381,7 +401,9 @@ class InfluxDBExporter:
         try:
             r = self._transport.post(body, gzipped=cfg.gzip, timeout=timeout)
         except TransportError as e:
-            return _Outcome(_RETRY, f"server unreachable ({e})")
+            return _Outcome(
+                _RETRY, f"server unreachable ({_sanitise(str(e), self._redact, headers=False)})"
+            )
         return self._classify(r)
 
     def _classify(self, r: Response) -> _Outcome:
@@ -389,8 +411,7 @@ class InfluxDBExporter:
         if 200 <= status < 300:
             return _Outcome(_OK, status=status)
         detail = _error_text(r)
-        reason = f"HTTP {status} {r.reason}".strip() + (f": {detail}" if detail else "")
-        reason = reason[:1000]
+        reason = _summary(r, detail, self._redact)
         if status == 413:
             return _Outcome(_TOO_LARGE, reason, status)
         if status in (400, 422):
@@ -409,10 +430,9 @@ class InfluxDBExporter:
             log.info("influxdb exporter: created database %r", self.config.database)
             return True
         log.warning(
-            "influxdb exporter: database %r does not exist and creating it failed (HTTP %d %s)",
+            "influxdb exporter: database %r does not exist and creating it failed (%s)",
             self.config.database,
-            r.status,
-            r.body[:200],
+            _summary(r, _error_text(r), self._redact),
         )
         return False
 
@@ -518,6 +538,76 @@ class InfluxDBExporter:
     def _progress(self) -> None:
         with self._cond:
             self._cond.notify_all()
+
+
+#: Bound of the server's message in a failure summary (``last_error``, logs, dead letters).
+MAX_DETAIL_CHARS = 200
+_REDACTED = "[redacted]"
+# "Name: value" (an HTTP header, or a proxy's dump of them) or a request/status line.
+_HEADER_LINE = re.compile(
+    r"^\s*(?:[A-Za-z][A-Za-z0-9_-]*\s*:|(?:GET|POST|PUT|HEAD|DELETE|OPTIONS|PATCH)\s|HTTP/)"
+)
+# A credential after a word that announces one ("Authorization: Token abc...", "token=...").
+_CREDENTIAL = re.compile(
+    r"(?i)\b(authorization|cookie|api[-_]?key|token|bearer|basic|password|passwd|secret)"
+    r"(\W{1,4})[A-Za-z0-9+/=_.:~-]{8,}"
+)
+# Long runs of base64/hex-ish characters: what API tokens and session ids look like
+# (trace ids, 32 hex digits, stay).
+_OPAQUE = re.compile(r"[A-Za-z0-9+/_-]{40,}={0,2}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+
+
+def _redactor(config: InfluxDBConfig) -> re.Pattern[str] | None:
+    """One pattern matching every form of this exporter's own secrets that a server or
+    proxy could echo: the token, the password, and the basic-auth credential."""
+    forms: set[str] = set()
+    if config.token is not None:
+        forms.add(config.token.reveal())
+    if config.password is not None:
+        pw = config.password.reveal()
+        cred = f"{config.username or ''}:{pw}"
+        forms |= {pw, cred, base64.b64encode(cred.encode()).decode("ascii")}
+    forms.discard("")
+    if not forms:
+        return None
+    return re.compile("|".join(re.escape(f) for f in sorted(forms, key=len, reverse=True)))
+
+
+def _sanitise(text: str, redact: re.Pattern[str] | None, *, headers: bool = True) -> str:
+    """``text`` made safe to show on ``/metrics``, in logs and in dead letters: our own
+    secrets and anything credential-like replaced, header-like lines dropped (unless
+    ``headers`` is false: exception texts start with ``Type:``), control characters
+    flattened, at most :data:`MAX_DETAIL_CHARS` characters."""
+    if redact is not None:
+        text = redact.sub(_REDACTED, text)
+    lines = [
+        ln for ln in text.splitlines() if ln.strip() and not (headers and _HEADER_LINE.match(ln))
+    ]
+    text = " ".join(ln.strip() for ln in lines)
+    text = _CREDENTIAL.sub(lambda m: m.group(1) + m.group(2) + _REDACTED, text)
+    text = _OPAQUE.sub(_REDACTED, _CONTROL.sub(" ", text))
+    if len(text) > MAX_DETAIL_CHARS:
+        text = text[: MAX_DETAIL_CHARS - 3].rstrip() + "..."
+    return text
+
+
+def _summary(r: Response, detail: str, redact: re.Pattern[str] | None) -> str:
+    """``HTTP <status> <standard reason phrase>[: <sanitised server message>]``.
+
+    The reason phrase is the standard one for the code: a proxy's own phrase is as
+    untrusted as its body. The message is InfluxDB's ``error``/``message`` (or the
+    ``X-Influxdb-Error`` header, or a plain-text body); an HTML page (a proxy's) is left out.
+    """
+    try:
+        phrase = http.HTTPStatus(r.status).phrase
+    except ValueError:
+        phrase = ""
+    head = f"HTTP {r.status} {phrase}".strip()
+    if detail.lstrip().startswith("<"):
+        detail = ""
+    detail = _sanitise(detail, redact) if detail else ""
+    return f"{head}: {detail}" if detail else head
 
 
 def _error_text(r: Response) -> str:

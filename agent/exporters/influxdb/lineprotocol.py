@@ -37,6 +37,11 @@ Values: ``int`` gets the ``i`` suffix (outside int64: dropped), ``bool`` is ``tr
 ``false``, ``float`` is its shortest round-trip form, NaN and +-inf cannot be written
 and the field is dropped and counted; a point left without fields is dropped and counted.
 
+Identity: influxd merges points of equal (measurement, tag set, timestamp). Metric
+attributes stay tags within :class:`AttributeTags`; the points of :data:`EVENT_SOURCES`
+(spans, valued metrics) get a timestamp of their own per series from :class:`_EventTimes`;
+samples of node series are one per series and tick and keep theirs.
+
 Two paths produce the same points:
 
 * **Shapes** (the fast path). A point whose fields are all exact ``float``/``int``/``bool``
@@ -59,9 +64,13 @@ Two paths produce the same points:
 
 from __future__ import annotations
 
+import fnmatch
+import hashlib
 import math
 import numbers
 import re
+import threading
+import time
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -71,6 +80,8 @@ from wattspan.collectors.base import Sample
 
 #: Multiplier from Sample.ts (seconds) to the integer timestamp of each precision.
 PRECISIONS: dict[str, int] = {"ns": 1_000_000_000, "us": 1_000_000, "ms": 1_000, "s": 1}
+#: Nanoseconds in one timestamp unit of each precision.
+UNIT_NS: dict[str, int] = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
 
 _MEASUREMENT_ESCAPES = str.maketrans({",": "\\,", " ": "\\ ", "\n": "\\n"})
 _KEY_ESCAPES = str.maketrans({",": "\\,", "=": "\\=", " ": "\\ ", "\n": "\\n"})
@@ -128,6 +139,192 @@ def escape_string(value: str) -> str:
     return '"' + value.translate(_STRING_ESCAPES) + '"'
 
 
+def seconds_to_ns(ts: float) -> int:
+    """Unix seconds (a float) to integer nanoseconds: the float product, truncated.
+
+    That is what this encoder has always written, so a point sent again by a newer agent
+    (a re-export, a replayed dead letter) lands on the same nanosecond and overwrites itself.
+    Its 256 ns steps are finer than the 0.24 us a float carries at today's epoch. Sources
+    that have exact nanoseconds (OTLP) put them in ``Sample.ts_ns`` instead. Raises
+    ValueError/OverflowError for NaN/inf and TypeError for None.
+    """
+    return int(ts * 1e9)
+
+
+def sample_ns(s: Sample) -> int:
+    """``s``'s time in integer nanoseconds: ``ts_ns`` when set, else ``ts`` converted.
+
+    Raises OverflowError outside int64 (influxd cannot store it), and what
+    :func:`seconds_to_ns` raises.
+    """
+    ns = s.ts_ns
+    ns = seconds_to_ns(s.ts) if ns is None else int(ns)
+    if not _INT64_MIN <= ns <= _INT64_MAX:
+        raise OverflowError("timestamp outside int64 nanoseconds")
+    return ns
+
+
+#: Measurements whose points are events, not samples of a series: two of them may share a
+#: series and a timestamp, and influxd would merge them into one point. Each gets a
+#: timestamp of its own (see :class:`_EventTimes`). The value names the fields that identify
+#: one event (a span: trace and span id); empty means the whole point (tags and fields).
+EVENT_SOURCES: Mapping[str, tuple[str, ...]] = {
+    "spans": ("trace_id", "span_id"),
+    "ml": (),
+    "metrics": (),
+}
+#: Tag values longer than this (characters) of a metric attribute are written as fields:
+#: such values (SQL text, URLs with ids) are almost always unbounded.
+MAX_ATTRIBUTE_TAG_LENGTH = 256
+
+
+@dataclass(frozen=True, slots=True)
+class AttributeTags:
+    """Which tags of the metric measurements (``ml``, ``metrics``) stay tags.
+
+    Such points carry their OTLP attributes as tags beside the identity tags (``name``,
+    ``run``). An attribute stays a tag when its key matches a pattern of ``allow``
+    (``fnmatch`` globs), none of ``deny``, its value is at most
+    :data:`MAX_ATTRIBUTE_TAG_LENGTH` characters, and it is among the first ``max_tags``
+    such keys in sorted order; any other attribute is written as a string field of the same
+    key, so it is kept but creates no series.
+    """
+
+    allow: tuple[str, ...] = ("*",)
+    deny: tuple[str, ...] = ()
+    max_tags: int = 16
+    sources: frozenset[str] = frozenset({"ml", "metrics"})
+    identity: frozenset[str] = frozenset({"name", "run"})
+
+    def as_fields(self, tags: Mapping[str, str]) -> set[str]:
+        """The keys of ``tags`` to be written as fields instead."""
+        moved: set[str] = set()
+        kept = 0
+        for k in sorted(tags, key=str):
+            if k in self.identity:
+                continue
+            v = "" if tags[k] is None else str(tags[k])
+            if (
+                kept < self.max_tags
+                and len(v) <= MAX_ATTRIBUTE_TAG_LENGTH
+                and any(fnmatch.fnmatchcase(k, p) for p in self.allow)
+                and not any(fnmatch.fnmatchcase(k, p) for p in self.deny)
+            ):
+                kept += 1
+            else:
+                moved.add(k)
+        return moved
+
+
+def _digest(text: str) -> int:
+    """A 64-bit hash of ``text`` that is the same in every process (``hash`` of a ``str``
+    is not), so that a record encoded again after a restart gets the same timestamp."""
+    raw = hashlib.blake2b(text.encode("utf-8", "replace"), digest_size=8).digest()
+    return int.from_bytes(raw, "little")
+
+
+class _Generations:
+    """A dict that forgets: lookups see two generations, :meth:`rotate` drops the older.
+    Keys are ints (hashes), which keeps an entry near 100 bytes."""
+
+    __slots__ = ("new", "old")
+
+    def __init__(self) -> None:
+        self.new: dict[int, int] = {}
+        self.old: dict[int, int] = {}
+
+    def get(self, key: int) -> int | None:
+        v = self.new.get(key)
+        return self.old.get(key) if v is None else v
+
+    def rotate(self) -> None:
+        self.old, self.new = self.new, {}
+
+
+class _EventTimes:
+    """Gives every event point a timestamp no other event of its series holds.
+
+    ``place`` returns the point's timestamp in units of the precision: its own time
+    (truncated) when free, else the next free unit after it. The same event encoded again
+    (same series, same identity, same time: an OTLP client's retry, a re-export) gets the
+    timestamp it got the first time, so it overwrites itself instead of adding a duplicate.
+
+    At ``ns`` precision, events with an identity (spans) keep their time to the microsecond
+    and take the nanoseconds within it from a hash of the identity. The stored times come
+    from float seconds, which carry about 0.24 us, so little is lost, and the timestamp is
+    a function of the record alone: a span re-exported after a restart, with this memory
+    gone, lands on its own point again unless it had collided with another span of its
+    series (odds about 1 in 1000 per pair ending in the same microsecond).
+
+    Memory is bounded: what was placed is remembered in two generations, rotated after
+    ``cap`` points or ``max_age`` seconds, so uniqueness holds among at least the last
+    ``cap`` event points (or ``max_age`` seconds of them), in 100-200 bytes a point.
+    Units are keyed by ``hash((series, t))``: two units sharing a 64-bit hash could only
+    cost an event a needless move by one unit.
+    """
+
+    def __init__(self, unit_ns: int, *, cap: int = 16_384, max_age: float = 120.0) -> None:
+        self._unit = unit_ns
+        self._cap = cap
+        self._max_age = max_age
+        self._lock = threading.Lock()
+        # hash((series, t)) -> identity hash of the event holding unit t
+        self._taken = _Generations()
+        # hash((series, base, identity)) -> where an event that had to move went
+        self._moved = _Generations()
+        # hash((series, t)) -> a unit after t worth trying next (shortcuts through bursts)
+        self._skip = _Generations()
+        self._born = time.monotonic()
+
+    def place(self, series: str, s: Sample, id_keys: tuple[str, ...]) -> int:
+        ns = sample_ns(s)
+        fields = s.fields
+        ids = [fields.get(k) for k in id_keys]
+        by_id = bool(ids) and all(type(v) is str and v for v in ids)
+        if by_id:
+            h = _digest("\0".join(ids))  # type: ignore[arg-type]
+        else:
+            # The time is part of a content identity: the same values later are a new point.
+            h = _digest(repr((ns // self._unit, sorted(s.tags.items()), sorted(fields.items()))))
+        # Hash digits below the microsecond only where an identity makes them stable.
+        base = ns - ns % 1000 + h % 1000 if self._unit == 1 and by_id else ns // self._unit
+        with self._lock:
+            if len(self._taken.new) >= self._cap or time.monotonic() - self._born > self._max_age:
+                for g in (self._taken, self._moved, self._skip):
+                    g.rotate()
+                self._born = time.monotonic()
+            here = hash((series, base))
+            holder = self._taken.get(here)
+            if holder is None or holder == h:
+                self._taken.new[here] = h
+                return base
+            moved_key = hash((series, base, h))
+            t = self._moved.get(moved_key)
+            if t is None:
+                t = self._free(series, base)
+                if t > _INT64_MAX:
+                    raise OverflowError("timestamp outside int64")
+                self._taken.new[hash((series, t))] = h
+            self._moved.new[moved_key] = t
+            return t
+
+    def _free(self, series: str, t: int) -> int:
+        """The first unit at or after ``t`` that no event of ``series`` holds. Leaves a
+        shortcut past each unit it walked over, so a burst at one time costs O(1) a point."""
+        walked = []
+        while True:
+            k = hash((series, t))
+            if self._taken.get(k) is None:
+                break
+            walked.append(k)
+            nxt = self._skip.get(k)
+            t = nxt if nxt is not None and nxt > t else t + 1
+        skip = self._skip.new
+        for k in walked:
+            skip[k] = t + 1
+        return t
+
+
 @dataclass(slots=True)
 class EncodeCounts:
     """What one :meth:`LineEncoder.encode` call did."""
@@ -157,7 +354,11 @@ class LineEncoder:
     ``global_tags`` are added to every point (a sample's own tag of the same key wins).
     ``field_tags`` are tag keys written as string fields instead, for unbounded identifiers
     (``trace_id``...) that would explode series cardinality as tags.
-    ``precision`` is one of :data:`PRECISIONS`; timestamps are truncated to it.
+    ``precision`` is one of :data:`PRECISIONS`; timestamps (integer nanoseconds:
+    ``Sample.ts_ns``, else :func:`seconds_to_ns` of ``Sample.ts``) are truncated to it.
+    ``attribute_tags`` decides which attributes of metric points stay tags.
+    ``event_sources`` are the measurements whose points get a timestamp of their own per
+    series (:data:`EVENT_SOURCES`, :class:`_EventTimes`).
     """
 
     def __init__(
@@ -166,14 +367,19 @@ class LineEncoder:
         precision: str = "ns",
         global_tags: Mapping[str, str] | None = None,
         field_tags: Collection[str] = (),
+        attribute_tags: AttributeTags | None = None,
+        event_sources: Mapping[str, tuple[str, ...]] = EVENT_SOURCES,
         cache_size: int = 50_000,
     ) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}")
         self.precision = precision
-        self._mult = PRECISIONS[precision]
+        self._unit = UNIT_NS[precision]
         self._global = {str(k): str(v) for k, v in (global_tags or {}).items()}
         self._field_tags = frozenset(field_tags)
+        self._attribute_tags = AttributeTags() if attribute_tags is None else attribute_tags
+        self._events = dict(event_sources)
+        self._event_times = _EventTimes(self._unit)
         self._cache_size = cache_size
         # (source, *tags.items()) -> (prefix "meas,k=v,... ", fields from field_tags or "")
         self._series: dict[object, tuple[str, str]] = {}
@@ -187,10 +393,12 @@ class LineEncoder:
             return None
         merged = dict(self._global)
         extra: list[str] = []
+        policy = self._attribute_tags
+        moved = policy.as_fields(tags) if source in policy.sources else ()
         for k, v in tags.items():
             k = str(k)
             v = "" if v is None else str(v)
-            if k in self._field_tags:
+            if k in self._field_tags or k in moved:
                 merged.pop(k, None)
                 fk = self._fkeys[k]
                 if fk and v:
@@ -243,7 +451,8 @@ class LineEncoder:
         extend, push = values.extend, values.append
         plan: list[bytes] = []  # one template per line, in order
         add = plan.append
-        mult = self._mult
+        unit = self._unit
+        events = self._events
         last_ts: object = _NO_TS
         ts_int = 0
         drops = counts.dropped_points, counts.dropped_fields
@@ -259,10 +468,17 @@ class LineEncoder:
                 template = self._shape(s, key)
             if template:
                 ts = s.ts
-                if ts != last_ts:
+                if s.source in events:
                     try:
-                        ts_int = int(ts * mult)
-                        last_ts = ts
+                        ts_int = self._event_ts(s)
+                    except (ValueError, OverflowError, TypeError):  # NaN/inf/None
+                        template = b""
+                    last_ts = _NO_TS  # ts_int is this event's own, not the batch's
+                elif ts != last_ts or s.ts_ns is not None:
+                    # Samples of one collector pass share a timestamp: convert it once.
+                    try:
+                        ts_int = sample_ns(s) // unit
+                        last_ts = ts if s.ts_ns is None else _NO_TS
                     except (ValueError, OverflowError, TypeError):  # NaN/inf/None
                         template = b""
                 if template:
@@ -294,6 +510,23 @@ class LineEncoder:
         counts.points += len(plan)
         return body, len(plan)
 
+    def _event_ts(self, s: Sample) -> int:
+        """The timestamp (units) of an event point of the template path."""
+        try:
+            key: object = (s.source, *s.tags.items()) if s.tags else s.source
+            entry = self._series.get(key)
+        except TypeError:  # unhashable tag value
+            key, entry = None, None
+        if entry is None:
+            entry = self._series_entry(s.source, s.tags)
+            if entry is None:  # not reached: such a point has no template
+                raise ValueError("unwritable measurement")
+            if key is not None:
+                if len(self._series) >= self._cache_size:
+                    self._series.clear()
+                self._series[key] = entry
+        return self._event_times.place(entry[0], s, self._events[s.source])
+
     def _shape(self, s: Sample, key: object) -> bytes:
         """The template for ``s``'s shape, cached under ``key``; ``b""``: per-value path."""
         template = b""
@@ -322,7 +555,8 @@ class LineEncoder:
         out: list[str] = []
         series = self._series
         fkeys = self._fkeys
-        mult = self._mult
+        unit = self._unit
+        events = self._events
         dropped_points = dropped_fields = 0
         append = out.append
         # Locals: cheaper than global/builtin lookups in the per-field loop.
@@ -388,14 +622,21 @@ class LineEncoder:
                 dropped_points += 1
                 continue
             ts = s.ts
-            if ts != last_ts:
-                # Samples of one collector pass share a timestamp: format it once.
+            if s.source in events:
                 try:
-                    ts_text = f" {int(ts * mult)}"
+                    ts_text = f" {self._event_times.place(prefix, s, events[s.source])}"
                 except (ValueError, OverflowError, TypeError):  # NaN/inf/None timestamp
                     dropped_points += 1
                     continue
-                last_ts = ts
+                last_ts = _NO_TS
+            elif ts != last_ts or s.ts_ns is not None:
+                # Samples of one collector pass share a timestamp: format it once.
+                try:
+                    ts_text = f" {sample_ns(s) // unit}"
+                except (ValueError, OverflowError, TypeError):  # NaN/inf/None timestamp
+                    dropped_points += 1
+                    continue
+                last_ts = ts if s.ts_ns is None else _NO_TS
             append(prefix + ",".join(parts) + ts_text)
         counts.dropped_points += dropped_points
         counts.dropped_fields += dropped_fields

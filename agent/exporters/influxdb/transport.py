@@ -1,12 +1,16 @@
 """HTTP transports for the two InfluxDB write APIs.
 
 * v1 ``POST /write?db=&rp=&precision=`` (InfluxDB 1.x, and the 1.x compatibility endpoint of
-  2.x/3.x): influxdb-client has no v1 write call, so this posts with urllib3 (already a
-  dependency of influxdb-client) over one keep-alive connection.
+  2.x/3.x), HTTP basic auth.
 * v2 ``POST /api/v2/write?org=&bucket=&precision=`` (InfluxDB 2.x/3.x, 1.8+, and
-  VictoriaMetrics): influxdb-client's low-level ``WriteService``, i.e. the library's own
-  request code, fed with bytes we already encoded (its batching ``WriteApi`` would re-encode,
-  hold data in memory, and retry on its own: all three are the queue's job here).
+  VictoriaMetrics), ``Authorization: Token``.
+
+Both post bytes we already encoded with urllib3 over one keep-alive connection (requests
+are strictly sequential). influxdb-client is not used for v2 any more: its batching
+``WriteApi`` would re-encode, hold data in memory and retry on its own (the queue's jobs
+here), and even its low-level ``WriteService`` logs an error answer's raw body through the
+root logger (``Cannot parse error response to JSON: ...``), which put whatever a proxy
+echoed, the token included, into the agent's debug log.
 
 Both return a :class:`Response` for every HTTP answer and raise :class:`TransportError` only
 for network-level failures, so that the exporter classifies outcomes in one place. Neither
@@ -93,22 +97,15 @@ def _text(data: bytes | str | None) -> str:
     return data[:_MAX_BODY_TEXT].strip()
 
 
-class V1Transport:
-    """``/write`` of InfluxDB 1.x (basic auth from username/password)."""
+class _Urllib3Transport:
+    """One keep-alive connection to the server; subclasses say where and how to post."""
 
     def __init__(self, config: InfluxDBConfig) -> None:
         self._base = config.url.rstrip("/")
-        query = {"db": config.database or "", "precision": V1_PRECISION[config.precision]}
-        if config.retention_policy:
-            query["rp"] = config.retention_policy
-        self._write_url = f"{self._base}/write?{urllib.parse.urlencode(query)}"
-        self._database = config.database or ""
         self._headers = {"Content-Type": "text/plain; charset=utf-8"}
-        if config.username and config.password is not None:
-            cred = f"{config.username}:{config.password.reveal()}".encode()
-            self._headers["Authorization"] = "Basic " + base64.b64encode(cred).decode("ascii")
         # One connection: requests are strictly sequential (FIFO delivery).
         self._pool = urllib3.PoolManager(num_pools=1, maxsize=1, retries=False)
+        self._write_url = ""
 
     def _request(self, url: str, body: bytes, headers: dict[str, str], timeout: float) -> Response:
         try:
@@ -137,67 +134,46 @@ class V1Transport:
         return self._request(self._write_url, body, headers, timeout)
 
     def create_database(self, timeout: float) -> Response:
+        return Response(501, "Not Implemented", {}, "create_database is a v1 option")
+
+    def close(self) -> None:
+        self._pool.clear()
+
+
+class V1Transport(_Urllib3Transport):
+    """``/write`` of InfluxDB 1.x (basic auth from username/password)."""
+
+    def __init__(self, config: InfluxDBConfig) -> None:
+        super().__init__(config)
+        query = {"db": config.database or "", "precision": V1_PRECISION[config.precision]}
+        if config.retention_policy:
+            query["rp"] = config.retention_policy
+        self._write_url = f"{self._base}/write?{urllib.parse.urlencode(query)}"
+        self._database = config.database or ""
+        if config.username and config.password is not None:
+            cred = f"{config.username}:{config.password.reveal()}".encode()
+            self._headers["Authorization"] = "Basic " + base64.b64encode(cred).decode("ascii")
+
+    def create_database(self, timeout: float) -> Response:
         name = self._database.replace("\\", "\\\\").replace('"', '\\"')
         q = urllib.parse.urlencode({"q": f'CREATE DATABASE "{name}"'})
         headers = {k: v for k, v in self._headers.items() if k != "Content-Type"}
         headers["Content-Type"] = "application/x-www-form-urlencoded"
         return self._request(f"{self._base}/query", q.encode(), headers, timeout)
 
-    def close(self) -> None:
-        self._pool.clear()
 
-
-class V2Transport:
-    """``/api/v2/write`` through influxdb-client's ``WriteService`` (token auth)."""
+class V2Transport(_Urllib3Transport):
+    """``/api/v2/write`` (token auth; no ``Authorization`` header without a token, for
+    VictoriaMetrics or a server with auth disabled)."""
 
     def __init__(self, config: InfluxDBConfig) -> None:
-        # Imported here: importing influxdb_client costs ~0.3 s, only pay it when used.
-        from influxdb_client import InfluxDBClient
-        from influxdb_client.rest import ApiException
-        from influxdb_client.service.write_service import WriteService
-
-        self._api_exception = ApiException
-        self._client = InfluxDBClient(
-            url=config.url,
-            # None means "no Authorization header" (VictoriaMetrics, auth disabled); the
-            # library's annotation says str but it checks for a falsy token.
-            token=config.token.reveal() if config.token is not None else None,  # type: ignore[arg-type]
-            org=config.org,
-            timeout=int(config.timeout * 1000),
-            enable_gzip=False,  # we compress ourselves (level 1: far cheaper than its level 9)
-            retries=False,  # retries are the exporter's job (queue + backoff)
-            connection_pool_maxsize=1,
-        )
-        self._service = WriteService(self._client.api_client)
-        self._org = config.org or ""
-        self._bucket = config.bucket or ""
-        self._precision = config.precision
-
-    def post(self, body: bytes, *, gzipped: bool, timeout: float) -> Response:
-        try:
-            self._service.post_write(
-                org=self._org,
-                bucket=self._bucket,
-                body=body,
-                precision=self._precision,
-                content_encoding="gzip" if gzipped else "identity",
-                content_type="text/plain; charset=utf-8",
-                _request_timeout=max(1, int(timeout * 1000)),  # milliseconds
-            )
-        except self._api_exception as e:
-            if not e.status:  # influxdb-client reports TLS failures as status 0
-                raise TransportError(f"{e.reason}".strip()) from e
-            headers = {k.lower(): v for k, v in dict(e.headers or {}).items()}
-            return Response(int(e.status), str(e.reason or ""), headers, _text(e.body))
-        except (urllib3.exceptions.HTTPError, OSError) as e:
-            raise TransportError(describe_error(e)) from e
-        return Response(204, "No Content")
-
-    def create_database(self, timeout: float) -> Response:
-        return Response(501, "Not Implemented", {}, "create_database is a v1 option")
-
-    def close(self) -> None:
-        self._client.close()
+        super().__init__(config)
+        query = {"bucket": config.bucket or "", "precision": config.precision}
+        if config.org:
+            query = {"org": config.org, **query}
+        self._write_url = f"{self._base}/api/v2/write?{urllib.parse.urlencode(query)}"
+        if config.token is not None:
+            self._headers["Authorization"] = "Token " + config.token.reveal()
 
 
 def make_transport(config: InfluxDBConfig) -> Transport:
