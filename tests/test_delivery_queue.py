@@ -461,3 +461,37 @@ def test_quota_invariants_under_any_interleaving(tmp_path_factory, ops, cache):
         if held is not None:
             q.abandon(held)
         q.close()
+
+
+def test_queue_and_dead_letter_files_are_owner_only(tmp_path):
+    """Under a umask of 022 every file is 0600 and every directory created 0700; a lock file
+    an older agent left 0644 is tightened (it is the queue's own)."""
+    import stat
+
+    from wattspan.agent.delivery import DeadLetterFile
+
+    def mode(p: Path) -> int:
+        return stat.S_IMODE(p.stat().st_mode)
+
+    qdir = tmp_path / "state" / "queue"
+    old = os.umask(0o022)
+    try:
+        qdir.mkdir(parents=True)
+        (qdir / "lock").touch(0o644)
+        qdir.chmod(0o755)  # there already: left as it is
+        q = DiskQueue(qdir, max_bytes=1 << 20, segment_bytes=4096, fsync=FsyncPolicy("none"))
+        fill(q, range(300))
+        drain(q)  # writes the checkpoint
+        q.close()
+        dead = DeadLetterFile(tmp_path / "new" / "dead.jsonl", max_bytes=400)
+        for i in range(3):  # rotated to dead.jsonl.1 on the way
+            dead.write({"records": i, "line_protocol": "m v=1 " + "x" * 100})
+    finally:
+        os.umask(old)
+    files = sorted(p.name for p in qdir.iterdir())
+    assert "checkpoint" in files and "lock" in files and any(f.endswith(".seg") for f in files)
+    assert {p.name: mode(p) for p in qdir.iterdir()} == dict.fromkeys(files, 0o600)
+    assert mode(qdir) == 0o755
+    dead_files = {p.name: mode(p) for p in (tmp_path / "new").iterdir()}
+    assert dead_files == {"dead.jsonl": 0o600, "dead.jsonl.1": 0o600}
+    assert mode(tmp_path / "new") == 0o700

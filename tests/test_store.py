@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from wattspan.agent.exporters.sqlite import StoreSink
-from wattspan.agent.store import Run, Store, default_store_path
+from wattspan.agent.store import Run, Store, StoreError, default_store_path
 from wattspan.agent.store.sqlite import MIGRATIONS, SCHEMA_VERSION
 from wattspan.collectors.base import Sample
 
@@ -44,7 +44,7 @@ def test_refuses_a_newer_schema(store_path: Path) -> None:
     db = sqlite3.connect(store_path)
     db.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
     db.close()
-    with pytest.raises(RuntimeError, match="newer"):
+    with pytest.raises(StoreError, match="newer"):
         Store(store_path)
 
 

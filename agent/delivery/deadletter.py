@@ -3,7 +3,8 @@
 One JSON object per line (JSONL) so that the file stays readable with ``jq`` and a replay
 tool can pick entries apart. The file is bounded: when it would grow past half of
 ``max_bytes`` it is renamed to ``<name>.1`` (replacing the previous one), so at most
-``max_bytes`` are used and the newest rejections are always kept.
+``max_bytes`` are used and the newest rejections are always kept. Both files are owner-only
+(0600), and so is a directory created for them (0700): they hold the rejected data verbatim.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from wattspan.agent.private import make_private_dirs, open_private
 
 
 class DeadLetterFile:
@@ -39,14 +42,14 @@ class DeadLetterFile:
         }
         line = (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
         with self._lock:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            make_private_dirs(self.path.parent)
             try:
                 size = self.path.stat().st_size
             except FileNotFoundError:
                 size = 0
             if size and size + len(line) > self.max_bytes // 2:
                 os.replace(self.path, self.path.with_name(self.path.name + ".1"))
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            fd = open_private(self.path, os.O_WRONLY | os.O_APPEND)
             try:
                 view = memoryview(line)
                 while view:

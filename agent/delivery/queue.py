@@ -23,6 +23,11 @@ Why this shape:
 * The quota (``max_bytes``) is enforced by deleting whole segments, oldest first, so dropping
   is O(1) and never rewrites data. Segments are kept to at most a quarter of the quota so a
   drop removes a bounded slice of history.
+* A full disk (``ENOSPC``, ``EDQUOT``) is treated like the quota: the oldest segments go
+  first, and when nothing is left to drop the new frames are dropped; all of it is counted in
+  ``dropped_items_total``, logged at most once a minute, and writing resumes by itself once
+  there is room. An append therefore never fails for lack of space.
+* Every file and directory the queue creates is owner-only (0600 / 0700).
 
 The queue is thread-safe for any number of producers and exactly one consumer thread.
 """
@@ -30,6 +35,7 @@ The queue is thread-safe for any number of producers and exactly one consumer th
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -41,6 +47,9 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from wattspan.agent.logthrottle import LogThrottle
+from wattspan.agent.private import make_private_dirs, open_private
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +64,14 @@ CHECKPOINT_MAGIC = b"WSQCKPT1"
 MAX_FRAME_PAYLOAD = 256 * 1024 * 1024
 MIN_SEGMENT_BYTES = 4096
 _SEGMENT_RE = re.compile(r"^(\d{20})\.seg$")
+#: Errors that mean "no room": handled like the quota instead of failing the append.
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+#: At most one log line per this many seconds for a full disk or a failing checkpoint write.
+LOG_EVERY = 60.0
+
+
+def _no_space(exc: OSError) -> bool:
+    return exc.errno in _NO_SPACE
 
 
 class QueueLockedError(RuntimeError):
@@ -163,7 +180,10 @@ class DiskQueue:
 
     ``max_bytes`` bounds the disk usage of the segments (bytes); past it the oldest segments
     are deleted and their undelivered items counted in ``dropped_items_total`` and reported to
-    ``on_drop(items, bytes)`` (called in the appending thread, outside the lock).
+    ``on_drop(items, bytes)`` (called in the appending thread, outside the lock). A full disk
+    drops the same way, counted in ``dropped_items_total`` and
+    ``disk_full_dropped_items_total`` but not reported to ``on_drop`` (whose callers speak of
+    the quota): the queue logs those itself.
     ``segment_bytes`` is the target size of one segment file (bytes), capped at a quarter of
     ``max_bytes``. Up to ``memory_cache_bytes`` of the newest payloads are also kept in memory
     (a read-back cache only; the files stay authoritative).
@@ -212,6 +232,15 @@ class DiskQueue:
         self._appended_items_total = 0
         self._fsyncs_total = 0
         self._corrupt_bytes_total = 0
+        self._disk_full_dropped_items_total = 0  # included in _dropped_items_total
+        self._write_errors_total = 0
+        self._no_room = False  # the current append met a full disk
+        self._disk_full = False  # the last append met a full disk
+        self._disk_full_episode_items = 0  # dropped for lack of space since it became full
+        self._disk_full_said = 0  # of those, already passed to the log throttle
+        self._disk_full_log = LogThrottle(LOG_EVERY)
+        self._disk_full_logged = False  # this episode was announced: announce its end too
+        self._ckpt_log = LogThrottle(LOG_EVERY)
         # The newest appended payloads, kept in memory so that a consumer keeping up with the
         # producers never reads them back from disk: (segment, start, end, payload, count).
         self._cache: deque[tuple[int, int, int, bytes, int]] = deque()
@@ -222,8 +251,8 @@ class DiskQueue:
         self._wake = False
         self._closed = False
 
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self._lockfile = open(self.directory / "lock", "a+b")  # noqa: SIM115 - held until close
+        make_private_dirs(self.directory)
+        self._lockfile = os.fdopen(open_private(self.directory / "lock", os.O_RDWR), "r+b")
         try:
             fcntl.flock(self._lockfile.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -365,9 +394,15 @@ class DiskQueue:
 
     def _create_segment(self, seg_id: int) -> _Segment:
         path = self._seg_path(seg_id)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        fd = open_private(path, os.O_WRONLY | os.O_EXCL)
         try:
             os.write(fd, SEGMENT_MAGIC)
+        except BaseException:
+            # Typically ENOSPC. Left behind, the empty file would make every later O_EXCL
+            # creation of this id fail, so the queue could never rotate again.
+            with contextlib.suppress(OSError):
+                path.unlink()
+            raise
         finally:
             os.close(fd)
         self._disk_bytes += HEADER_SIZE
@@ -381,50 +416,163 @@ class DiskQueue:
         self.append_many(((payload, count),))
 
     def append_many(self, frames: Sequence[tuple[bytes, int]]) -> None:
-        """Append several payloads with one write (and one fsync) per touched segment."""
+        """Append several payloads with one write (and one fsync) per touched segment.
+
+        On return every frame is queued or counted in ``dropped_items_total`` (quota, full
+        disk). A call that raises has queued none of its frames, so a caller that counts it as
+        failed never counts records that will be delivered. Raises :class:`QueueClosedError`
+        after :meth:`close`, and ``OSError`` for an I/O error other than a full disk (and for
+        a failed fsync under the ``batch`` policy: the frames are queued but not durable).
+        """
         if not frames:
             return
         encoded = [(encode_frame(p, c), p, c) for p, c in frames]
         drops: list[tuple[int, int]] = []
+        notice: tuple[str, tuple[object, ...]] | None = None
         try:
             with self._lock:
                 if self._closed:
                     raise QueueClosedError(f"queue {self.name} is closed")
+                self._no_room = False
+                appended_before = self._appended_items_total
+                handled = 0  # items of this call queued or counted as dropped
                 pending: list[tuple[bytes, bytes, int]] = []
                 pending_bytes = 0
                 pending_items = 0
-                for frame, payload, count in encoded:
-                    n = len(frame)
-                    if n + HEADER_SIZE > self.max_bytes:
-                        # Can never fit: count it like a quota drop rather than fail the caller.
-                        self._dropped_items_total += count
-                        self._dropped_bytes_total += n
-                        drops.append((count, n))
-                        continue
-                    active = self._segments[-1]
-                    if (
-                        active.size + pending_bytes + n > self.segment_bytes
-                        and active.size + pending_bytes > HEADER_SIZE
-                    ):
-                        self._write(pending, pending_bytes, pending_items)
-                        pending, pending_bytes, pending_items = [], 0, 0
-                        self._rotate()
-                    over = self._disk_bytes + pending_bytes + n - self.max_bytes
-                    if over > 0:
-                        self._write(pending, pending_bytes, pending_items)
-                        pending, pending_bytes, pending_items = [], 0, 0
-                        drops.extend(self._make_room(n))
-                    pending.append((frame, payload, count))
-                    pending_bytes += n
-                    pending_items += count
-                self._write(pending, pending_bytes, pending_items)
+                try:
+                    for frame, payload, count in encoded:
+                        n = len(frame)
+                        if n + HEADER_SIZE > self.max_bytes:
+                            # Can never fit: count it like a quota drop, don't fail the caller.
+                            self._dropped_items_total += count
+                            self._dropped_bytes_total += n
+                            drops.append((count, n))
+                            handled += count
+                            continue
+                        active = self._segments[-1]
+                        if (
+                            active.size + pending_bytes + n > self.segment_bytes
+                            and active.size + pending_bytes > HEADER_SIZE
+                        ):
+                            self._write_or_drop(pending, pending_bytes, pending_items)
+                            handled += pending_items
+                            pending, pending_bytes, pending_items = [], 0, 0
+                            self._rotate_or_stay()
+                        over = self._disk_bytes + pending_bytes + n - self.max_bytes
+                        if over > 0:
+                            self._write_or_drop(pending, pending_bytes, pending_items)
+                            handled += pending_items
+                            pending, pending_bytes, pending_items = [], 0, 0
+                            drops.extend(self._make_room(n))
+                        pending.append((frame, payload, count))
+                        pending_bytes += n
+                        pending_items += count
+                    self._write_or_drop(pending, pending_bytes, pending_items)
+                    handled += pending_items
+                except OSError as exc:
+                    if self._appended_items_total == appended_before:
+                        raise  # nothing of this call is queued: failing it is exact
+                    # Frames before a rotation are queued already; raising would make the
+                    # caller count them as lost (and re-send them). Count the rest instead.
+                    lost = sum(c for _, _, c in encoded) - handled
+                    self._dropped_items_total += lost
+                    self._write_errors_total += 1
+                    notice = (
+                        "queue %s: write failed after part of an append was queued (%s); "
+                        "%d items of it dropped (counted in dropped_items_total)",
+                        (self.name, exc, lost),
+                    )
                 if self.fsync_policy.mode == "batch" and self._dirty:
                     self._fsync_locked()
+                notice = self._disk_full_notice() or notice
                 self._cond.notify_all()
         finally:
+            if notice is not None:
+                log.warning(notice[0], *notice[1])
             if drops and self._on_drop is not None:
                 for items, nbytes in drops:
                     self._on_drop(items, nbytes)
+
+    def _write_or_drop(
+        self, frames: list[tuple[bytes, bytes, int]], nbytes: int, items: int
+    ) -> None:
+        """:meth:`_write`; on a full disk the oldest queued data makes room, and when there is
+        none left the frames themselves are dropped (lock held)."""
+        while frames:
+            try:
+                self._write(frames, nbytes, items)
+                return
+            except OSError as exc:
+                if not _no_space(exc):
+                    raise
+                self._no_room = True
+                if not self._drop_oldest_for_space():
+                    self._dropped_items_total += items
+                    self._dropped_bytes_total += nbytes
+                    self._disk_full_dropped_items_total += items
+                    self._disk_full_episode_items += items
+                    return
+
+    def _rotate_or_stay(self) -> None:
+        """:meth:`_rotate`; on a full disk make room first, or keep appending to the active
+        segment when nothing can be dropped (lock held)."""
+        while True:
+            try:
+                self._rotate()
+                return
+            except OSError as exc:
+                if not _no_space(exc):
+                    raise
+                self._no_room = True
+                if not self._drop_oldest_for_space() or self._segments[-1].size <= HEADER_SIZE:
+                    return  # nothing to drop, or the active segment was emptied in place
+
+    def _drop_oldest_for_space(self) -> bool:
+        """Drop the oldest segment to free disk space; False when nothing is left to drop
+        (lock held)."""
+        before = self._dropped_items_total
+        if len(self._segments) > 1:
+            self._drop_head()
+        elif self._segments[0].size > HEADER_SIZE:
+            # Even when everything in it was delivered: it is the only thing left to free.
+            self._reset_active()
+        else:
+            return False
+        self._disk_full_dropped_items_total += self._dropped_items_total - before
+        self._disk_full_episode_items += self._dropped_items_total - before
+        return True
+
+    def _disk_full_notice(self) -> tuple[str, tuple[object, ...]] | None:
+        """The log line this append owes about a full disk, if any (lock held): at most one a
+        minute while appends find no room, and one when they find room again."""
+        if self._no_room:
+            self._disk_full = True
+            new = self._disk_full_episode_items - self._disk_full_said
+            self._disk_full_said = self._disk_full_episode_items
+            # Only losses are news: freeing delivered data must not start the throttle's
+            # interval and so hide the first real loss.
+            n = self._disk_full_log.hit(new) if new else 0
+            if n:
+                self._disk_full_logged = True
+                return (
+                    "queue %s: no space left on device; dropped the oldest %d queued items "
+                    "to make room (counted in dropped_items_total; logged at most once a "
+                    "minute)",
+                    (self.name, n),
+                )
+            return None
+        if not self._disk_full:
+            return None
+        self._disk_full = False
+        lost, logged = self._disk_full_episode_items, self._disk_full_logged
+        self._disk_full_episode_items = self._disk_full_said = 0
+        self._disk_full_logged = False
+        if not logged:
+            return None
+        return (
+            "queue %s: writing again, the disk has room; %d items were dropped while it was full",
+            (self.name, lost),
+        )
 
     def _write(self, frames: list[tuple[bytes, bytes, int]], nbytes: int, items: int) -> None:
         if not frames:
@@ -475,12 +623,31 @@ class DiskQueue:
         """Delete oldest segments until ``needed`` more bytes fit (lock held)."""
         drops: list[tuple[int, int]] = []
         while self._disk_bytes + needed > self.max_bytes:
-            if len(self._segments) == 1:
-                if self._segments[0].size <= HEADER_SIZE:
-                    break
-                self._rotate()
-            drops.append(self._drop_head())
+            if len(self._segments) > 1:
+                drops.append(self._drop_head())
+            elif self._segments[0].size > HEADER_SIZE:
+                drops.append(self._reset_active())
+            else:
+                break
         return drops
+
+    def _reset_active(self) -> tuple[int, int]:
+        """Drop the only segment, the active one, in place (lock held).
+
+        It is renamed to the next id and truncated to its header, which needs no free space:
+        rotating first would need a block for the new file, which a full disk does not have.
+        A crash between rename and truncation leaves the old frames under the new id, read
+        again after the restart (at-least-once); they never mix with later appends, which
+        follow the truncation.
+        """
+        old = self._segments[0]
+        new = _Segment(old.id + 1, self._seg_path(old.id + 1), HEADER_SIZE, 0)
+        os.rename(old.path, new.path)
+        os.ftruncate(self._wfd, HEADER_SIZE)
+        self._segments.append(new)
+        self._disk_bytes += HEADER_SIZE
+        self._dirty = self._dir_dirty = True
+        return self._drop_head()  # its unlink of the old name finds nothing; that is fine
 
     def _drop_head(self) -> tuple[int, int]:
         seg = self._segments.pop(0)
@@ -586,19 +753,34 @@ class DiskQueue:
                 # close() has synced the checkpoint and may have released the directory lock:
                 # writing now could overwrite the next owner's. Not writing costs a re-send.
                 return
-            if self._ckpt_fd < 0:
-                self._ckpt_fd = os.open(
-                    self.directory / "checkpoint", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
-                )
-                os.ftruncate(self._ckpt_fd, len(data))
+            try:
+                if self._ckpt_fd < 0:
+                    self._ckpt_fd = open_private(self.directory / "checkpoint", os.O_RDWR)
+                    os.ftruncate(self._ckpt_fd, len(data))
+                    with self._lock:
+                        self._dir_dirty = True  # the file may be new
+                # Overwritten in place: one syscall per delivered batch instead of a temporary
+                # file and a rename (four), which matters because every syscall of the
+                # delivery thread is a point where a busy producer thread can take the GIL. A
+                # pwrite of 28 bytes cannot be torn by a process crash; after a power loss a
+                # torn sector fails the CRC, which means re-sending, never losing.
+                os.pwrite(self._ckpt_fd, data, 0)
+            except OSError as exc:
+                # A full disk can refuse even these 28 bytes (a new file's first block). An
+                # old checkpoint only re-sends delivered records after a restart, and the
+                # consumed segments below may be what gives the disk room again, so they are
+                # deleted all the same: recovery starts at the oldest segment that is left.
                 with self._lock:
-                    self._dir_dirty = True  # the file may be new
-            # Overwritten in place: one syscall per delivered batch instead of a temporary
-            # file and a rename (four), which matters because every syscall of the delivery
-            # thread is a point where a busy producer thread can take the GIL. A pwrite of
-            # 28 bytes cannot be torn by a process crash; after a power loss a torn sector
-            # fails the CRC, which means re-sending, never losing.
-            os.pwrite(self._ckpt_fd, data, 0)
+                    self._write_errors_total += 1
+                    n = self._ckpt_log.hit()
+                if n:
+                    log.warning(
+                        "queue %s: cannot write the checkpoint (%s); delivered records may be "
+                        "sent again after a restart (%d failed writes; logged once a minute)",
+                        self.name,
+                        exc,
+                        n,
+                    )
             for p in paths:
                 p.unlink(missing_ok=True)
             if paths:
@@ -863,6 +1045,8 @@ class DiskQueue:
                 "dropped_items_total": self._dropped_items_total,
                 "dropped_bytes_total": self._dropped_bytes_total,
                 "corrupt_bytes_total": self._corrupt_bytes_total,
+                "disk_full_dropped_items_total": self._disk_full_dropped_items_total,
+                "write_errors_total": self._write_errors_total,
                 "fsyncs_total": self._fsyncs_total,
             }
 

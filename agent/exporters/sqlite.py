@@ -66,4 +66,7 @@ class StoreSink:
             "written_records_total": self._written,
             "write_errors_total": self._errors,
             "queued_records": pending,
+            # Retention and the size bound (store.retention_hours, store.max_bytes).
+            "retention_deleted_rows_total": sum(self.store.deleted_rows_total.values()),
+            "used_bytes": self.store.used_bytes(),
         }

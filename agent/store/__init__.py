@@ -3,17 +3,21 @@
 from wattspan.agent.store.sqlite import (
     ConfusionRow,
     MetricRow,
+    RetentionResult,
     Run,
     SpanRow,
     Store,
+    StoreError,
     default_store_path,
 )
 
 __all__ = [
     "ConfusionRow",
     "MetricRow",
+    "RetentionResult",
     "Run",
     "SpanRow",
     "Store",
+    "StoreError",
     "default_store_path",
 ]

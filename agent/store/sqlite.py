@@ -3,13 +3,20 @@
 The schema is documented in ``docs/store.md``. Samples keep tags and fields as compact JSON
 so that every collector's record is stored exactly as produced: the run summary and span
 attribution can be recomputed from the stored rows alone.
+
+Retention (:meth:`Store.apply_retention`) bounds the file by age and by size; the store is
+owner-only (0600, its ``-wal`` and ``-shm`` too, which SQLite creates with the database's
+mode); any failure to open it is a :class:`StoreError` with a one-line message.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +24,7 @@ from typing import Any
 
 import orjson
 
+from wattspan.agent.private import FILE_MODE, make_private_dirs
 from wattspan.collectors.base import Sample
 
 # Each entry upgrades the schema from version i to i+1. Never edit a released entry:
@@ -124,9 +132,120 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX logs_run ON logs(run_id, ts);
     """,
+    # v3: retention covers every table, and params had no time to expire by. Rows already
+    # there take their run's end (now, for runs still open or unknown), so that none is
+    # deleted earlier than it would have been with a time of its own.
+    """
+    ALTER TABLE params ADD COLUMN ts REAL;
+    UPDATE params SET ts = COALESCE(
+        (SELECT end_ts FROM runs WHERE runs.id = params.run_id),
+        (julianday('now') - 2440587.5) * 86400.0
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
+
+#: Tables that retention deletes from, with the time each row is judged by. ``span_resources``
+#: goes with its ``span_batches`` row, ``runs`` when nothing of the run is left.
+RETAINED_TABLES: dict[str, str] = {
+    "samples": "ts",
+    "span_batches": "end_ts",
+    "metrics": "ts",
+    "params": "ts",
+    "confusion_matrices": "ts",
+    "logs": "ts",
+}
+#: Rows per retention transaction: small enough that the ingest path (which shares the
+#: store's lock) waits milliseconds, not seconds. A span batch holds a whole OTLP request.
+_CHUNK_ROWS = 4096
+_CHUNK_ROWS_BY_TABLE = {"span_batches": 64}
+#: Pages freed per ``incremental_vacuum`` step (8 MiB at the default page size).
+_VACUUM_PAGES = 2048
+#: Below ``max_bytes``, where deleting for the size bound stops: room for the next hours
+#: without deleting a little every time the daemon looks.
+SIZE_TARGET = 0.9
+#: The WAL is cut back to this after each checkpoint (one large delete can grow it by GBs).
+WAL_LIMIT_BYTES = 64 * 1024 * 1024
+
+
+class StoreError(OSError):
+    """The store at ``path`` cannot be opened (or created): a directory, under a file, not
+    a database, unreadable, a read-only filesystem, a full disk, a newer schema...
+
+    ``str()`` is one line, ``store PATH: CAUSE``; ``errno`` is set where an OS error is the
+    cause (``EISDIR``, ``ENOTDIR``, ``EACCES``, ``EROFS``, ``ENOSPC``), else ``None``.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], cause: str, err: int | None = None) -> None:
+        super().__init__(err, cause, str(path))
+        self.path = Path(path)
+        self.cause = cause
+
+    def __str__(self) -> str:
+        return f"store {self.path}: {self.cause}"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # OSError pickles as (errno, strerror), which this __init__ does not take.
+        return (type(self), (self.path, self.cause, self.errno))
+
+
+@dataclass(slots=True)
+class RetentionResult:
+    """What one :meth:`Store.apply_retention` call did."""
+
+    #: Rows deleted by this call, per table (``runs`` and ``span_resources`` included).
+    deleted: dict[str, int]
+    #: Bytes of pages in use after the call (what ``max_bytes`` bounds).
+    used_bytes: int
+    #: Bytes of the database file and its WAL on disk after the call.
+    file_bytes: int
+    #: False when the time budget ran out first: call again soon to finish.
+    complete: bool = True
+
+    @property
+    def deleted_rows(self) -> int:
+        return sum(self.deleted.values())
+
+
+def _statements(script: str) -> list[str]:
+    """A migration script as single statements: ``executescript`` would commit the
+    transaction the migration runs in."""
+    out: list[str] = []
+    buf = ""
+    for part in script.split(";"):
+        buf += part + ";"
+        if sqlite3.complete_statement(buf):
+            if buf.strip(" \n;"):
+                out.append(buf.strip())
+            buf = ""
+    return out
+
+
+def _describe_os_error(exc: OSError) -> str:
+    return (exc.strerror or str(exc)).lower() if exc.errno else str(exc)
+
+
+def _read_only_fs(path: Path) -> bool:
+    for p in (path, path.parent):
+        try:
+            return bool(os.statvfs(p).f_flag & os.ST_RDONLY)
+        except OSError:
+            continue
+    return False
+
+
+def _busy(exc: sqlite3.Error) -> bool:
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    return name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in str(exc)
+
+
+def _disk_full(path: Path) -> bool:
+    try:
+        st = os.statvfs(path.parent)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 64 * 1024
 
 
 def default_store_path() -> Path:
@@ -214,32 +333,145 @@ def _dumps(obj: object) -> str:
 
 
 class Store:
-    """Thread-safe handle on one SQLite file (one connection, serialised by a lock)."""
+    """Thread-safe handle on one SQLite file (one connection, serialised by a lock).
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    Raises :class:`StoreError` when the file cannot be opened, created or migrated. Several
+    processes may open (and create) the same path at once: one migrates, the others wait up
+    to ``timeout`` seconds for it.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, timeout: float = 30.0) -> None:
         self.path = Path(path)
-        if str(path) != ":memory:":
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+        #: Rows deleted by retention since this handle was opened, per table.
+        self.deleted_rows_total: dict[str, int] = dict.fromkeys(
+            [*RETAINED_TABLES, "span_resources", "runs"], 0
+        )
+        #: The last :meth:`apply_retention` stopped at its time budget.
+        self.retention_incomplete = False
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), check_same_thread=False, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode survives a crash of the agent (not of the kernel) without an
-        # fsync per transaction; the durable delivery queues carry the stronger promise.
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._migrate()
+        memory = str(path) == ":memory:"
+        new = memory or self._prepare_file()
+        try:
+            self._db = sqlite3.connect(str(path), check_same_thread=False, timeout=timeout)
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
+        try:
+            if new:
+                # Only a database without tables takes it, and only before the switch to WAL
+                # (which writes the header): old stores need a VACUUM (docs/store.md).
+                self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            self._wal(timeout)
+            # NORMAL in WAL mode survives a crash of the agent (not of the kernel) without an
+            # fsync per transaction; the durable delivery queues carry the stronger promise.
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
+            self._migrate()
+            if not memory and _read_only_fs(self.path):
+                # SQLite opens a WAL store on a read-only mount for reading; the agent would
+                # only find out at its first write, long after start-up.
+                raise StoreError(self.path, "read-only file system", errno.EROFS)
+        except sqlite3.Error as exc:
+            self._db.close()
+            raise self._error(exc) from exc
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _prepare_file(self) -> bool:
+        """Checks the path and creates the directories (0700) and an empty database file
+        (0600) if there is none; returns True when the database is new (empty)."""
+        p = self.path
+        if p.is_dir():
+            raise StoreError(p, "is a directory", errno.EISDIR)
+        try:
+            make_private_dirs(p.parent)
+        except NotADirectoryError as exc:
+            raise StoreError(p, f"{exc.filename} is not a directory", errno.ENOTDIR) from None
+        except OSError as exc:
+            cause = f"cannot create directory {p.parent}: {_describe_os_error(exc)}"
+            raise StoreError(p, cause, exc.errno) from None
+        try:
+            # Created here rather than by SQLite so that it is owner-only whatever the umask;
+            # SQLite gives the -wal and -shm files the database file's mode.
+            fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise StoreError(p, _describe_os_error(exc), exc.errno) from None
+        else:
+            try:
+                os.fchmod(fd, FILE_MODE)
+            finally:
+                os.close(fd)
+        try:
+            return p.stat().st_size == 0
+        except OSError as exc:
+            raise StoreError(p, _describe_os_error(exc), exc.errno) from None
+
+    def _wal(self, timeout: float) -> None:
+        # Switching a new file to WAL needs its exclusive lock, and SQLite answers SQLITE_BUSY
+        # at once rather than through the busy handler when another process holds it.
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL").fetchone()
+                return
+            except sqlite3.OperationalError as exc:
+                if not _busy(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.005)
+
+    def _error(self, exc: sqlite3.Error) -> StoreError:
+        """The SQLite error as a one-line :class:`StoreError`, naming the likely cause."""
+        p = self.path
+        name = getattr(exc, "sqlite_errorname", "") or ""
+        text = str(exc)
+        if name.startswith("SQLITE_NOTADB") or "not a database" in text:
+            return StoreError(p, "not a wattspan store (the file is not an SQLite database)")
+        if name.startswith("SQLITE_CORRUPT"):
+            return StoreError(p, f"the database is damaged ({text})")
+        if _busy(exc):
+            return StoreError(p, "locked by another process (gave up waiting)")
+        if _read_only_fs(p):
+            return StoreError(p, "read-only file system", errno.EROFS)
+        if name.startswith("SQLITE_FULL") or _disk_full(p):
+            return StoreError(p, "no space left on device", errno.ENOSPC)
+        if p.exists() and not os.access(p, os.R_OK | os.W_OK):
+            return StoreError(p, "permission denied (needs read and write access)", errno.EACCES)
+        if name.startswith("SQLITE_READONLY"):
+            return StoreError(p, f"cannot write ({text})", errno.EACCES)
+        return StoreError(p, text)
 
     def _migrate(self) -> None:
         with self._lock:
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise RuntimeError(
-                    f"store {self.path} has schema version {version}, newer than this "
-                    f"wattspan understands ({SCHEMA_VERSION}); upgrade wattspan"
-                )
-            for v in range(version, SCHEMA_VERSION):
-                with self._db:
-                    self._db.executescript(MIGRATIONS[v])
-                    self._db.execute(f"PRAGMA user_version={v + 1}")
+            version = self._check_version()
+            if version == SCHEMA_VERSION:
+                return
+            # Several processes can open a new store at once (``wattspan run`` three times):
+            # the write lock, taken before the version is read again, makes one of them
+            # migrate and the others find the migrated schema.
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                version = self._check_version()
+                for v in range(version, SCHEMA_VERSION):
+                    for statement in _statements(MIGRATIONS[v]):
+                        self._db.execute(statement)
+                if version < SCHEMA_VERSION:
+                    self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                self._db.commit()
+            except BaseException:
+                self._db.rollback()
+                raise
+
+    def _check_version(self) -> int:
+        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                self.path,
+                f"schema version {version} is newer than this wattspan understands "
+                f"({SCHEMA_VERSION}); upgrade wattspan",
+            )
+        return version
 
     @property
     def schema_version(self) -> int:
@@ -419,9 +651,12 @@ class Store:
             return bid
 
     def set_batch_resources(self, items: Iterable[tuple[int, list[dict[str, Any]]]]) -> None:
-        """Attribution results: (batch id, resources of its spans in order)."""
+        """Attribution results: (batch id, resources of its spans in order). A batch that
+        retention deleted meanwhile gets none: a row left behind would later be taken for
+        the attribution of a new batch that reuses the id."""
         self._insert_many(
-            "INSERT OR REPLACE INTO span_resources (resources, batch_id) VALUES (?,?)",
+            "INSERT OR REPLACE INTO span_resources (resources, batch_id) "
+            "SELECT ?1, ?2 WHERE EXISTS (SELECT 1 FROM span_batches WHERE id = ?2)",
             [(_dumps(res), bid) for bid, res in items],
         )
 
@@ -494,10 +729,18 @@ class Store:
             ).fetchall()
         return [MetricRow(*r[:7], attributes=_loads(r[7])) for r in rows]
 
-    def write_params(self, run_id: str | None, span_id: str | None, params: dict[str, Any]) -> None:
+    def write_params(
+        self,
+        run_id: str | None,
+        span_id: str | None,
+        params: dict[str, Any],
+        ts: float | None = None,
+    ) -> None:
+        """``ts``: when they were logged (default now), what retention judges them by."""
+        ts = time.time() if ts is None else ts
         self._insert_many(
-            "INSERT INTO params (run_id, span_id, key, value) VALUES (?,?,?,?)",
-            [(run_id, span_id, str(k), _dumps(v)) for k, v in params.items()],
+            "INSERT INTO params (run_id, span_id, key, value, ts) VALUES (?,?,?,?,?)",
+            [(run_id, span_id, str(k), _dumps(v), ts) for k, v in params.items()],
         )
 
     def params(self, run_id: str) -> dict[str, Any]:
@@ -554,9 +797,230 @@ class Store:
             ).fetchall()
         return [(*r[:6], _loads(r[6])) for r in rows]
 
-    def delete_samples_before(self, ts: float) -> int:
+    # -- retention ----------------------------------------------------------------------
+    def used_bytes(self) -> int:
+        """Bytes of pages in use: the file's size once free pages are given back, and what
+        ``max_bytes`` of :meth:`apply_retention` bounds."""
+        with self._lock:
+            return self._used_bytes()
+
+    def _used_bytes(self) -> int:
+        q = self._db.execute
+        pages = q("PRAGMA page_count").fetchone()[0] - q("PRAGMA freelist_count").fetchone()[0]
+        return int(pages * q("PRAGMA page_size").fetchone()[0])
+
+    def file_bytes(self) -> int:
+        """Bytes on disk: the database file and its WAL."""
+        total = 0
+        for suffix in ("", "-wal"):
+            with contextlib.suppress(OSError):  # no WAL: nothing written since the last close
+                total += os.stat(f"{self.path}{suffix}").st_size
+        return total
+
+    def apply_retention(
+        self,
+        retention_hours: float,
+        max_bytes: int = 0,
+        *,
+        now: float | None = None,
+        budget: float | None = None,
+    ) -> RetentionResult:
+        """Deletes what is older than ``retention_hours`` (0: no age limit) from every table,
+        then, while more than ``max_bytes`` (0: no bound) of pages are in use, whole runs
+        that ended, oldest first, then the oldest rows of the runs still open, until the data
+        fits in :data:`SIZE_TARGET` of ``max_bytes``; and gives the freed pages back to the
+        filesystem (stores created with ``auto_vacuum=INCREMENTAL``, see docs/store.md).
+
+        A row's age is its own time column (:data:`RETAINED_TABLES`). Rows are examined in
+        the order they arrived, a chunk at a time, and a chunk with nothing old in it ends
+        a table's pass: a row that arrived long after others with an old timestamp waits
+        for them. A run's row goes once it ended before the horizon and none of its data is
+        left; runs still open keep theirs.
+
+        Deletes in short transactions, so that writers wait milliseconds; stops once
+        ``budget`` seconds have passed (``complete`` False in the result, and in
+        :attr:`retention_incomplete`): call again to go on. Counted in
+        :attr:`deleted_rows_total`.
+        """
+        now = time.time() if now is None else now
+        deadline = float("inf") if budget is None else time.monotonic() + budget
+        deleted = dict.fromkeys(self.deleted_rows_total, 0)
+        complete = True
+        if retention_hours > 0:
+            horizon = now - retention_hours * 3600.0
+            complete = self._expire_all(horizon, deadline, deleted)
+            if complete:
+                self._delete_ended_runs(horizon, deleted)
+        if complete and max_bytes > 0 and self.used_bytes() > max_bytes:
+            complete = self._shrink(int(max_bytes * SIZE_TARGET), now, deadline, deleted)
+        if complete:
+            complete = self._reclaim(deadline)
+        self.retention_incomplete = not complete
+        return RetentionResult(deleted, self.used_bytes(), self.file_bytes(), complete)
+
+    def _count(self, table: str, n: int, deleted: dict[str, int]) -> None:
+        deleted[table] += n
+        self.deleted_rows_total[table] += n
+
+    def _delete_batches(self, ids: list[int], deleted: dict[str, int]) -> None:
+        """Span batches and their attribution (lock and transaction held)."""
+        rows = [(i,) for i in ids]
+        cur = self._db.executemany("DELETE FROM span_resources WHERE batch_id=?", rows)
+        self._count("span_resources", cur.rowcount, deleted)
+        cur = self._db.executemany("DELETE FROM span_batches WHERE id=?", rows)
+        self._count("span_batches", cur.rowcount, deleted)
+
+    def _expire_all(self, horizon: float, deadline: float, deleted: dict[str, int]) -> bool:
+        return all(self._expire(t, horizon, deadline, deleted) for t in RETAINED_TABLES)
+
+    def _expire(self, table: str, horizon: float, deadline: float, deleted: dict[str, int]) -> bool:
+        """Deletes ``table``'s rows older than ``horizon``; False if the deadline came first."""
+        col = RETAINED_TABLES[table]
+        chunk = _CHUNK_ROWS_BY_TABLE.get(table, _CHUNK_ROWS)
+        after = -(2**63)
+        while True:
+            if time.monotonic() > deadline:
+                return False
+            with self._lock, self._db:
+                if table == "samples":
+                    # Indexed by time (samples_ts): exact, whatever the arrival order.
+                    n = self._db.execute(
+                        "DELETE FROM samples WHERE rowid IN "
+                        "(SELECT rowid FROM samples WHERE ts < ? LIMIT ?)",
+                        (horizon, chunk),
+                    ).rowcount
+                    self._count(table, n, deleted)
+                    if n < chunk:
+                        return True
+                    continue
+                # No time index on the others (one more index entry per row on the ingest
+                # path): rowids follow arrival, which follows time closely enough.
+                last = self._db.execute(
+                    f"SELECT max(rowid) FROM (SELECT rowid FROM {table} WHERE rowid > ? "
+                    "ORDER BY rowid LIMIT ?)",
+                    (after, chunk),
+                ).fetchone()[0]
+                if last is None:
+                    return True
+                if table == "span_batches":
+                    ids = [
+                        r[0]
+                        for r in self._db.execute(
+                            "SELECT id FROM span_batches WHERE id > ? AND id <= ? AND end_ts < ?",
+                            (after, last, horizon),
+                        )
+                    ]
+                    self._delete_batches(ids, deleted)
+                    n = len(ids)
+                else:
+                    n = self._db.execute(
+                        f"DELETE FROM {table} WHERE rowid > ? AND rowid <= ? AND {col} < ?",
+                        (after, last, horizon),
+                    ).rowcount
+                    self._count(table, n, deleted)
+            if n == 0:
+                return True
+            after = last
+
+    def _delete_ended_runs(self, horizon: float, deleted: dict[str, int]) -> None:
+        has_data = " OR ".join(
+            f"EXISTS (SELECT 1 FROM {t} WHERE run_id = runs.id)" for t in RETAINED_TABLES
+        )
         with self._lock, self._db:
-            return self._db.execute("DELETE FROM samples WHERE ts < ?", (ts,)).rowcount
+            n = self._db.execute(
+                f"DELETE FROM runs WHERE end_ts IS NOT NULL AND end_ts < ? AND NOT ({has_data})",
+                (horizon,),
+            ).rowcount
+            self._count("runs", n, deleted)
+
+    def _delete_run(self, run_id: str, deadline: float, deleted: dict[str, int]) -> bool:
+        """All of one run: its rows in every table, then the run itself."""
+        for table in RETAINED_TABLES:
+            chunk = _CHUNK_ROWS_BY_TABLE.get(table, _CHUNK_ROWS)
+            while True:
+                if time.monotonic() > deadline:
+                    return False
+                with self._lock, self._db:
+                    if table == "span_batches":
+                        ids = [
+                            r[0]
+                            for r in self._db.execute(
+                                "SELECT id FROM span_batches WHERE run_id=? LIMIT ?",
+                                (run_id, chunk),
+                            )
+                        ]
+                        self._delete_batches(ids, deleted)
+                        n = len(ids)
+                    else:
+                        n = self._db.execute(
+                            f"DELETE FROM {table} WHERE rowid IN "
+                            f"(SELECT rowid FROM {table} WHERE run_id=? LIMIT ?)",
+                            (run_id, chunk),
+                        ).rowcount
+                        self._count(table, n, deleted)
+                if n < chunk:
+                    break
+        with self._lock, self._db:
+            n = self._db.execute("DELETE FROM runs WHERE id=?", (run_id,)).rowcount
+            self._count("runs", n, deleted)
+        return True
+
+    def _oldest(self) -> float | None:
+        """The oldest time at the head of any table (samples: the oldest overall)."""
+        times: list[float] = []
+        with self._lock:
+            for table, col in RETAINED_TABLES.items():
+                order = "ts" if table == "samples" else "rowid"
+                row = self._db.execute(
+                    f"SELECT {col} FROM {table} WHERE {col} IS NOT NULL ORDER BY {order} LIMIT 1"
+                ).fetchone()
+                if row is not None:
+                    times.append(float(row[0]))
+        return min(times, default=None)
+
+    def _shrink(self, target: int, now: float, deadline: float, deleted: dict[str, int]) -> bool:
+        """Size bound: runs that ended, oldest first, then time slices of what is left."""
+        with self._lock:
+            ended = [
+                r[0]
+                for r in self._db.execute(
+                    "SELECT id FROM runs WHERE end_ts IS NOT NULL ORDER BY start_ts, end_ts"
+                )
+            ]
+        for run_id in ended:
+            if not self._delete_run(run_id, deadline, deleted):
+                return False
+            if self.used_bytes() <= target:
+                return True
+        oldest = self._oldest()
+        if oldest is None:
+            return True
+        # The runs still open (the agent's own session, a long `wattspan run`): move a
+        # horizon forward from the oldest row in sixteenths of what they span.
+        step = max((now - oldest) / 16.0, 60.0)
+        horizon = oldest
+        while self.used_bytes() > target and horizon <= now:
+            horizon += step
+            if not self._expire_all(horizon, deadline, deleted):
+                return False
+        return True
+
+    def _reclaim(self, deadline: float) -> bool:
+        """Free pages back to the filesystem, a step at a time, then the WAL cut back."""
+        with self._lock:
+            incremental = self._db.execute("PRAGMA auto_vacuum").fetchone()[0] == 2
+        while incremental:
+            if time.monotonic() > deadline:
+                return False
+            with self._lock:
+                if not self._db.execute("PRAGMA freelist_count").fetchone()[0]:
+                    break
+                self._db.execute(f"PRAGMA incremental_vacuum({_VACUUM_PAGES})").fetchall()
+        with self._lock:
+            # PASSIVE rather than TRUNCATE: never waits for readers (a `wattspan show`);
+            # journal_size_limit cuts the WAL back once a checkpoint completes.
+            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        return True
 
     def close(self) -> None:
         with self._lock:

@@ -5,21 +5,36 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
+from pathlib import Path
 
-from wattspan.agent.store import Store, default_store_path
+from wattspan.agent.store import Store, StoreError, default_store_path
+
+#: Exit code for a store that is there but cannot be opened: like a usage error, the
+#: ``--store`` path (or ``$WATTSPAN_STORE``) is what needs fixing.
+EXIT_BAD_STORE = 2
 
 
 def open_store(path: str | None) -> Store | None:
-    p = path or default_store_path()
-    from pathlib import Path
-
-    if not Path(p).exists():
+    """The store at ``path`` (default: :func:`default_store_path`), or None after saying on
+    stderr that there is none (the caller exits 1). A path that is there but is no usable
+    store is reported as ``wattspan: store PATH: CAUSE`` and exits 2 (``SystemExit``)."""
+    p = Path(path) if path else default_store_path()
+    try:
+        os.stat(p)
+    except FileNotFoundError:
         print(
             f"wattspan: no store at {p} (run something with `wattspan run` first)", file=sys.stderr
         )
         return None
-    return Store(p)
+    except OSError:
+        pass  # under a file, not searchable...: Store says which, without creating anything
+    try:
+        return Store(p)
+    except StoreError as exc:
+        print(f"wattspan: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_BAD_STORE) from None
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
