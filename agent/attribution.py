@@ -226,9 +226,13 @@ def _peaks(rss: Series | None, hwm: Series | None, t0: np.ndarray, t1: np.ndarra
 
 
 def attribute(
-    spans: Sequence[SpanWindow], series: NodeSeries, idle_watts: float | None
+    spans: Sequence[SpanWindow],
+    series: NodeSeries,
+    idle_watts: float | None,
+    idle_method: str | None = None,
 ) -> list[dict[str, Any]]:
-    """The ``resources`` dict of each span (units in the key names)."""
+    """The ``resources`` dict of each span (units in the key names); ``idle_method`` names
+    where ``idle_watts`` came from (:mod:`wattspan.agent.idle`) and is stored beside it."""
     n = len(spans)
     if n == 0:
         return []
@@ -309,6 +313,8 @@ def attribute(
     if primary:
         col("node_energy_total_joules", node_total)
         col("idle_power_watts", [float(idle_watts or 0.0)] * n)
+        if idle_method is not None:
+            col("idle_method", [idle_method] * n)
         col("idle_energy_joules", idle)
         col("active_energy_joules", active)
         col("energy_estimated", [estimated] * n)

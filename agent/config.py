@@ -112,7 +112,8 @@ SCHEMA: dict[str, dict[str, tuple[Check, Any]]] = {
         "enabled": (_bool, True),
         "path": (_str, ""),
         # Every table: samples, spans, metrics, logs, runs that ended before the horizon.
-        "retention_hours": (_within(0.0, 24 * 365 * 10), 168.0),
+        # 0 = no age limit (max_bytes may still bound the store).
+        "retention_hours": (_within(0.0, 24 * 365 * 10, zero=True), 168.0),
         # 0 = no size bound; else the oldest runs' data is deleted first (and counted).
         "max_bytes": (_within(0, 2**50, integer=True, zero=True), 0),
     },

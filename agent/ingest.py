@@ -18,9 +18,10 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wattspan import semconv as sc
+from wattspan.agent.calibration import Calibration
 from wattspan.agent.domains import primary_domains
 from wattspan.agent.errors import Backpressure
 from wattspan.agent.logthrottle import LogThrottle
@@ -37,6 +38,10 @@ from wattspan.agent.store import ConfusionRow, MetricRow, SpanRow, Store
 from wattspan.collectors.base import Sample, number
 from wattspan.collectors.cpu import BUSY_FIELDS
 from wattspan.collectors.process import ProcessCollector
+
+if TYPE_CHECKING:
+    from wattspan.agent.attribution import NodeSeries
+    from wattspan.agent.idle import IdleEstimate
 
 log = logging.getLogger("wattspan.ingest")
 
@@ -86,6 +91,17 @@ class IngestLimits:
             int(otlp["max_watched_processes"]),
         )
 
+
+# How much history a run waits for before its idle figure falls back to the lowest interval.
+IDLE_HISTORY_SECONDS = 30.0
+
+
+class _WaitForIdle(Exception):
+    """Raised inside an attribution pass that should wait for more samples."""
+
+
+# Runs whose idle figure is remembered (a daemon sees a run per program).
+MAX_IDLE_RUNS = 4096
 
 # Decoded JSON values nested deeper than this are not kept: the store's encoder (orjson)
 # stops at 255 levels, and no hyperparameter set or confusion matrix needs more than a few.
@@ -223,6 +239,12 @@ class SampleRing:
             if ser.head >= len(ser.ts):
                 del self._series[key]
 
+    def coverage(self) -> float:
+        """Seconds between the oldest and the newest sample kept."""
+        with self._lock:
+            firsts = [ser.ts[ser.head] for ser in self._series.values() if ser.head < len(ser.ts)]
+        return self.latest_ts - min(firsts) if firsts else 0.0
+
     def between(self, t0: float, t1: float, whole: bool = False) -> list[Sample] | None:
         """Samples covering [t0, t1] with one on each side per series, or None if t0 is
         too old. ``whole``: every sample kept, not only those around [t0, t1]."""
@@ -260,6 +282,7 @@ class TelemetryIngest:
         ring_seconds: float = 300.0,
         flush_samples: Callable[[], None] | None = None,
         limits: IngestLimits | None = None,
+        calibration: Calibration | None = None,
     ) -> None:
         self.limits = limits or IngestLimits()
         self.store = store
@@ -277,7 +300,11 @@ class TelemetryIngest:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._idle_watts: float | None = None
+        self._model_idle: float | None = None
+        self.calibration = calibration
+        # One idle figure per run, the first one it was given: every span of a run is
+        # charged the same idle power (agent/idle.py has the methods).
+        self._idle_by_run: dict[str | None, IdleEstimate] = {}
         self.counts = {
             "spans_stored_total": 0,
             "spans_attributed_total": 0,
@@ -309,25 +336,32 @@ class TelemetryIngest:
         if self._pending:
             self._wake.set()
 
+    def idle_of(self, run_id: str | None) -> IdleEstimate | None:
+        """The idle figure the run's spans were charged, once any were attributed."""
+        return self._idle_by_run.get(run_id)
+
+    def estimate_idle(self, series: NodeSeries | None = None) -> IdleEstimate | None:
+        """The best idle figure for ``series`` (default: the whole ring) right now."""
+        from wattspan.agent.attribution import build_series
+        from wattspan.agent.idle import estimate
+
+        if series is None:
+            series = build_series(self.ring.all())
+        return estimate(
+            series,
+            primary_domains(series.energy),
+            model_watts=self._model_idle,
+            calibration=self.calibration,
+        )
+
     def _update_idle(self, samples: Sequence[Sample]) -> None:
-        """Idle power: the model's own figure when CPU power is estimated, else the lowest
-        interval-mean power seen over the primary domains."""
-        watts: dict[str, float] = {}
+        """The power model's own idle figure, when it is the node's energy source."""
         for s in samples:
             if s.source == "power_model":
                 idle = number(s, "idle_power_watts")
                 if idle is not None:
-                    self._idle_watts = idle
+                    self._model_idle = idle
                     return
-            if s.source == "rapl":
-                p = number(s, "power_watts")
-                if p is not None:
-                    watts[s.tags.get("domain", "?")] = p
-        if not watts:
-            return
-        total = sum(watts[d] for d in primary_domains(watts))
-        if self._idle_watts is None or total < self._idle_watts:
-            self._idle_watts = total
 
     def flush(self, timeout: float | None = None) -> None:
         self.attribute_due(force=True)
@@ -623,7 +657,11 @@ class TelemetryIngest:
         if not batches:
             return 0
         try:
-            n = self._attribute(batches)
+            n = self._attribute(batches, force)
+        except _WaitForIdle:
+            with self._lock:
+                self._pending[:0] = batches
+            return 0
         except BaseException:
             with self._lock:
                 self._pending[:0] = batches
@@ -636,26 +674,23 @@ class TelemetryIngest:
             self._retry_delay = 0.0
         return n
 
-    def _attribute(self, batches: list[tuple[int | None, list[SpanRow]]]) -> int:
+    def _attribute(self, batches: list[tuple[int | None, list[SpanRow]]], force: bool) -> int:
         # numpy loads with the first span, not with the agent: a node agent that is never
         # sent a span does not carry it.
-        from wattspan.agent.attribution import (
-            SpanWindow,
-            attribute,
-            build_series,
-            min_interval_power,
-        )
+        from wattspan.agent.attribution import SpanWindow, attribute, build_series
 
         due = [r for _, rows in batches for r in rows]
         t0 = min(r.start_ts for r in due)
         t1 = max(r.end_ts for r in due)
-        idle = self._idle_watts
-        # Without an idle figure from the samples, it is derived below from every interval
-        # the ring holds; otherwise only the samples around these spans are read.
+        runs = {r.run_id for r in due}
+        # A run without its idle figure yet gets one estimated from every interval the ring
+        # holds (a regression wants them all); otherwise only the samples around these spans
+        # are read.
+        fresh = not runs <= self._idle_by_run.keys()
         samples = self.ring.between(
             min(t0, min(r.end_ts for r in due)),
             max(t1, max(r.start_ts for r in due)),
-            whole=idle is None,
+            whole=fresh,
         )
         if samples is None and self.store is not None:
             if self.flush_samples is not None:
@@ -664,22 +699,47 @@ class TelemetryIngest:
             stored = self.store.samples(start=t0 - margin - 60, end=t1 + margin)
             samples = [x for s in stored if (x := _slim(s)) is not None] + self.ring.all()
         series = build_series(samples or self.ring.all())
-        if idle is None:
-            idle = min_interval_power(series, primary_domains(series.energy))
+        if fresh:
+            estimate = self.estimate_idle(series)
+            # The lowest interval seen is a poor idle figure until there is history: a young
+            # agent (wattspan run's always is) waits a little for the regression to apply,
+            # since the figure chosen now holds for the whole run.
+            if (
+                not force
+                and estimate is not None
+                and estimate.method == "min-interval"
+                and self.ring.coverage() < IDLE_HISTORY_SECONDS
+            ):
+                raise _WaitForIdle
+            for run in runs - self._idle_by_run.keys():
+                if estimate is not None:
+                    self._idle_by_run[run] = estimate
+            while len(self._idle_by_run) > MAX_IDLE_RUNS:
+                del self._idle_by_run[next(iter(self._idle_by_run))]
         key, cpu_key = sc.ATTR_ITEMS, sc.ATTR_CPU_PROCESS
-        windows = [
-            SpanWindow(
-                r.start_ts,
-                r.end_ts,
-                r.pid,
-                None if key not in r.attributes else _num(r.attributes[key]),
-                None if cpu_key not in r.attributes else _cpu(r.attributes[cpu_key]),
+        by_run: dict[str | None, list[SpanRow]] = {}
+        for r in due:
+            by_run.setdefault(r.run_id, []).append(r)
+        for run, rows in by_run.items():
+            windows = [
+                SpanWindow(
+                    r.start_ts,
+                    r.end_ts,
+                    r.pid,
+                    None if key not in r.attributes else _num(r.attributes[key]),
+                    None if cpu_key not in r.attributes else _cpu(r.attributes[cpu_key]),
+                )
+                for r in rows
+            ]
+            idle = self._idle_by_run.get(run)
+            results = attribute(
+                windows,
+                series,
+                None if idle is None else idle.watts,
+                None if idle is None else idle.method,
             )
-            for r in due
-        ]
-        results = attribute(windows, series, idle)
-        for r, res in zip(due, results, strict=True):
-            r.resources = res
+            for r, res in zip(rows, results, strict=True):
+                r.resources = res
         # Exporters first, the store's "attributed" mark second: a crash in between then
         # re-exports these spans after the restart (an exporter's receiver overwrites an
         # identical point) instead of leaving them marked done but never exported.

@@ -188,6 +188,10 @@ def _finish(
     # were taken), never from reading the store back: a store that failed mid-run would
     # otherwise shrink the figures without a word.
     summary = measured.result(start, end)
+    idle = agent.ingest.idle_of(run.id)
+    if idle is not None:
+        summary["idle_power_watts"] = idle.watts
+        summary["idle_method"] = idle.method
     if agent.store is not None:
         trouble = _store_trouble(agent)
         if trouble:

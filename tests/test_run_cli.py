@@ -256,3 +256,13 @@ def test_summary_is_what_was_measured_when_the_store_fails_mid_run(
     stored = Store(store_path).resolve_run(result.run.id)
     assert stored.summary is not None and stored.summary["store_incomplete"] is True
     assert stored.summary["cpu_seconds"] == pytest.approx(result.summary["cpu_seconds"])
+
+
+@pytest.mark.parametrize("command", [["run", "--", "true"], ["agent", "--otlp-port", "0"]])
+def test_a_store_path_that_is_a_directory_is_one_line_and_exit_2(
+    tmp_path: Path, command: list[str]
+) -> None:
+    p = wattspan(*command[:1], "--store", str(tmp_path), *command[1:])
+    assert p.returncode == 2
+    assert p.stderr.strip().splitlines()[-1] == f"wattspan: store {tmp_path}: is a directory"
+    assert "Traceback" not in p.stderr

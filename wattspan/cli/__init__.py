@@ -96,6 +96,17 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--store", metavar="PATH")
     sh.add_argument("--json", action="store_true")
 
+    cal = sub.add_parser(
+        "calibrate",
+        parents=[common],
+        help="measure this host's idle power (on a quiet node) for energy attribution",
+        description="Sample RAPL on a quiet node and store its idle power in the agent's "
+        "state directory, where the agent and wattspan run use it.",
+    )
+    cal.add_argument("--seconds", type=_interval, default=60.0, help="how long to measure (60)")
+    cal.add_argument("--interval", type=_interval, default=0.5, help="sampling interval, s")
+    cal.add_argument("--config", metavar="FILE", help="agent TOML config (state_dir, rapl root)")
+
     from wattspan.cli.analysis_parsers import add_analysis_parsers
 
     add_analysis_parsers(sub)
@@ -129,6 +140,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(args.log_level)
     if hasattr(args, "handler"):
         return int(args.handler(args))
+    if args.command == "calibrate":
+        from wattspan.cli.calibrate_cmd import cmd_calibrate
+
+        return cmd_calibrate(args)
     if args.command == "status":
         from wattspan.cli.status_cmd import cmd_status
 

@@ -11,6 +11,7 @@ from types import FrameType
 
 from wattspan.agent.config import load_config
 from wattspan.agent.errors import ConfigError
+from wattspan.agent.store import StoreError
 
 log = logging.getLogger("wattspan.agent")
 
@@ -44,6 +45,9 @@ def cmd_agent(args: argparse.Namespace) -> int:
         agent = Agent(config)
     except ConfigError as exc:
         print(f"wattspan: config error: {exc}", file=sys.stderr)
+        return 2
+    except StoreError as exc:
+        print(f"wattspan: {exc}", file=sys.stderr)
         return 2
 
     from wattspan.agent import systemd

@@ -22,16 +22,22 @@ def cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         print(f"wattspan: config error: {exc}", file=sys.stderr)
         return 2
     from wattspan.agent.runner import run_command
+    from wattspan.agent.store import StoreError
     from wattspan.cli.tables import print_table, summary_table
 
-    result = run_command(
-        cmd,
-        config,
-        interval=args.interval,
-        store_path=args.store,
-        name=args.name,
-        description=args.description,
-    )
+    try:
+        result = run_command(
+            cmd,
+            config,
+            interval=args.interval,
+            store_path=args.store,
+            name=args.name,
+            description=args.description,
+        )
+    except StoreError as exc:
+        # Before the command started: nothing ran, so nothing is lost by stopping here.
+        print(f"wattspan: {exc}", file=sys.stderr)
+        return 2
     if args.json:
         out = {"run_id": result.run.id, "name": result.run.name, "exit_code": result.exit_code}
         out.update(result.summary)

@@ -53,6 +53,12 @@ def summary_table(run: Run, summary: dict[str, Any]) -> Table:
         )
     if not summary.get("energy"):
         t.add_row("energy", "-", "no RAPL and power model off")
+    if summary.get("idle_power_watts") is not None:
+        t.add_row(
+            "idle power",
+            fmt_num(summary["idle_power_watts"], "W", 1),
+            f"charged to no span ({summary.get('idle_method', '?')})",
+        )
     for g in summary.get("gpus", []):
         gid = f"GPU {g['gpu']}"
         method = g.get("energy_method") or ""
