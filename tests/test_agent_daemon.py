@@ -192,3 +192,85 @@ def test_port_in_use_is_one_clear_error(tmp_path: Path) -> None:
     assert p.returncode == 1
     assert f"cannot serve metrics on 127.0.0.1:{port}" in p.stderr
     assert "Traceback" not in p.stderr
+
+
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes.fromhex("000000040000000000")
+
+
+def _limit_open_files() -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+
+
+def test_idle_otlp_connections_cannot_starve_metrics(tmp_path: Path) -> None:
+    """300 idle OTLP connections against an agent allowed 256 open files: /metrics (the
+    liveness probe) keeps answering, the excess is closed at once, the rest after
+    otlp.max_connection_idle_seconds, and OTLP works again afterwards."""
+    import grpc
+
+    from tests.test_receiver import TRACE_METHOD, good_trace_request, raw_call
+
+    port = free_port()
+    log = tmp_path / "agent.log"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "wattspan",
+            "agent",
+            "--metrics-port",
+            str(port),
+            "--otlp-port",
+            "0",
+            "--store",
+            str(tmp_path / "a.db"),
+        ],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "WATTSPAN_OTLP__MAX_CONNECTION_IDLE_SECONDS": "1.5"},
+        preexec_fn=_limit_open_files,
+    )
+    conns: list[socket.socket] = []
+    try:
+        wait_for(lambda: "receiving OTLP/gRPC on" in log.read_text(), 60, "agent started")
+        otlp_port = int(
+            log.read_text().split("receiving OTLP/gRPC on ", 1)[1].split()[0].rsplit(":", 1)[1]
+        )
+        # 256 open files minus what the rest of the agent keeps in reserve.
+        assert "at most 128 OTLP connections are accepted" in log.read_text()
+        for _ in range(300):
+            c = socket.create_connection(("127.0.0.1", otlp_port), timeout=5)
+            c.sendall(_H2_PREFACE)  # a finished handshake, then silence
+            conns.append(c)
+        for _ in range(3):
+            t0 = time.monotonic()
+            status, body = http_get(f"http://127.0.0.1:{port}/metrics")
+            assert status == 200 and b"wattspan_build_info" in body
+            assert time.monotonic() - t0 < 3
+        deadline = time.monotonic() + 15
+        for c in conns:
+            c.settimeout(max(0.1, deadline - time.monotonic()))
+            try:
+                while c.recv(65536):  # SETTINGS, GOAWAY...
+                    pass
+            except TimeoutError:
+                raise AssertionError("an idle OTLP connection was not closed") from None
+            except OSError:
+                pass  # reset: closed too
+        ch = grpc.insecure_channel(f"127.0.0.1:{otlp_port}")
+        raw_call(ch, TRACE_METHOD, good_trace_request("after-the-flood"))
+        ch.close()
+        assert http_get(f"http://127.0.0.1:{port}/metrics")[0] == 200
+    finally:
+        for c in conns:
+            c.close()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    text = log.read_text()
+    assert proc.returncode == 0, text[-3000:]
+    assert "Traceback" not in text and "Too many open files" not in text

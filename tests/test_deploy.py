@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from wattspan.agent.config import DEFAULT_METRICS_PORT, DEFAULT_OTLP_PORT, load_config
+from wattspan.agent.exporters.prometheus import HEALTH_PATH
 
 yaml = pytest.importorskip("yaml", reason="PyYAML is a test dependency (pip install pyyaml)")
 
@@ -28,6 +29,8 @@ UNIT = SYSTEMD / "wattspan-agent.service"
 EXAMPLE = SYSTEMD / "wattspan.toml"
 K8S = ROOT / "deploy" / "kubernetes"
 CONTAINERFILE = ROOT / "deploy" / "container" / "Containerfile"
+SECRET_NAME = "wattspan-agent-auth"
+SECRET_KEYS = ("otlp-token", "metrics-token")
 
 
 # --- systemd ---------------------------------------------------------------------------------
@@ -329,9 +332,61 @@ def _mebibytes(q: str) -> float:
 @pytest.mark.parametrize("probe", ["readinessProbe", "livenessProbe"])
 def test_daemonset_probes(container: dict[str, Any], probe: str) -> None:
     get = container[probe]["httpGet"]
-    assert get["path"] == "/metrics"
+    # /metrics needs the bearer token, which an httpGet probe could only carry in plain
+    # text in the pod spec; /healthz is answered by the same server threads without one.
+    assert get["path"] == HEALTH_PATH
     assert get["port"] in ("metrics", 9879)
+    assert get.get("scheme", "HTTP") == "HTTP"  # the DaemonSet serves /metrics without TLS
     assert container[probe].get("timeoutSeconds", 1) >= 2
+
+
+def test_daemonset_tokens_from_a_secret(
+    pod: dict[str, Any], container: dict[str, Any], tmp_path: Path
+) -> None:
+    """Both listeners get a token file from the Secret's mount, and with the files the
+    Secret would hold, the agent's own code reads both tokens."""
+    from wattspan.agent.receiver.security import load_bearer_token
+
+    env = _env(container)
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    secret_volumes = [v for v in pod["volumes"] if "secret" in v]
+    assert len(secret_volumes) == 1
+    vol = secret_volumes[0]
+    assert vol["secret"]["secretName"] == SECRET_NAME
+    assert vol["secret"].get("optional", False) is False  # no token, no agent: fail closed
+    assert vol["secret"]["defaultMode"] == 0o400
+    mount = mounts[vol["name"]]
+    assert mount["readOnly"] is True
+    keys = {item["key"]: item["path"] for item in volumes[vol["name"]]["secret"]["items"]}
+    assert set(keys) == set(SECRET_KEYS)
+    for section, key in (("OTLP", "otlp-token"), ("METRICS", "metrics-token")):
+        path = env[f"WATTSPAN_{section}__BEARER_TOKEN_FILE"]["value"]
+        assert path == f"{mount['mountPath']}/{keys[key]}"
+        fake = tmp_path / keys[key]
+        fake.write_text("0123abcd" * 8)  # what `openssl rand -hex 32` prints, no newline
+        assert load_bearer_token(section.lower(), fake, None) == b"0123abcd" * 8
+
+
+def test_readme_creates_the_secret_the_daemonset_mounts() -> None:
+    readme = (ROOT / "deploy" / "README.md").read_text(encoding="utf-8")
+    assert f"kubectl -n wattspan create secret generic {SECRET_NAME}" in readme
+    for key in SECRET_KEYS:
+        assert f"--from-literal={key}=" in readme
+    # ...and how Prometheus and OTLP clients send the tokens.
+    assert "credentials_file:" in readme
+    assert "OTEL_EXPORTER_OTLP_HEADERS=authorization=Bearer%20" in readme
+
+
+def test_unit_open_files_fit_the_otlp_connections() -> None:
+    """LimitNOFILE leaves the default otlp.max_connections its room beside the descriptors
+    the rest of the agent keeps (the receiver would otherwise lower the cap, with a
+    warning at every start)."""
+    from wattspan.agent.receiver import FD_RESERVE
+
+    limit = int(_unit()["Service"]["LimitNOFILE"])
+    config = load_config(EXAMPLE, environ={})
+    assert limit - FD_RESERVE >= config["otlp"]["max_connections"]
 
 
 def test_daemonset_security_context(pod: dict[str, Any], container: dict[str, Any]) -> None:

@@ -13,6 +13,7 @@ import logging
 import math
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -42,8 +43,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from wattspan.agent.errors import Backpressure, InvalidRequest
 from wattspan.agent.receiver import STAT_KEYS, OtlpReceiver
-from wattspan.agent.records import LogRecord, MetricPoint, SpanRecord
+from wattspan.agent.records import LogRecord, MetricPoint, Rejection, SpanRecord
 
 TRACE_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 METRICS_METHOD = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export"
@@ -55,32 +57,41 @@ LOGS_METHOD = "/opentelemetry.proto.collector.logs.v1.LogsService/Export"
 
 
 class Collector:
-    """A handler that stores everything, and can be told to fail."""
+    """A handler that stores everything, and can be told to fail, to refuse part of what
+    it gets (``reply``), or to wait (``gate``) before it takes a request."""
 
     def __init__(self) -> None:
         self.spans: list[SpanRecord] = []
         self.metrics: list[MetricPoint] = []
         self.logs: list[LogRecord] = []
         self.fail_with: Exception | None = None
+        self.reply: Rejection | None = None
+        self.gate: threading.Event | None = None
+        self.entered = threading.Event()
         self.calls = 0
         self._lock = threading.Lock()
 
-    def _take(self, into: list[Any], items: list[Any]) -> None:
+    def _take(self, into: list[Any], items: list[Any]) -> Rejection | None:
+        self.entered.set()
+        if self.gate is not None:
+            assert self.gate.wait(10), "test gate never opened"
         with self._lock:
             self.calls += 1
             if self.fail_with is not None:
                 raise self.fail_with
             assert items, "the receiver must not deliver empty lists"
-            into.extend(items)
+            kept = len(items) - (self.reply.count if self.reply else 0)
+            into.extend(items[:kept])
+            return self.reply
 
-    def on_spans(self, spans: list[SpanRecord]) -> None:
-        self._take(self.spans, spans)
+    def on_spans(self, spans: list[SpanRecord]) -> Rejection | None:
+        return self._take(self.spans, spans)
 
-    def on_metrics(self, points: list[MetricPoint]) -> None:
-        self._take(self.metrics, points)
+    def on_metrics(self, points: list[MetricPoint]) -> Rejection | None:
+        return self._take(self.metrics, points)
 
-    def on_logs(self, logs: list[LogRecord]) -> None:
-        self._take(self.logs, logs)
+    def on_logs(self, logs: list[LogRecord]) -> Rejection | None:
+        return self._take(self.logs, logs)
 
 
 @pytest.fixture
@@ -777,3 +788,368 @@ def test_mutual_tls(tmp_path: Path, collector: Collector) -> None:
         )
         assert not _export_one(without_cert, "anonymous")
     assert [s.name for s in collector.spans] == ["mtls"]
+
+
+# ---------------------------------------------------------------------------------------------
+# the handler's answers: partial rejection, back-pressure, invalid requests
+
+
+def _two_span_request() -> trace_service_pb2.ExportTraceServiceRequest:
+    req = trace_service_pb2.ExportTraceServiceRequest.FromString(good_trace_request("a"))
+    spans = req.resource_spans[0].scope_spans[0].spans
+    spans.add().CopyFrom(spans[0])
+    spans[1].name, spans[1].span_id = "b", b"\x03" * 8
+    # ...and one the receiver's own validation rejects, so both reasons must be merged.
+    spans.add().CopyFrom(spans[0])
+    spans[2].trace_id = bytes(16)
+    return req
+
+
+def test_handler_rejection_is_partial_success(
+    channel: grpc.Channel, collector: Collector, receiver: OtlpReceiver
+) -> None:
+    collector.reply = Rejection(1, Counter({"pid 1 is not watched": 1}))
+    resp = trace_service_pb2_grpc.TraceServiceStub(channel).Export(_two_span_request(), timeout=10)
+    assert resp.partial_success.rejected_spans == 2  # one by validation, one by the handler
+    msg = resp.partial_success.error_message
+    assert "pid 1 is not watched: 1" in msg and "invalid trace_id" in msg
+    stats = receiver.stats()
+    assert stats["spans_received_total"] == 3
+    assert stats["spans_rejected_total"] == 2
+    assert stats["spans_accepted_total"] == 1
+    assert [s.name for s in collector.spans] == ["a"]
+
+
+def test_handler_warning_without_rejection(
+    channel: grpc.Channel, collector: Collector, receiver: OtlpReceiver
+) -> None:
+    """A Rejection with count 0 is a warning: the spec's partial success with nothing
+    rejected and a message."""
+    collector.reply = Rejection(0, Counter({"ml.hyperparameters is not a JSON object": 1}))
+    raw = raw_call(channel, TRACE_METHOD, good_trace_request())
+    resp = trace_service_pb2.ExportTraceServiceResponse.FromString(raw)
+    assert resp.HasField("partial_success")
+    assert resp.partial_success.rejected_spans == 0
+    assert "not a JSON object" in resp.partial_success.error_message
+    assert receiver.stats()["spans_accepted_total"] == 1
+
+
+def test_handler_rejection_of_metrics_and_logs(
+    channel: grpc.Channel, collector: Collector, receiver: OtlpReceiver
+) -> None:
+    collector.reply = Rejection(1, Counter({"refused": 1}))
+    mreq = metrics_service_pb2.ExportMetricsServiceRequest()
+    g = mreq.resource_metrics.add().scope_metrics.add().metrics.add(name="g")
+    g.gauge.data_points.add(time_unix_nano=1, as_double=1.0)
+    g.gauge.data_points.add(time_unix_nano=2, as_double=2.0)
+    mresp = metrics_service_pb2_grpc.MetricsServiceStub(channel).Export(mreq, timeout=10)
+    assert mresp.partial_success.rejected_data_points == 1
+    assert mresp.partial_success.error_message == "refused: 1"
+    lreq = logs_service_pb2.ExportLogsServiceRequest()
+    records = lreq.resource_logs.add().scope_logs.add().log_records
+    for i in range(3):
+        records.add(time_unix_nano=10 + i).body.string_value = f"l{i}"
+    lresp = logs_service_pb2_grpc.LogsServiceStub(channel).Export(lreq, timeout=10)
+    assert lresp.partial_success.rejected_log_records == 1
+    stats = receiver.stats()
+    assert (stats["metric_points_accepted_total"], stats["metric_points_rejected_total"]) == (1, 1)
+    assert (stats["logs_accepted_total"], stats["logs_rejected_total"]) == (2, 1)
+
+
+def _retry_delay_s(err: grpc.RpcError) -> float:
+    """The RetryInfo delay, checked to be the same in both places the server puts it."""
+    from google.rpc.error_details_pb2 import RetryInfo
+    from google.rpc.status_pb2 import Status
+
+    trailers = dict(err.trailing_metadata())  # type: ignore[attr-defined]
+    info = RetryInfo.FromString(trailers["google.rpc.retryinfo-bin"])
+    status = Status.FromString(trailers["grpc-status-details-bin"])
+    assert status.code == grpc.StatusCode.UNAVAILABLE.value[0]
+    assert status.message == err.details()  # type: ignore[attr-defined]
+    packed = RetryInfo()
+    assert status.details[0].Unpack(packed) and packed == info
+    return info.retry_delay.ToNanoseconds() / 1e9
+
+
+def test_handler_backpressure_is_unavailable_with_retry_info(
+    channel: grpc.Channel, collector: Collector, receiver: OtlpReceiver
+) -> None:
+    collector.fail_with = Backpressure("200000 spans are waiting for attribution; retry later")
+    with pytest.raises(grpc.RpcError) as info:
+        raw_call(channel, TRACE_METHOD, good_trace_request())
+    err = info.value
+    assert err.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+    assert err.details() == "200000 spans are waiting for attribution; retry later"  # type: ignore[attr-defined]
+    assert 0.5 <= _retry_delay_s(err) <= 1.5
+    stats = receiver.stats()
+    assert stats["requests_refused_total"] == 1 and stats["requests_failed_total"] == 0
+    assert stats["spans_accepted_total"] == 0
+
+
+def test_handler_invalid_request_is_invalid_argument_and_not_retried(
+    receiver: OtlpReceiver, collector: Collector
+) -> None:
+    collector.fail_with = InvalidRequest("ml.hyperparameters is not JSON")
+    exporter = OTLPSpanExporter(
+        endpoint=f"http://127.0.0.1:{receiver.port}", insecure=True, timeout=10
+    )
+    assert not _export_one(exporter, "bad-json")
+    assert collector.calls == 1  # INVALID_ARGUMENT: the SDK gave up at once
+    ch = grpc.insecure_channel(f"127.0.0.1:{receiver.port}")
+    code, details = status_of(lambda: raw_call(ch, TRACE_METHOD, good_trace_request()))
+    ch.close()
+    assert (code, details) == (grpc.StatusCode.INVALID_ARGUMENT, "ml.hyperparameters is not JSON")
+    stats = receiver.stats()
+    assert stats["requests_invalid_total"] == 2
+    assert stats["spans_rejected_total"] == 2 and stats["spans_accepted_total"] == 0
+
+
+def test_failing_handler_logs_once_per_state_change(
+    channel: grpc.Channel,
+    collector: Collector,
+    receiver: OtlpReceiver,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def lines() -> list[str]:
+        return [
+            r.getMessage() for r in caplog.records if r.name.startswith("wattspan.agent.receiver")
+        ]
+
+    caplog.set_level(logging.INFO, logger="wattspan.agent.receiver")
+    # One exception instance raised again and again, as a handler that keeps its last error
+    # would: its traceback chain then holds every failed call's frames. Unless the receiver
+    # drops it, each call's HTTP/2 stream stays open and past max_concurrent_streams (16)
+    # failures the connection refuses every call (RST_STREAM REFUSED_STREAM).
+    collector.fail_with = OSError("database is locked")
+    for _ in range(20):
+        code, _ = status_of(lambda: raw_call(channel, TRACE_METHOD, good_trace_request()))
+        assert code == grpc.StatusCode.UNAVAILABLE
+    assert len(lines()) == 1 and "database is locked" in lines()[0]
+    collector.fail_with = Backpressure("pending spans at the bound")
+    for _ in range(5):
+        status_of(lambda: raw_call(channel, TRACE_METHOD, good_trace_request()))
+    assert len(lines()) == 2 and "pending spans at the bound" in lines()[1]  # a new kind
+    collector.fail_with = None
+    for _ in range(3):
+        assert_good_request_accepted(channel, collector)
+    assert len(lines()) == 3
+    assert "accepting again" in lines()[2] and "25 request(s) with 25 spans" in lines()[2]
+    assert all(r.exc_info is None for r in caplog.records)  # one line each, no traceback
+    assert receiver.stats()["requests_failed_total"] == 20
+
+
+def test_sdk_exporter_retries_after_backpressure(
+    receiver: OtlpReceiver, collector: Collector
+) -> None:
+    collector.fail_with = Backpressure("busy")
+
+    def heal() -> None:
+        time.sleep(0.2)
+        collector.fail_with = None
+
+    threading.Thread(target=heal).start()
+    exporter = OTLPSpanExporter(
+        endpoint=f"http://127.0.0.1:{receiver.port}", insecure=True, timeout=10
+    )
+    t0 = time.monotonic()
+    assert _export_one(exporter, "after-backpressure")
+    # One wait of the server's RetryInfo delay (0.5 to 1.5 s), well within the SDK's budget.
+    assert 0.4 <= time.monotonic() - t0 < 5
+    assert [s.name for s in collector.spans] == ["after-backpressure"]
+
+
+# ---------------------------------------------------------------------------------------------
+# the in-flight bound
+
+
+def _span_request_of(size: int, name: str) -> bytes:
+    req = trace_service_pb2.ExportTraceServiceRequest.FromString(good_trace_request(name))
+    span = req.resource_spans[0].scope_spans[0].spans[0]
+    span.attributes.add(key="pad").value.string_value = "x" * size
+    return req.SerializeToString()
+
+
+def test_inflight_bound_refuses_without_parsing(collector: Collector) -> None:
+    """While one request is being handled, another that would pass the bound is told to
+    retry, before it is parsed; once the first is done the retry gets through."""
+    collector.gate = threading.Event()
+    with OtlpReceiver(collector, port=0, max_inflight_bytes=150_000) as r:
+        ch = grpc.insecure_channel(f"127.0.0.1:{r.port}")
+        first: list[tuple[grpc.StatusCode, str]] = []
+        t = threading.Thread(
+            target=lambda: first.append(
+                status_of(lambda: raw_call(ch, TRACE_METHOD, _span_request_of(100_000, "first")))
+            )
+        )
+        t.start()
+        assert collector.entered.wait(10)
+        assert r.stats()["inflight_bytes"] > 100_000
+        second = _span_request_of(100_000, "second")
+        with pytest.raises(grpc.RpcError) as info:
+            raw_call(ch, TRACE_METHOD, second)
+        err = info.value
+        assert err.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+        assert "otlp.max_inflight_bytes = 150000" in err.details()  # type: ignore[attr-defined]
+        assert 0.5 <= _retry_delay_s(err) <= 1.5
+        # Refused before parsing: its span was never counted as received.
+        assert r.stats()["spans_received_total"] == 1
+        # A small request still fits beside the big one.
+        small = good_trace_request("small", span_id=b"\x05" * 8)
+        small_done = threading.Thread(target=lambda: raw_call(ch, TRACE_METHOD, small))
+        small_done.start()
+        collector.gate.set()
+        t.join(10)
+        small_done.join(10)
+        assert first == [(grpc.StatusCode.OK, "")]
+        raw_call(ch, TRACE_METHOD, second)  # the retry
+        ch.close()
+        stats = r.stats()
+    assert sorted(s.name for s in collector.spans) == ["first", "second", "small"]
+    assert stats["requests_refused_total"] == 1
+    assert stats["inflight_bytes"] == 0
+
+
+def test_request_larger_than_the_bound_is_served_alone(collector: Collector) -> None:
+    with OtlpReceiver(collector, port=0, max_inflight_bytes=1024) as r:
+        ch = grpc.insecure_channel(f"127.0.0.1:{r.port}")
+        raw_call(ch, TRACE_METHOD, _span_request_of(1_000_000, "big"))
+        # Failures release what they held: afterwards the bound admits again.
+        collector.fail_with = OSError("boom")
+        assert status_of(lambda: raw_call(ch, TRACE_METHOD, good_trace_request()))[0] == (
+            grpc.StatusCode.UNAVAILABLE
+        )
+        assert status_of(lambda: raw_call(ch, TRACE_METHOD, b"\xff\xff"))[0] == (
+            grpc.StatusCode.INVALID_ARGUMENT
+        )
+        collector.fail_with = None
+        assert r.stats()["inflight_bytes"] == 0
+        assert_good_request_accepted(ch, collector)
+        ch.close()
+    assert [s.name for s in collector.spans] == ["big", "ok"]
+
+
+def test_sdk_exporter_retries_after_the_inflight_bound(collector: Collector) -> None:
+    collector.gate = threading.Event()
+    # 1 byte: while one request is in flight, any other is refused.
+    with OtlpReceiver(collector, port=0, max_inflight_bytes=1) as r:
+        ch = grpc.insecure_channel(f"127.0.0.1:{r.port}")
+        t = threading.Thread(target=lambda: raw_call(ch, TRACE_METHOD, good_trace_request("hold")))
+        t.start()
+        assert collector.entered.wait(10)
+        threading.Timer(0.3, collector.gate.set).start()
+        exporter = OTLPSpanExporter(
+            endpoint=f"http://127.0.0.1:{r.port}", insecure=True, timeout=10
+        )
+        assert _export_one(exporter, "sdk")
+        t.join(10)
+        ch.close()
+        assert r.stats()["requests_refused_total"] >= 1
+    assert sorted(s.name for s in collector.spans) == ["hold", "sdk"]
+
+
+# ---------------------------------------------------------------------------------------------
+# connections and the address logged
+
+
+def test_listening_line_shows_the_bound_port(
+    collector: Collector, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="wattspan.agent.receiver")
+    with OtlpReceiver(collector, host="127.0.0.1", port=0) as r:
+        assert r.port > 0
+    assert f"listening on 127.0.0.1:{r.port} " in caplog.text
+
+
+def test_listening_line_brackets_ipv6(
+    collector: Collector, caplog: pytest.LogCaptureFixture
+) -> None:
+    import socket
+
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback")
+    caplog.set_level(logging.INFO, logger="wattspan.agent.receiver")
+    with OtlpReceiver(collector, host="::1", port=0) as r:
+        ch = grpc.insecure_channel(r.address)
+        assert_good_request_accepted(ch, collector)
+        ch.close()
+    assert r.address == f"[::1]:{r.port}"
+    assert f"listening on [::1]:{r.port} " in caplog.text
+
+
+def _closed_within(sock: Any, seconds: float) -> bool:
+    """Whether the server closed ``sock`` within ``seconds`` (reading what it sends)."""
+    sock.settimeout(0.1)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if sock.recv(65536) == b"":
+                return True
+        except TimeoutError:
+            continue
+        except OSError:
+            return True
+    return False
+
+
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes.fromhex("000000040000000000")
+
+
+def test_idle_connections_are_closed(collector: Collector) -> None:
+    import socket
+
+    with OtlpReceiver(collector, port=0, max_connection_idle_seconds=0.5) as r:
+        idle = socket.create_connection(("127.0.0.1", r.port))
+        idle.sendall(_H2_PREFACE)  # a complete HTTP/2 handshake, then nothing
+        ch = grpc.insecure_channel(f"127.0.0.1:{r.port}")
+        assert_good_request_accepted(ch, collector)
+        states: list[grpc.ChannelConnectivity] = []
+        ch.subscribe(states.append)
+        assert _closed_within(idle, 5)
+        # The real client's connection is closed with GOAWAY too; it just reconnects.
+        wait_until(lambda: grpc.ChannelConnectivity.IDLE in states, 5)
+        assert_good_request_accepted(ch, collector, "after-idle")
+        ch.close()
+        idle.close()
+
+
+def test_connection_cap_closes_the_excess(collector: Collector) -> None:
+    import socket
+
+    with OtlpReceiver(collector, port=0, max_connections=5) as r:
+        socks = [socket.create_connection(("127.0.0.1", r.port)) for _ in range(20)]
+        for s in socks:
+            s.sendall(_H2_PREFACE)
+        closed = sum(_closed_within(s, 0.3) for s in socks)
+        assert 15 <= closed < 20
+        for s in socks:
+            s.close()
+        ch = grpc.insecure_channel(f"127.0.0.1:{r.port}")
+        wait_until(
+            lambda: status_of(lambda: raw_call(ch, TRACE_METHOD, b""))[0] == grpc.StatusCode.OK
+        )
+        assert_good_request_accepted(ch, collector)
+        ch.close()
+
+
+def test_grpc_options_are_the_configured_bounds(collector: Collector) -> None:
+    r = OtlpReceiver(
+        collector,
+        port=0,
+        max_connections=100,
+        max_concurrent_streams=7,
+        max_connection_idle_seconds=30,
+        keepalive_time_seconds=15,
+    )
+    opts = dict(r._options())
+    assert opts["grpc.max_allowed_incoming_connections"] == 100
+    assert opts["grpc.max_concurrent_streams"] == 7
+    assert opts["grpc.max_connection_idle_ms"] == 30_000
+    assert opts["grpc.keepalive_time_ms"] == 15_000
+    assert opts["grpc.keepalive_timeout_ms"] == 15_000
+    assert opts["grpc.http2.max_pings_without_data"] == 0
+    assert opts["grpc.server_handshake_timeout_ms"] == 10_000

@@ -7,19 +7,42 @@ end in ``_total`` are cumulative counters (``wattspan_rapl_energy_joules_total``
 
 from __future__ import annotations
 
+import logging
+import os
 import re
+import socket
+import socketserver
+import ssl
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from socketserver import ThreadingMixIn
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from wattspan import __version__
+from wattspan.agent.logthrottle import LogThrottle
 from wattspan.agent.pipeline import Pipeline
+from wattspan.agent.receiver import security
 from wattspan.agent.scheduler import Scheduler
 from wattspan.collectors.base import Sample
+
+log = logging.getLogger(__name__)
+
+HEALTH_PATH = "/healthz"
+"""Answers ``200 ok`` without a token (and without metrics): what probes that cannot carry
+a secret (Kubernetes' ``httpGet``) check. It is served by the same threads as ``/metrics``."""
+
+MAX_HTTP_CONNECTIONS = 16
+"""Connections served at once; more are closed on accept. Each costs a thread, and the unit
+allows the whole agent ``TasksMax=64``; scrapers and probes need a few."""
+
+HTTP_TIMEOUT_S = 10.0
+"""A connection must finish its TLS handshake and send its request within this, each
+socket read and write too: a client that connects and waits holds a slot only this long."""
 
 _BAD = re.compile(r"[^a-zA-Z0-9_]")
 
@@ -150,22 +173,186 @@ def _component_families(stats: dict[str, dict[str, Any]]) -> Iterator[Metric]:
     yield from fams.values()
 
 
-class MetricsServer:
-    """``/metrics`` over HTTP, on 127.0.0.1 unless configured otherwise."""
+class _Handler(WSGIRequestHandler):
+    server: _HTTPServer
 
-    def __init__(self, collector: AgentCollector, host: str = "127.0.0.1", port: int = 9879):
+    def setup(self) -> None:
+        self.timeout = self.server.timeout_s  # StreamRequestHandler.setup applies it
+        super().setup()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Requests are not logged (a scrape every few seconds would fill the journal)."""
+
+
+class _HTTPServer(ThreadingMixIn, WSGIServer):
+    """Thread per connection, at most :data:`MAX_HTTP_CONNECTIONS`, each bounded in time, TLS
+    handshakes done in the connection's thread (prometheus_client's server does them in its
+    accept loop, where one client that connects and says nothing stops every scrape)."""
+
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(
+        self,
+        address: tuple[Any, ...],
+        family: socket.AddressFamily,
+        ctx: ssl.SSLContext | None,
+        timeout: float,
+    ) -> None:
+        self.address_family = family
+        self._ssl = ctx
+        self.timeout_s = timeout
+        self._slots = threading.BoundedSemaphore(MAX_HTTP_CONNECTIONS)
+        self._slots_lock = threading.Lock()
+        self._errors_log = LogThrottle(60.0)
+        self.refused = 0
+        super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind looks up the FQDN of the bound address (a DNS query at
+        # start that can hang on a node without DNS); WSGI only uses it for SERVER_NAME.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name = "wattspan"
+        self.server_port = self.server_address[1]
+        self.setup_environ()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.refused += 1
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except Exception as exc:  # no thread to be had (TasksMax=): this client goes away
+            self._slots.release()
+            self.shutdown_request(request)
+            with self._slots_lock:
+                n = self._errors_log.hit()
+            if n:
+                log.warning("/metrics: %d connection(s) dropped: %s", n, exc)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # socketserver's default prints a traceback to stderr for any client's mistake.
+        log.debug("/metrics connection from %s failed", client_address, exc_info=True)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            request.settimeout(self.timeout_s)
+            if self._ssl is not None:
+                request = self._ssl.wrap_socket(request, server_side=True)
+            self.finish_request(request, client_address)
+        except Exception as exc:
+            # Scanners, plaintext clients on a TLS port, timeouts: not the agent's errors.
+            log.debug(
+                "/metrics connection from %s: %s: %s", client_address, type(exc).__name__, exc
+            )
+        finally:
+            self.shutdown_request(request)
+            self._slots.release()
+
+
+def _bind_family(host: str, port: int) -> tuple[socket.AddressFamily, tuple[Any, ...]]:
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, _, _, _, sockaddr = infos[0]
+    return family, sockaddr
+
+
+def _guarded(app: Callable[..., Iterable[bytes]], token: bytes | None) -> Callable[..., Any]:
+    """``app`` behind ``Authorization: Bearer <token>`` (when a token is set), plus the
+    unauthenticated :data:`HEALTH_PATH`."""
+
+    def guarded(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") == HEALTH_PATH:
+            start_response("200 OK", [("Content-Type", "text/plain; charset=utf-8")])
+            return [b"ok\n"]
+        if token is not None and not security.bearer_matches(
+            environ.get("HTTP_AUTHORIZATION"), token
+        ):
+            body = (security.UNAUTHENTICATED_MESSAGE + "\n").encode()
+            start_response(
+                "401 Unauthorized",
+                [
+                    ("WWW-Authenticate", 'Bearer realm="wattspan"'),
+                    ("Content-Type", "text/plain; charset=utf-8"),
+                    ("Content-Length", str(len(body))),
+                ],
+            )
+            return [body]
+        return app(environ, start_response)
+
+    return guarded
+
+
+class MetricsServer:
+    """``/metrics`` over HTTP or HTTPS, on 127.0.0.1 unless configured otherwise.
+
+    Args:
+        collector: what ``/metrics`` renders.
+        host, port: where to listen; port 0 picks a free one (read :attr:`port` after
+            :meth:`start`).
+        tls_cert_file, tls_key_file: PEM certificate chain and key: serve HTTPS only.
+        tls_client_ca_file: PEM CA bundle: clients must present a certificate it signed.
+        bearer_token_file, bearer_token_env: at most one: a file holding the token, or the
+            name of an environment variable holding it. With one, ``/metrics`` answers
+            ``401`` (``WWW-Authenticate: Bearer``) unless the request carries
+            ``Authorization: Bearer <token>``. :data:`HEALTH_PATH` needs none.
+
+    Files and token are read and checked here; a problem raises
+    :class:`~wattspan.agent.errors.ConfigError` naming the ``metrics.*`` key.
+    """
+
+    def __init__(
+        self,
+        collector: AgentCollector,
+        host: str = "127.0.0.1",
+        port: int = 9879,
+        *,
+        tls_cert_file: str | os.PathLike[str] | None = None,
+        tls_key_file: str | os.PathLike[str] | None = None,
+        tls_client_ca_file: str | os.PathLike[str] | None = None,
+        bearer_token_file: str | os.PathLike[str] | None = None,
+        bearer_token_env: str | None = None,
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(collector)
         self.host = host
         self.port = port
-        self._server: Any = None
+        self._ssl = security.server_ssl_context(
+            "metrics", tls_cert_file, tls_key_file, tls_client_ca_file
+        )
+        self._token = security.load_bearer_token("metrics", bearer_token_file, bearer_token_env)
+        self._server: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
 
+    @property
+    def url(self) -> str:
+        """``http(s)://host:port/metrics`` (IPv6 literals in brackets)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'https' if self._ssl else 'http'}://{host}:{self.port}/metrics"
+
+    @property
+    def refused_connections(self) -> int:
+        """Connections closed on accept because :data:`MAX_HTTP_CONNECTIONS` were busy."""
+        return self._server.refused if self._server is not None else 0
+
     def start(self) -> None:
-        self._server, self._thread = start_http_server(
-            self.port, addr=self.host, registry=self.registry
+        """Bind and serve from a daemon thread. Raises ``OSError`` if it cannot bind."""
+        family, address = _bind_family(self.host, self.port)
+        server = _HTTPServer(address, family, self._ssl, HTTP_TIMEOUT_S)
+        server.set_app(_guarded(make_wsgi_app(self.registry), self._token))
+        self._server = server
+        self.port = server.server_address[1]
+        self._thread = threading.Thread(
+            target=server.serve_forever, name="wattspan-metrics", daemon=True
         )
-        self.port = self._server.server_address[1]
+        self._thread.start()
+        if not security.is_loopback(self.host) and self._ssl is None and self._token is None:
+            log.warning(
+                "/metrics on %s is reachable from the network without TLS or a bearer token: "
+                "anyone who can connect can read it; set metrics.bearer_token_file (or "
+                "metrics.bearer_token_env) and metrics.tls_cert_file/metrics.tls_key_file",
+                self.url,
+            )
 
     def stop(self) -> None:
         if self._server is not None:

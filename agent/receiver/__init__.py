@@ -1,14 +1,24 @@
 """OTLP/gRPC receiver: spans, metrics and logs from OpenTelemetry clients into agent records.
 
-See :mod:`wattspan.agent.receiver.server` for the status codes returned and
-:mod:`wattspan.agent.receiver.convert` for the validation rules.
+See :mod:`wattspan.agent.receiver.server` for the status codes returned and the bounds,
+:mod:`wattspan.agent.receiver.convert` for the validation rules and
+:mod:`wattspan.agent.receiver.security` for bearer tokens and TLS files.
 """
 
 from wattspan.agent.receiver.server import (
+    DEFAULT_MAX_INFLIGHT_BYTES,
     DEFAULT_MAX_MESSAGE_BYTES,
+    FD_RESERVE,
     STAT_KEYS,
     OtlpHandler,
     OtlpReceiver,
 )
 
-__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "STAT_KEYS", "OtlpHandler", "OtlpReceiver"]
+__all__ = [
+    "DEFAULT_MAX_INFLIGHT_BYTES",
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "FD_RESERVE",
+    "STAT_KEYS",
+    "OtlpHandler",
+    "OtlpReceiver",
+]
