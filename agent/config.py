@@ -137,9 +137,10 @@ SCHEMA: dict[str, dict[str, tuple[Check, Any]]] = {
         "tls_client_ca_file": (_str, ""),
         "bearer_token_file": (_str, ""),
         "bearer_token_env": (_str, ""),
-        # Wire bytes of requests being decoded and handled at once; decoded, a request takes
-        # up to ~20x its wire size, so 8 MiB keeps the receiver's peak near 160 MB.
-        "max_inflight_bytes": (_within(1024, 2**31, integer=True), 8 * 1024 * 1024),
+        # Wire bytes of requests being decoded and handled at once. Decoded, a request takes
+        # up to ~15x its wire size: one largest request (max_message_bytes) at a time keeps
+        # the worst legal load under MemoryMax=256M (bench/bench_receiver_rss.py).
+        "max_inflight_bytes": (_within(1024, 2**31, integer=True), 4 * 1024 * 1024),
         "max_connections": (_within(0, 100_000, integer=True), 256),
         "max_concurrent_streams": (_within(0, 10_000, integer=True), 16),
         "max_connection_idle_seconds": (TIMEOUT, 300.0),

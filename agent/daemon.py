@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from wattspan.agent.calibration import Calibration
 from wattspan.agent.config import Config
 from wattspan.agent.exporters.sqlite import StoreSink
 from wattspan.agent.ingest import IngestLimits, TelemetryIngest
@@ -84,14 +85,21 @@ class Agent:
             sinks, stale_after=max(10 * self.interval, 5.0), keep_latest=bool(serve)
         )
         store_sink = next((s for s in sinks if isinstance(s, StoreSink)), None)
+        # Without the store, acknowledged spans still need a disk to wait on until they
+        # are in the exporters' queues: a spool in the state directory (agent/ingest.py).
+        self.spool: Store | None = None
+        if self.store is None:
+            self.spool = Store(config.state_dir / "spool.db")
         self.ingest = TelemetryIngest(
-            store=self.store,
+            store=self.store if self.spool is None else self.spool,
+            spool=self.spool is not None,
             pipeline=self.pipeline,
             run_id=self.run.id if self.run else None,
             interval=self.interval,
             process_collector=self.process_collector,
             flush_samples=store_sink.flush if store_sink is not None else None,
             limits=IngestLimits.from_config(config["otlp"]),
+            calibration=Calibration.load(config.state_dir, config.host),
         )
         # First in line: attribution sees each tick's samples before exporters are called.
         self.pipeline.add_sink(self.ingest, first=True)
@@ -108,6 +116,13 @@ class Agent:
                 tls_client_ca_file=o["tls_client_ca_file"] or None,
                 # Handlers hold the GIL: more threads than this only add contention.
                 max_workers=2,
+                bearer_token_file=o["bearer_token_file"] or None,
+                bearer_token_env=o["bearer_token_env"] or None,
+                max_inflight_bytes=int(o["max_inflight_bytes"]),
+                max_connections=int(o["max_connections"]),
+                max_concurrent_streams=int(o["max_concurrent_streams"]),
+                max_connection_idle_seconds=float(o["max_connection_idle_seconds"]),
+                keepalive_time_seconds=float(o["keepalive_time_seconds"]),
             )
         # A collector's own ``interval`` (``[collectors.nvml]`` has one) lives in the section
         # named after it; the scheduler looks intervals up by collector name.
@@ -126,6 +141,11 @@ class Agent:
                 AgentCollector(self.pipeline, self.scheduler, self.component_stats),
                 host=config["metrics"]["listen"],
                 port=config["metrics"]["port"] if metrics_port is None else metrics_port,
+                tls_cert_file=config["metrics"]["tls_cert_file"] or None,
+                tls_key_file=config["metrics"]["tls_key_file"] or None,
+                tls_client_ca_file=config["metrics"]["tls_client_ca_file"] or None,
+                bearer_token_file=config["metrics"]["bearer_token_file"] or None,
+                bearer_token_env=config["metrics"]["bearer_token_env"] or None,
             )
         self._last_retention = 0.0
         self._receiver_started = False
@@ -161,11 +181,7 @@ class Agent:
                 raise OSError(
                     f"cannot serve metrics on {self.metrics.host}:{self.metrics.port}: {exc}"
                 ) from exc
-            log.info(
-                "serving Prometheus metrics on http://%s:%d/metrics",
-                self.metrics.host,
-                self.metrics.port,
-            )
+            log.info("serving Prometheus metrics on %s", self.metrics.url)
         self.start_receiver()
         self.ingest.start()
         self.scheduler.start()
@@ -185,17 +201,41 @@ class Agent:
         log.info("receiving OTLP/gRPC on %s", self.otlp_endpoint)
 
     def maintain(self) -> None:
-        """Periodic housekeeping from the main thread: retention of old samples."""
-        if self.store is None or self.run is None or self.run.kind != "agent":
+        """Periodic housekeeping from the main thread: the store's retention and size bound.
+
+        Hourly; every minute while the store is over ``store.max_bytes`` (an hour of spans
+        can be GBs); at once when the last pass ran out of its time budget. Each pass is
+        bounded to a few seconds because the same loop pings systemd's watchdog.
+        """
+        store = self.store
+        if store is None or self.run is None or self.run.kind != "agent":
             return
         now = time.time()
-        if now - self._last_retention < 3600:
+        hours = self.config["store"]["retention_hours"]
+        max_bytes = self.config["store"]["max_bytes"]
+        since = now - self._last_retention
+        due = (
+            since >= 3600
+            or store.retention_incomplete
+            or (since >= 60 and max_bytes > 0 and store.used_bytes() > max_bytes)
+        )
+        if not due:
             return
         self._last_retention = now
-        hours = self.config["store"]["retention_hours"]
-        removed = self.store.delete_samples_before(now - hours * 3600)
-        if removed:
-            log.info("store retention: removed %d samples older than %.0f h", removed, hours)
+        try:
+            result = store.apply_retention(hours, max_bytes, now=now, budget=2.0)
+        except Exception as exc:  # a full disk fails deletes too (the WAL): try again later
+            log.warning("store retention failed: %s: %s", type(exc).__name__, exc)
+            return
+        if result.deleted_rows:
+            log.info(
+                "store retention (%.0f h, max_bytes %d): deleted %s; %d bytes in use%s",
+                hours,
+                max_bytes,
+                ", ".join(f"{n} {t}" for t, n in result.deleted.items() if n),
+                result.used_bytes,
+                "" if result.complete else "; continuing",
+            )
 
     def stop(
         self,
@@ -230,8 +270,9 @@ class Agent:
             self.store.finish_run(self.run.id, time.time(), exit_code, summary)
 
     def close_store(self) -> None:
-        if self.store is not None:
-            self.store.close()
+        for store in (self.store, self.spool):
+            if store is not None:
+                store.close()
 
 
 def hostname() -> str:

@@ -127,10 +127,23 @@ def _cpu(v: Any) -> float | None:
     return f if f is not None and 0.0 <= f < 1e9 else None
 
 
+_ATTRIBUTION_ATTRS = (sc.ATTR_ITEMS, sc.ATTR_CPU_PROCESS)
+
+
+def _keep_attribution_attrs(rows: Sequence[SpanRow]) -> None:
+    """Once a batch is stored, its waiting spans keep only the attributes attribution reads:
+    a request of 250k attributes would otherwise hold ~30 MiB until it is attributed."""
+    for r in rows:
+        a = r.attributes
+        if a:
+            r.attributes = {k: a[k] for k in _ATTRIBUTION_ATTRS if k in a}
+
+
 def _step(attrs: dict[str, Any]) -> int | None:
+    """The step of a valued metric; None unless it is a whole number SQLite can hold."""
     v = attrs.get(sc.ATTR_STEP, attrs.get("step"))
     f = _num(v)
-    return int(f) if f is not None and math.isfinite(f) else None
+    return int(f) if f is not None and -(2.0**63) < f < 2.0**63 else None
 
 
 def _depth_ok(v: Any, limit: int = MAX_JSON_DEPTH) -> bool:
@@ -283,7 +296,12 @@ class TelemetryIngest:
         flush_samples: Callable[[], None] | None = None,
         limits: IngestLimits | None = None,
         calibration: Calibration | None = None,
+        spool: bool = False,
     ) -> None:
+        # A spool is a store that only holds spans between their acknowledgement and their
+        # hand-over to the exporters (store.enabled = false): nothing else is written to
+        # it, and a batch is deleted once exported, so an OK still means durable.
+        self.spool = spool
         self.limits = limits or IngestLimits()
         self.store = store
         self.pipeline = pipeline
@@ -327,6 +345,8 @@ class TelemetryIngest:
         if store is not None:
             # Spans acknowledged before a stop or crash, never attributed: finish the job.
             self._pending.extend(store.unattributed_batches())
+            for _, rows in self._pending:
+                _keep_attribution_attrs(rows)
             self._pending_spans = sum(len(rows) for _, rows in self._pending)
 
     # -- sink of node samples -------------------------------------------------------------
@@ -484,7 +504,7 @@ class TelemetryIngest:
                     )
         if rows:
             self._commit_spans(rows, metrics, matrices, params)
-        self._watch_pids(r.pid for r in rows)
+        self._watch_pids({r.pid for r in rows if r.pid is not None})
         return rejected if rejected.reasons else None
 
     def _commit_spans(
@@ -509,7 +529,7 @@ class TelemetryIngest:
             (self.store.add_span_batch(run_id, group) if self.store is not None else None, group)
             for run_id, group in by_run.items()
         ]
-        if self.store is not None:
+        if self.store is not None and not self.spool:
             self.store.write_metrics(metrics)
             self.store.write_confusion(matrices)
             for run_id, span_id, p in params:
@@ -518,14 +538,23 @@ class TelemetryIngest:
         self.counts["metric_points_stored_total"] += len(metrics)
         if metrics:
             self.pipeline.submit([self._metric_sample(m) for m in metrics])
+        _keep_attribution_attrs(rows)
         with self._lock:
             self._pending.extend(batches)
             self._pending_spans += len(rows)
         self._wake.set()
 
-    def on_metrics(self, points: list[MetricPoint]) -> None:
+    def on_metrics(self, points: list[MetricPoint]) -> Rejection | None:
         rows = []
+        rejected = Rejection()
+        pids = set()
         for p in points:
+            if p.pid is not None and p.pid not in pids:
+                why = refusal(p.pid)
+                if why is None:
+                    pids.add(p.pid)
+                else:
+                    rejected.warn(why)
             if not math.isfinite(p.value):
                 continue
             attrs = dict(p.attributes)
@@ -539,12 +568,13 @@ class TelemetryIngest:
                     attributes=attrs,
                 )
             )
-        if self.store is not None:
+        if self.store is not None and not self.spool:
             self.store.write_metrics(rows)
         self.counts["metric_points_stored_total"] += len(rows)
         if rows:
             self.pipeline.submit([self._metric_sample(m) for m in rows])
-        self._watch_pids(p.pid for p in points)
+        self._watch_pids(pids)
+        return rejected if rejected.reasons else None
 
     def on_logs(self, logs: list[LogRecord]) -> None:
         rows = [
@@ -560,9 +590,9 @@ class TelemetryIngest:
             )
             for r in logs
         ]
-        if self.store is not None:
+        if self.store is not None and not self.spool:
             self.store.write_logs(rows)
-        self.counts["logs_stored_total"] += len(rows)
+            self.counts["logs_stored_total"] += len(rows)
 
     def _metric_sample(self, m: MetricRow) -> Sample:
         # Attributes are tags: they tell the streams of one metric apart (http.status=200
@@ -591,8 +621,8 @@ class TelemetryIngest:
         pc = self.process_collector
         if pc is None:
             return
-        for pid in set(pids):
-            if pid is None or pc.watches(pid):
+        for pid in pids:
+            if pc.watches(pid):
                 continue
             bound = self.limits.max_watched_processes
             if pc.dynamic_roots >= bound:
@@ -692,7 +722,7 @@ class TelemetryIngest:
             max(t1, max(r.start_ts for r in due)),
             whole=fresh,
         )
-        if samples is None and self.store is not None:
+        if samples is None and self.store is not None and not self.spool:
             if self.flush_samples is not None:
                 self.flush_samples()
             margin = 2 * self.interval
@@ -746,9 +776,14 @@ class TelemetryIngest:
         if self.pipeline.wants("spans") and self.pipeline.emit([span_sample(r) for r in due]):
             # A sink could not take them (an exporter's queue on a full disk...): the pipeline
             # logged it once and counts it per sink. The spans stay in the store, attributed;
-            # retrying here would hold every later span hostage to that one sink.
+            # retrying here would hold every later span hostage to that one sink. A spool is
+            # the spans' only copy: it keeps them and the pass is retried.
             self.counts["spans_export_failed_total"] += len(due)
-        if self.store is not None:
+            if self.spool:
+                raise RuntimeError("an exporter refused the spans; they stay in the spool")
+        if self.store is not None and self.spool:
+            self.store.delete_span_batches(bid for bid, _ in batches if bid is not None)
+        elif self.store is not None:
             self.store.set_batch_resources(
                 (bid, [r.resources for r in rows]) for bid, rows in batches if bid is not None
             )

@@ -19,6 +19,7 @@ from typing import Any
 
 from wattspan.agent.config import Config
 from wattspan.agent.daemon import Agent, tune_gc
+from wattspan.agent.receiver.security import load_bearer_token
 from wattspan.agent.store import Run
 from wattspan.agent.summary import RunSummary
 from wattspan.collectors.base import Sample
@@ -104,6 +105,16 @@ def run_command(
         log.warning("%s; the command's spans will not be received", exc)
     if agent.otlp_endpoint:
         env["OTEL_EXPORTER_OTLP_ENDPOINT"] = agent.otlp_endpoint
+        o = config["otlp"]
+        token = load_bearer_token(
+            "otlp", o["bearer_token_file"] or None, o["bearer_token_env"] or None
+        )
+        if token is not None:
+            # The embedded receiver asks for the configured token: hand it to the child the
+            # way every OTel SDK reads headers (W3C baggage-style, the space %-encoded).
+            header = "authorization=Bearer%20" + token.decode()
+            prior = env.get("OTEL_EXPORTER_OTLP_HEADERS")
+            env["OTEL_EXPORTER_OTLP_HEADERS"] = f"{prior},{header}" if prior else header
         env.pop("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", None)
         env.pop("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", None)
         env.pop("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", None)

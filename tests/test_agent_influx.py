@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -143,3 +144,64 @@ def test_acknowledged_spans_survive_sigkill(
     spans = store.spans()
     assert len(spans) == 4 and all(s.resources for s in spans)
     assert store.unattributed_batches() == []
+
+
+def _export_spans(otlp: int, n: int, per_request: int = 500) -> int:
+    """Send ``n`` spans ending now over raw OTLP/gRPC; returns how many were acknowledged."""
+    import grpc
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+
+    acked = 0
+    with grpc.insecure_channel(f"127.0.0.1:{otlp}") as channel:
+        stub = trace_service_pb2_grpc.TraceServiceStub(channel)
+        for first in range(0, n, per_request):
+            req = trace_service_pb2.ExportTraceServiceRequest()
+            rs = req.resource_spans.add()
+            rs.resource.attributes.append(
+                KeyValue(key="service.name", value=AnyValue(string_value="spooled"))
+            )
+            ss = rs.scope_spans.add()
+            now = time.time_ns()
+            for i in range(first, min(first + per_request, n)):
+                s = ss.spans.add()
+                s.trace_id = (i + 1).to_bytes(16, "big")
+                s.span_id = (i + 1).to_bytes(8, "big")
+                s.name = f"step-{i % 10}"
+                s.start_time_unix_nano = now - 1_000_000
+                s.end_time_unix_nano = now
+            resp = stub.Export(req, timeout=30)
+            assert not resp.partial_success.rejected_spans
+            acked += min(per_request, n - first)
+    return acked
+
+
+def test_acknowledged_spans_survive_sigkill_without_the_store(
+    tmp_path: Path, influxd_server: InfluxD, influx_database: str
+) -> None:
+    """``store.enabled = false``: an OK still means durable (the spans wait in a spool)."""
+    db = influx_database
+    otlp = free_port()
+    cfg = _config(tmp_path, influxd_server, db)
+    # Sampling every 5 s: the spans wait for a sample after their end, so the kill below
+    # lands while all of them are acknowledged but not yet handed to the exporter.
+    text = cfg.read_text().replace("interval = 0.2", "interval = 5")
+    cfg.write_text(text + "[store]\nenabled = false\n")
+    agent, _ = _start(cfg, tmp_path, otlp)
+    try:
+        acked = _export_spans(otlp, 10_000)
+    finally:
+        os.kill(agent.pid, signal.SIGKILL)
+        agent.wait(30)
+    assert acked == 10_000
+    assert not (tmp_path / "agent.db").exists()
+    cfg.write_text(text.replace("interval = 5", "interval = 0.2") + "[store]\nenabled = false\n")
+    with _running_agent(cfg, tmp_path, otlp):
+        wait_for(
+            lambda: influxd_server.count(db, "spans", "duration_seconds") >= acked,
+            90,
+            "every acknowledged span in influxd",
+        )
+    assert influxd_server.count(db, "spans", "duration_seconds") == acked
+    spool = Store(tmp_path / "state" / "spool.db")
+    assert spool.unattributed_batches() == []  # delivered spans left the spool

@@ -660,6 +660,13 @@ class Store:
             [(_dumps(res), bid) for bid, res in items],
         )
 
+    def delete_span_batches(self, ids: Iterable[int]) -> int:
+        """Forgets batches (a spool's, once its spans are in every exporter's queue)."""
+        keys = [(i,) for i in ids]
+        with self._lock, self._db:
+            self._db.executemany("DELETE FROM span_resources WHERE batch_id = ?", keys)
+            return self._db.executemany("DELETE FROM span_batches WHERE id = ?", keys).rowcount
+
     def unattributed_batches(self) -> list[tuple[int, list[SpanRow]]]:
         """Batches received but not attributed (the agent stopped before it got to them)."""
         with self._lock:
