@@ -20,10 +20,11 @@ Two agents are measured one after the other, with the same load:
 * **baseline**: ``WATTSPAN_OTLP__MAX_INFLIGHT_BYTES=2147483647``, i.e. no bound, which is how
   the receiver behaved before it had one.
 
-With 4 MiB requests and the daemon's two receiver threads, a bound of 8 MiB still admits two
-requests at once; ``--bound 4194304`` shows one at a time. What the bound cannot reach is the
-memory the ingest keeps after a request is acknowledged (its spans' attributes until their
-attribution pass, about a second later): ``--clients 1`` shows that floor.
+With 4 MiB requests and the daemon's two receiver threads, the default bound (4 MiB, one
+largest request at a time) admits one request at once; ``--bound 8388608`` shows two. What
+the bound cannot reach is the memory a request costs after it is acknowledged (the store's
+write, the spans waiting for attribution, which keep only the attributes attribution reads):
+``--clients 1`` shows that floor.
 """
 
 from __future__ import annotations
@@ -229,7 +230,10 @@ def main() -> int:
         f"{n_spans * args.attrs_per_span:,}), {args.duration:g} s per agent"
     )
     bound_env = {}
-    bound_label = "bounded (defaults: max_inflight_bytes 8 MiB)"
+    from wattspan.agent.config import SCHEMA
+
+    default = SCHEMA["otlp"]["max_inflight_bytes"][1]
+    bound_label = f"bounded (default max_inflight_bytes {default})"
     if args.bound:
         bound_env = {"WATTSPAN_OTLP__MAX_INFLIGHT_BYTES": str(args.bound)}
         bound_label = f"bounded (max_inflight_bytes {args.bound})"

@@ -63,10 +63,32 @@ def metric_name(source: str, field: str) -> str:
     return "wattspan_" + _BAD.sub("_", f"{source}_{field}")
 
 
+def _label(key: str) -> str:
+    """A valid Prometheus label name for a tag key (an OTLP attribute key may be anything):
+    ``[a-zA-Z_][a-zA-Z0-9_]*``, and never ``__``-prefixed, which Prometheus reserves."""
+    name = _BAD.sub("_", key)
+    if not name or name[0].isdigit() or name.startswith("__"):
+        name = "attr_" + name.lstrip("_")
+    return name
+
+
+#: Series of client-sent metrics (sources ``ml`` and ``metrics``, whose labels are the
+#: senders' attributes) exposed per scrape; the rest are counted, not shown, so one client
+#: cannot make the liveness probe's answer unbounded.
+MAX_CLIENT_SERIES = 2000
+_CLIENT_SOURCES = frozenset({"ml", "metrics"})
+
+
 def _families(samples: list[Sample]) -> Iterator[Metric]:
     families: dict[str, Metric] = {}
+    client_series = dropped = 0
     for s in samples:
-        labels = {_BAD.sub("_", k): v for k, v in s.tags.items()}
+        if s.source in _CLIENT_SOURCES:
+            client_series += 1
+            if client_series > MAX_CLIENT_SERIES:
+                dropped += 1
+                continue
+        labels = {_label(k): v for k, v in s.tags.items()}
         keys = sorted(labels)
         for fname, value in s.fields.items():
             if isinstance(value, str):
@@ -81,6 +103,12 @@ def _families(samples: list[Sample]) -> Iterator[Metric]:
                     fam = GaugeMetricFamily(full, doc, labels=keys)
                 families[full + repr(keys)] = fam
             fam.add_metric([labels[k] for k in keys], float(value))  # type: ignore[attr-defined]
+    over = GaugeMetricFamily(
+        "wattspan_exposition_client_series_dropped",
+        f"Client metric series (ml, metrics) left out of this scrape past {MAX_CLIENT_SERIES}.",
+    )
+    over.add_metric([], float(dropped))
+    families["wattspan_exposition_client_series_dropped"] = over
     # Families that share a name but not a label set are merged: the exposition format
     # requires one HELP/TYPE block per name.
     merged: dict[str, Metric] = {}
