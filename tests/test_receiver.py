@@ -11,6 +11,9 @@ import ipaddress
 import json
 import logging
 import math
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -1153,3 +1156,77 @@ def test_grpc_options_are_the_configured_bounds(collector: Collector) -> None:
     assert opts["grpc.keepalive_timeout_ms"] == 15_000
     assert opts["grpc.http2.max_pings_without_data"] == 0
     assert opts["grpc.server_handshake_timeout_ms"] == 10_000
+
+
+# ---------------------------------------------------------------------------------------------
+# records without process.pid: the sending process is found from the connection
+
+# A plain OTel SDK program, no process.pid in its resource, sending one span and one gauge
+# point to OTEL_EXPORTER_OTLP_ENDPOINT; a span named "own" carries a pid of its own.
+_PLAIN_SENDER = r"""
+import json, os
+from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+resource = Resource({"service.name": "plain"})
+tp = TracerProvider(resource=resource)
+tp.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(insecure=True)))
+with tp.get_tracer("plain").start_as_current_span("plain"):
+    pass
+with tp.get_tracer("plain").start_as_current_span("own", attributes={"process.pid": 4242}):
+    pass
+reader = PeriodicExportingMetricReader(OTLPMetricExporter(insecure=True), 3_600_000)
+mp = MeterProvider(resource=resource, metric_readers=[reader])
+mp.get_meter("plain").create_gauge("queue.depth").set(3)
+mp.shutdown()
+tp.shutdown()
+print(json.dumps({"pid": os.getpid()}))
+"""
+
+
+def test_records_without_pid_get_the_sending_process(
+    receiver: OtlpReceiver, collector: Collector
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{receiver.port}"
+    p = subprocess.run(
+        [sys.executable, "-c", _PLAIN_SENDER], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert p.returncode == 0, p.stderr
+    pid = json.loads(p.stdout)["pid"]
+    assert pid != os.getpid()
+    spans = {s.name: s for s in collector.spans}
+    assert spans["plain"].pid == pid
+    assert "process.pid" not in spans["plain"].resource_attributes
+    assert spans["own"].pid == 4242, "a pid the client sent is never replaced"
+    (point,) = collector.metrics
+    assert point.name == "queue.depth" and point.pid == pid
+    stats = receiver.stats()
+    assert stats["peer_pids_resolved_total"] == 2  # one span, one point
+    assert stats["peer_pids_unresolved_total"] == 0
+
+
+def test_in_process_clients_records_stay_without_pid(
+    receiver: OtlpReceiver, collector: Collector
+) -> None:
+    # The receiver's own process is never a sender: an agent watching itself would charge
+    # its own CPU time to the spans.
+    provider = TracerProvider(resource=Resource({"service.name": "here"}), shutdown_on_exit=False)
+    provider.add_span_processor(
+        SimpleSpanProcessor(
+            OTLPSpanExporter(endpoint=f"http://127.0.0.1:{receiver.port}", insecure=True)
+        )
+    )
+    for name in ("a", "b"):
+        with provider.get_tracer("t").start_as_current_span(name):
+            pass
+    provider.shutdown()
+    assert [s.pid for s in collector.spans] == [None, None]
+    stats = receiver.stats()
+    assert stats["peer_pids_unresolved_total"] == 2
+    assert stats["peer_pids_resolved_total"] == 0

@@ -37,6 +37,13 @@ is lowered to fit ``RLIMIT_NOFILE``), ``max_concurrent_streams`` RPCs each, a ha
 within :data:`HANDSHAKE_TIMEOUT_S`, and a connection without RPCs for
 ``max_connection_idle_seconds`` is closed (GOAWAY). Keepalive pings every
 ``keepalive_time_seconds`` find peers that went away without closing.
+
+Spans and metric points that arrive without ``process.pid`` (plain OpenTelemetry SDKs do not
+set it) get the pid of the local process at the other end of the connection, found once per
+connection (:mod:`wattspan.agent.receiver.peers`), before the handler sees them; the
+handler cannot tell a pid the client sent from one found so. ``peer_pids_resolved_total``
+and ``peer_pids_unresolved_total`` count the records that were given one and those for
+which none was found (a remote client, another network namespace...).
 """
 
 from __future__ import annotations
@@ -64,6 +71,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from wattspan.agent.errors import Backpressure, InvalidRequest
 from wattspan.agent.logthrottle import LogThrottle
 from wattspan.agent.receiver import convert, security
+from wattspan.agent.receiver.peers import PeerPids
 from wattspan.agent.records import LogRecord, MetricPoint, Rejection, SpanRecord
 
 __all__ = [
@@ -115,6 +123,8 @@ STAT_KEYS = (
     "logs_received_total",
     "logs_rejected_total",
     "logs_accepted_total",
+    "peer_pids_resolved_total",
+    "peer_pids_unresolved_total",
     "inflight_bytes",
 )
 """Keys of :meth:`OtlpReceiver.stats`: monotonically increasing counters (``*_total``) and
@@ -296,6 +306,8 @@ class OtlpReceiver:
         max_connection_idle_seconds: a connection without RPCs for this long is closed.
         keepalive_time_seconds: the server pings each connection this often; one that does not
             answer within 20 s is closed.
+        peer_pids: give spans and metric points without ``process.pid`` the pid of the
+            local process that sent them, when it can be found (module docstring).
 
     TLS files and the token are read and checked here: a problem raises
     :class:`~wattspan.agent.errors.ConfigError` naming the ``otlp.*`` key. gzip-compressed
@@ -322,6 +334,7 @@ class OtlpReceiver:
         max_concurrent_streams: int = 16,
         max_connection_idle_seconds: float = 300.0,
         keepalive_time_seconds: float = 60.0,
+        peer_pids: bool = True,
     ) -> None:
         if max_message_bytes <= 0:
             raise ValueError(f"max_message_bytes must be positive, got {max_message_bytes}")
@@ -359,6 +372,9 @@ class OtlpReceiver:
         self._max_concurrent_streams = max_concurrent_streams
         self._idle_ms = int(max_connection_idle_seconds * 1000)
         self._keepalive_ms = int(keepalive_time_seconds * 1000)
+        self._resolve_peer_pids = peer_pids
+        # Made in start(): the client sockets are found by the port actually bound.
+        self._peers: PeerPids | None = None
         self._server: grpc.Server | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._stats_lock = threading.Lock()
@@ -366,6 +382,7 @@ class OtlpReceiver:
         self._invalid_log = LogThrottle(_INVALID_LOG_INTERVAL_S)
         self._refused_log = LogThrottle(_INVALID_LOG_INTERVAL_S)
         self._unauth_log = LogThrottle(_INVALID_LOG_INTERVAL_S)
+        self._peer_log = LogThrottle(_INVALID_LOG_INTERVAL_S)
         self._failures = {s: _Failures() for s in ("spans", "metric points", "logs")}
 
     # ----------------------------------------------------------------------------------------
@@ -432,6 +449,8 @@ class OtlpReceiver:
             self._executor = None
             raise OSError(f"OTLP receiver cannot bind {address}") from cause
         self._port = bound
+        if self._resolve_peer_pids:
+            self._peers = PeerPids(bound)
         server.start()
         self._server = server
         tls = "TLS" if self._tls[0] is not None else "plaintext"
@@ -479,8 +498,10 @@ class OtlpReceiver:
         requests answered ``UNAVAILABLE`` because of a bound (in-flight bytes, the handler's
         back-pressure), ``requests_failed_total`` those whose handler failed otherwise.
         ``requests_unauthenticated_total`` counts calls refused for their token, which no
-        other counter sees. ``inflight_bytes`` is the wire size of the requests being
-        handled now.
+        other counter sees. ``peer_pids_resolved_total`` counts spans and metric points
+        without ``process.pid`` given the pid of the process at the other end of their
+        connection, ``peer_pids_unresolved_total`` those left without one.
+        ``inflight_bytes`` is the wire size of the requests being handled now.
         """
         with self._stats_lock:
             out = dict(self._stats)
@@ -681,6 +702,39 @@ class OtlpReceiver:
             signal,
         )
 
+    def _fill_pids(
+        self, records: list[SpanRecord] | list[MetricPoint], context: grpc.ServicerContext
+    ) -> None:
+        """Gives records without a pid the pid of the process that sent them, if found."""
+        peers = self._peers
+        if peers is None:
+            return
+        for r in records:
+            if r.pid is None:
+                break
+        else:
+            return  # the usual case for wattspan's own API: no lookup at all
+        try:
+            pid = peers.pid_of(context.peer())
+        except Exception as exc:
+            # A pid is a bonus: a failure to find one must never cost the client its request.
+            pid = None
+            with self._stats_lock:
+                report = self._peer_log.hit()
+            if report:
+                log.warning(
+                    "cannot find the process of OTLP peers: %s: %s", type(exc).__name__, exc
+                )
+        n = 0
+        for r in records:
+            if r.pid is None:
+                r.pid = pid
+                n += 1
+        if pid is None:
+            self._count(peer_pids_unresolved_total=n)
+        else:
+            self._count(peer_pids_resolved_total=n)
+
     def _deliver(
         self,
         signal: str,
@@ -748,6 +802,7 @@ class OtlpReceiver:
         records, rejected, reasons = convert.spans_from_request(request)
         del request
         self._count(spans_received_total=len(records) + rejected, spans_rejected_total=rejected)
+        self._fill_pids(records, context)
         refused = self._deliver(
             "spans", self._handler.on_spans, records, context, "spans_rejected_total", len(records)
         )
@@ -775,6 +830,7 @@ class OtlpReceiver:
             metric_points_skipped_total=skipped,
         )
         kept = total - rejected - skipped
+        self._fill_pids(points, context)
         refused = self._deliver(
             "metric points",
             self._handler.on_metrics,
