@@ -100,6 +100,8 @@ class Agent:
             flush_samples=store_sink.flush if store_sink is not None else None,
             limits=IngestLimits.from_config(config["otlp"]),
             calibration=Calibration.load(config.state_dir, config.host),
+            host=self.host,
+            program_runs=self.run is not None and self.run.kind == "agent",
         )
         # First in line: attribution sees each tick's samples before exporters are called.
         self.pipeline.add_sink(self.ingest, first=True)

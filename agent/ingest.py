@@ -14,8 +14,10 @@ import bisect
 import json
 import logging
 import math
+import shlex
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -34,7 +36,7 @@ from wattspan.agent.records import (
     Rejection,
     SpanRecord,
 )
-from wattspan.agent.store import ConfusionRow, MetricRow, SpanRow, Store
+from wattspan.agent.store import ConfusionRow, MetricRow, Run, SpanRow, Store
 from wattspan.collectors.base import Sample, number
 from wattspan.collectors.cpu import BUSY_FIELDS
 from wattspan.collectors.process import ProcessCollector
@@ -99,6 +101,8 @@ IDLE_HISTORY_SECONDS = 30.0
 class _WaitForIdle(Exception):
     """Raised inside an attribution pass that should wait for more samples."""
 
+
+_PROGRAM_RUNS = uuid.UUID("6a1f4f1e-4b8e-4d7c-9d2a-3f7a1c2b5e90")
 
 # Runs whose idle figure is remembered (a daemon sees a run per program).
 MAX_IDLE_RUNS = 4096
@@ -297,7 +301,14 @@ class TelemetryIngest:
         limits: IngestLimits | None = None,
         calibration: Calibration | None = None,
         spool: bool = False,
+        host: str = "",
+        program_runs: bool = False,
     ) -> None:
+        self.host = host
+        # Daemon mode: a client that names no run gets one of its own, per (service, pid).
+        self.program_runs = program_runs
+        # Runs seen: None for runs the agent does not end, else a program run's metadata.
+        self._runs: dict[str, dict[str, Any] | None] = {}
         # A spool is a store that only holds spans between their acknowledgement and their
         # hand-over to the exporters (store.enabled = false): nothing else is written to
         # it, and a batch is deleted once exported, so an OK still means durable.
@@ -400,9 +411,77 @@ class TelemetryIngest:
         return {**self.counts, "spans_pending": pending}
 
     # -- receiver handler -----------------------------------------------------------------
-    def _run_of(self, resource: dict[str, Any]) -> str | None:
+    def _run_of(
+        self, resource: dict[str, Any], pid: int | None = None, start: float | None = None
+    ) -> str | None:
+        """The run a resource's records belong to: the one it names (``wattspan.run_id``);
+        in daemon mode, else a run per (service, process) of a client that names none; else
+        the agent's own. A program's run is created the first time it is seen."""
         rid = resource.get(sc.ATTR_RUN_ID)
-        return str(rid) if rid else self.run_id
+        if rid:
+            rid = str(rid)
+        elif self.program_runs and pid is not None:
+            service = str(resource.get("service.name", "unknown_service"))
+            rid = str(uuid.uuid5(_PROGRAM_RUNS, f"{self.run_id}/{service}/{pid}"))
+        else:
+            return self.run_id
+        if rid not in self._runs:
+            self._open_program_run(rid, resource, pid, start)
+        return rid
+
+    def _open_program_run(
+        self, rid: str, resource: dict[str, Any], pid: int | None, start: float | None
+    ) -> None:
+        store = self.store
+        if store is None or self.spool:
+            self._runs[rid] = None
+            return
+        kind = store.run_kind(rid)
+        if kind is not None:  # a wattspan run's own, or known from before a restart
+            self._runs[rid] = None if kind != "program" else {}
+            return
+        service = str(resource.get("service.name", "unknown_service"))
+        began = resource.get(sc.ATTR_RUN_START)
+        args = resource.get("process.command_args")
+        line = resource.get("process.command_line")
+        meta: dict[str, Any] = {"pid": pid, "service": service}
+        command: list[str] = []
+        if isinstance(args, list):
+            command = [str(a) for a in args]
+        elif isinstance(line, str):
+            try:
+                command = shlex.split(line)
+            except ValueError:  # unbalanced quotes: keep it as sent
+                command = [line]
+        run = Run(
+            id=rid,
+            name=str(resource.get(sc.ATTR_RUN_NAME) or service),
+            host=self.host,
+            start_ts=began / 1e9 if isinstance(began, int) and began > 0 else start or time.time(),
+            kind="program",
+            command=command,
+            summary=meta,
+        )
+        store.add_run(run)
+        self._runs[rid] = meta
+        while len(self._runs) > MAX_IDLE_RUNS:
+            del self._runs[next(iter(self._runs))]
+
+    def _end_program_runs(self, rows: list[SpanRow]) -> None:
+        """A program's run root span (``wattspan.run``) ends its run, with its exit status."""
+        for r in rows:
+            if r.name != sc.RUN_ROOT_SPAN or r.run_id is None:
+                continue
+            meta = self._runs.get(r.run_id)
+            if meta is None or self.store is None:
+                continue
+            code = r.attributes.get(sc.ATTR_EXIT_CODE)
+            self.store.finish_run(
+                r.run_id,
+                r.end_ts,
+                code if isinstance(code, int) and not isinstance(code, bool) else None,
+                meta or None,
+            )
 
     def on_spans(self, spans: list[SpanRecord]) -> Rejection | None:
         """Validates, then commits a request's spans and what their events carry.
@@ -433,7 +512,7 @@ class TelemetryIngest:
             # Records of one OTLP resource block share one resource dict: resolve it once.
             if s.resource_attributes is not last_resource:
                 last_resource = s.resource_attributes
-                run_id = self._run_of(s.resource_attributes)
+                run_id = self._run_of(s.resource_attributes, s.pid, s.start_ns / 1e9)
             pid = s.pid
             if pid is not None:
                 why = pid_ok[pid] if pid in pid_ok else pid_ok.setdefault(pid, refusal(pid))
@@ -504,6 +583,7 @@ class TelemetryIngest:
                     )
         if rows:
             self._commit_spans(rows, metrics, matrices, params)
+            self._end_program_runs(rows)
         self._watch_pids({r.pid for r in rows if r.pid is not None})
         return rejected if rejected.reasons else None
 
@@ -560,7 +640,7 @@ class TelemetryIngest:
             attrs = dict(p.attributes)
             rows.append(
                 MetricRow(
-                    self._run_of(p.resource_attributes),
+                    self._run_of(p.resource_attributes, p.pid, p.ts_ns / 1e9),
                     p.ts_ns / 1e9,
                     p.name,
                     p.value,
@@ -579,7 +659,7 @@ class TelemetryIngest:
     def on_logs(self, logs: list[LogRecord]) -> None:
         rows = [
             (
-                self._run_of(r.resource_attributes),
+                self._run_of(r.resource_attributes, r.pid, r.ts_ns / 1e9),
                 r.ts_ns / 1e9,
                 r.severity,
                 r.body,

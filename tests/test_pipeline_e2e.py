@@ -154,9 +154,15 @@ def test_plain_opentelemetry_sdk_client(agent: Agent) -> None:
     trace_id = p.stdout.strip()
     store = agent.store
     assert store is not None and agent.run is not None
-    wait_for(lambda: len(store.spans(agent.run.id)) == 4, 30, "spans stored")
-    wait_for(lambda: all(s.resources for s in store.spans(agent.run.id)), 30, "attribution")
-    spans = store.spans(agent.run.id)
+    # A client that names no run gets one of its own (per service and process), beside the
+    # agent's session, so programs sending to one agent never mix.
+    wait_for(lambda: store.runs(kind="program"), 30, "the program's run")
+    (run,) = store.runs(kind="program")
+    assert run.name == "plain-otel" and run.host == agent.host
+    assert store.spans(agent.run.id) == []
+    wait_for(lambda: len(store.spans(run.id)) == 4, 30, "spans stored")
+    wait_for(lambda: all(s.resources for s in store.spans(run.id)), 30, "attribution")
+    spans = store.spans(run.id)
     assert {s.trace_id for s in spans} == {trace_id}
     outer = next(s for s in spans if s.name == "outer")
     inner = [s for s in spans if s.name == "inner"]
@@ -166,9 +172,9 @@ def test_plain_opentelemetry_sdk_client(agent: Agent) -> None:
     # The agent learnt of the client's process from its spans and watched it: later spans
     # get the process's CPU seconds (each inner span burns 0.1 s of CPU).
     assert inner[-1].resources["cpu_seconds"] == pytest.approx(0.1, abs=0.06)
-    acc = store.metrics(agent.run.id, "ml.accuracy")
+    acc = store.metrics(run.id, "ml.accuracy")
     assert [(m.step, m.value) for m in acc] == [(0, 0.5), (1, 0.6), (2, 0.7)]
-    loss = store.metrics(agent.run.id, "ml.loss")
+    loss = store.metrics(run.id, "ml.loss")
     assert {m.step for m in loss} >= {0, 1, 2}
     by_step = {m.step: m.value for m in loss}
     assert by_step[2] == pytest.approx(1 / 3)

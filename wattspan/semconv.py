@@ -23,3 +23,8 @@ ML_PREFIX = "ml."
 # and end, measured by the process itself: exact where sampling sees only interval means.
 ATTR_CPU_PROCESS = "wattspan.cpu.process_seconds"
 ATTR_CPU_THREAD = "wattspan.cpu.thread_seconds"
+# A program's run (the API opens one per process when WATTSPAN_RUN_ID is not set): resource
+# attributes naming it, and the run root span's exit status (OpenTelemetry's name).
+ATTR_RUN_NAME = "wattspan.run.name"
+ATTR_RUN_START = "wattspan.run.start_time_unix_nano"
+ATTR_EXIT_CODE = "process.exit.code"

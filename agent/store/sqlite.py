@@ -486,24 +486,42 @@ class Store:
         return len(rows)
 
     # -- runs ---------------------------------------------------------------------------
+    _RUN_INSERT = (
+        "INTO runs (id, name, description, kind, command, host, start_ts, end_ts, exit_code, "
+        "summary) VALUES (?,?,?,?,?,?,?,?,?,?)"
+    )
+
+    @staticmethod
+    def _run_values(run: Run) -> tuple[Any, ...]:
+        return (
+            run.id,
+            run.name,
+            run.description,
+            run.kind,
+            _dumps(run.command),
+            run.host,
+            run.start_ts,
+            run.end_ts,
+            run.exit_code,
+            None if run.summary is None else _dumps(run.summary),
+        )
+
     def create_run(self, run: Run) -> None:
         with self._lock, self._db:
-            self._db.execute(
-                "INSERT INTO runs (id, name, description, kind, command, host, start_ts, "
-                "end_ts, exit_code, summary) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (
-                    run.id,
-                    run.name,
-                    run.description,
-                    run.kind,
-                    _dumps(run.command),
-                    run.host,
-                    run.start_ts,
-                    run.end_ts,
-                    run.exit_code,
-                    None if run.summary is None else _dumps(run.summary),
-                ),
-            )
+            self._db.execute("INSERT " + self._RUN_INSERT, self._run_values(run))
+
+    def add_run(self, run: Run) -> bool:
+        """Creates ``run`` unless a run with its id exists; True when it was created (two
+        agents, or two requests, may see a program's first spans at once)."""
+        with self._lock, self._db:
+            cur = self._db.execute("INSERT OR IGNORE " + self._RUN_INSERT, self._run_values(run))
+            return cur.rowcount == 1
+
+    def run_kind(self, run_id: str) -> str | None:
+        """The kind of the run with exactly this id, or None when there is none."""
+        with self._lock:
+            row = self._db.execute("SELECT kind FROM runs WHERE id=?", (run_id,)).fetchone()
+        return None if row is None else str(row[0])
 
     def finish_run(
         self,
@@ -585,16 +603,21 @@ class Store:
 
     def samples(
         self,
-        run_id: str | None = None,
+        run_id: str | Sequence[str] | None = None,
         source: str | None = None,
         start: float | None = None,
         end: float | None = None,
     ) -> list[Sample]:
-        """Stored samples in time order, filtered by run, source and time range."""
-        clauses, args = [], []
-        if run_id is not None:
+        """Stored samples in time order, filtered by run (one id or several), source and
+        time range."""
+        clauses: list[str] = []
+        args: list[Any] = []
+        if isinstance(run_id, str):
             clauses.append("run_id=?")
             args.append(run_id)
+        elif run_id is not None:
+            clauses.append(f"run_id IN ({','.join('?' * len(run_id))})")
+            args.extend(run_id)
         if source is not None:
             clauses.append("source=?")
             args.append(source)

@@ -9,19 +9,20 @@ from typing import Any, Literal
 from wattspan.agent.attribution import primary_domains
 from wattspan.agent.store import Run, Store
 from wattspan.agent.summary import summarize
-from wattspan.analysis._common import Mode, as_run, finite
+from wattspan.analysis._common import Mode, as_run, finite, run_samples
 from wattspan.analysis.metrics import metric_mode, metric_summaries
 from wattspan.analysis.targets import time_to_target
 
 
 def run_summary(store: Store, run: Run) -> dict[str, Any]:
     """The stored summary, or one computed from the samples for a run that has none yet
-    (still running, or an agent session)."""
-    if run.summary:
+    (still running, an agent session, a program that sent spans to a daemon)."""
+    if run.summary and run.kind != "program":
         return run.summary
-    samples = store.samples(run.id)
+    samples = run_samples(store, run)
     end = run.end_ts or (samples[-1].ts if samples else run.start_ts)
-    return summarize(samples, run.start_ts, end)
+    # A program run's stored summary only says which process it was.
+    return {**(run.summary or {}), **summarize(samples, run.start_ts, end)}
 
 
 def run_figures(store: Store, run: Run) -> dict[str, Any]:

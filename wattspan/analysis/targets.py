@@ -9,7 +9,7 @@ import numpy as np
 
 from wattspan.agent.attribution import Series, build_series, primary_domains
 from wattspan.agent.store import Run, Store
-from wattspan.analysis._common import Mode, as_run, finite
+from wattspan.analysis._common import Mode, as_run, finite, run_samples
 from wattspan.analysis.metrics import metric_mode
 
 
@@ -43,9 +43,7 @@ def energy_between(store: Store, run_id: str | Run, t0: float, t1: float) -> Ene
     by hand from the stored samples, and agrees with span attribution for the same window.
     """
     run = as_run(store, run_id)
-    samples = [
-        s for src in ("rapl", "power_model", "gpu") for s in store.samples(run.id, source=src)
-    ]
+    samples = [s for src in ("rapl", "power_model", "gpu") for s in run_samples(store, run, src)]
     series = build_series(samples)
     primary = primary_domains(series.energy)
     node = None

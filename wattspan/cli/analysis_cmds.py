@@ -30,6 +30,7 @@ from wattspan.analysis import (
     compare_runs,
     export_rows,
     metric_summaries,
+    run_summary,
     span_tree,
     time_to_target,
     write_csv,
@@ -430,7 +431,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 
     from wattspan.cli.tables import print_table, summary_table
 
-    print_table(summary_table(run, run.summary or {}))
+    # An agent session or a program run has no stored table: computed from its samples.
+    print_table(summary_table(run, run_summary(store, run)))
     console = Console()
     for renderable in show_details(store, run):
         console.print(renderable)

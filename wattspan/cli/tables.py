@@ -37,10 +37,45 @@ def summary_table(run: Run, summary: dict[str, Any]) -> Table:
     t.add_column("metric")
     t.add_column("value", justify="right")
     t.add_column("note", style="dim")
-    t.add_row("exit code", str(run.exit_code), "")
+    if run.exit_code is not None:
+        t.add_row("exit code", str(run.exit_code), "")
+    elif run.end_ts is None:
+        t.add_row("exit code", "-", f"{run.kind} still running")
+    else:
+        t.add_row("exit code", "-", "not reported")
     t.add_row("wall time", fmt_num(summary.get("wall_seconds"), "s", 3), "")
-    t.add_row("CPU user", fmt_num(summary.get("cpu_user_seconds"), "s", 3), "process tree")
-    t.add_row("CPU system", fmt_num(summary.get("cpu_system_seconds"), "s", 3), "process tree")
+    source = summary.get("cpu_source")
+    tree = {
+        "wait4-child-only": "command + what it waited for",
+        "samples": "process tree, sampled",
+    }.get(source or "", "process tree")
+    t.add_row("CPU user", fmt_num(summary.get("cpu_user_seconds"), "s", 3), tree)
+    t.add_row("CPU system", fmt_num(summary.get("cpu_system_seconds"), "s", 3), tree)
+    orphans = summary.get("orphans_reaped") or 0
+    # Only a tree that orphans or leaves processes behind has parts worth a row.
+    if source in ("wait4", "wait4+proc") and (orphans or summary.get("outlived_processes")):
+        note = "wait4"
+        if orphans:
+            note += f", {fmt_num(summary.get('cpu_seconds_orphans'), 's', 3)} of it from "
+            note += f"{orphans} orphan{'s' if orphans != 1 else ''} wattspan reaped"
+        t.add_row("CPU reaped", fmt_num(summary.get("cpu_seconds_reaped"), "s", 3), note)
+    if summary.get("outlived_processes"):
+        n = summary["outlived_processes"]
+        t.add_row(
+            "CPU outlived",
+            fmt_num(summary.get("cpu_seconds_outlived"), "s", 3),
+            f"{n} process{'es' if n != 1 else ''} left running by the command: CPU so far",
+        )
+        listed = summary.get("outlived") or []
+        for o in listed:
+            state = "CPU, exited, unreaped" if o.get("exited") else "CPU so far"
+            t.add_row(
+                "outlived",
+                f"pid {o.get('pid')}",
+                f"{o.get('name', '')}, {fmt_num(o.get('cpu_seconds'), 's', 3)} {state}",
+            )
+        if n > len(listed):
+            t.add_row("outlived", f"{n - len(listed)} more", "not listed")
     t.add_row("CPU avg", fmt_num(summary.get("cpu_percent_avg"), "%", 1), "100% = one core")
     t.add_row("CPU peak", fmt_num(summary.get("cpu_percent_peak"), "%", 1), "per sample interval")
     t.add_row("peak RSS", fmt_bytes(summary.get("peak_rss_bytes")), "")

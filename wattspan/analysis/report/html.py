@@ -50,6 +50,7 @@ from wattspan.analysis import (
     run_figures,
     span_tree,
 )
+from wattspan.analysis._common import run_samples
 from wattspan.analysis.report._template import CSS, ERROR_RECORDER_JS, RENDER_JS
 from wattspan.collectors.base import Sample
 from wattspan.collectors.base import number as _num
@@ -241,7 +242,7 @@ def timeline_figure(store: Store, run: Run, ctx: _Ctx, fid: str) -> Figure | Non
     # Per source, so per-process and per-GPU-process samples (the bulk of a long agent
     # session) are never decoded.
     by_src: dict[str, list[Sample]] = {
-        src: store.samples(run.id, source=src)
+        src: run_samples(store, run, src)
         for src in ("cpu", "memory", "process_tree", "rapl", "power_model", "gpu")
     }
     panels: list[tuple[str, list[dict[str, Any]]]] = []
