@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import resource
@@ -16,6 +17,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
+
+import psutil
 
 from wattspan.agent.config import Config
 from wattspan.agent.daemon import Agent, tune_gc
@@ -48,18 +51,250 @@ def _child_in_our_foreground_group() -> bool:
     return False
 
 
-def _usage_sample(ru: resource.struct_rusage, now: float) -> Sample:
-    return Sample(
-        "run",
-        now,
-        {},
-        {
-            "cpu_user_seconds_total": ru.ru_utime,
-            "cpu_system_seconds_total": ru.ru_stime,
-            # ru_maxrss is left out on purpose: it counts the forked copy of this agent
-            # before exec, so it overstates a small child. Per-process VmHWM is exact.
-        },
+# Where the run's CPU seconds come from. wait4(2) of the command counts the command and,
+# recursively, every descendant that was waited for by its parent; a descendant whose parent
+# exits first is reparented, and whoever reaps it then gets its CPU. Two ways to count
+# those orphans were weighed:
+# - sampled: add the last CPU the process collector saw of each vanished process that was
+#   not reaped inside the tree. Lossy (up to one interval per process, all of a process
+#   shorter than one interval), and /proc does not say who reaped a process, so telling
+#   "in wait4's figure" from "not" is a guess that can count a process twice or never.
+# - subreaper (chosen; what tini and systemd do): PR_SET_CHILD_SUBREAPER makes the tree's
+#   orphans ours, so this process reaps them and wait4 hands over each one's exact rusage
+#   (its own CPU and that of the descendants it reaped). Every process of the tree is then
+#   reaped exactly once, inside the tree (in the command's figure) or by us (added here),
+#   or is still there when the command ends (read from /proc then, see _outlived): no
+#   process is in two figures. Per-pid rusage is summed rather than RUSAGE_CHILDREN, which
+#   also holds every earlier child of a process that calls run_command in-process.
+_PR_SET_CHILD_SUBREAPER = 36
+_PR_GET_CHILD_SUBREAPER = 37
+#: processes that outlived the command named one by one (the largest); totals count all
+_OUTLIVED_LISTED = 64
+
+
+def _prctl() -> Any | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+def _is_subreaper() -> bool:
+    prctl = _prctl()
+    if prctl is None:
+        return False
+    flag = ctypes.c_int(0)
+    if prctl(_PR_GET_CHILD_SUBREAPER, ctypes.byref(flag), *[ctypes.c_ulong(0)] * 3) != 0:
+        return False
+    return bool(flag.value)
+
+
+def _set_subreaper(on: bool) -> bool:
+    """True when the kernel took the setting (Linux 3.4 and later)."""
+    prctl = _prctl()
+    if prctl is None:
+        return False
+    return bool(
+        prctl(_PR_SET_CHILD_SUBREAPER, ctypes.c_ulong(int(on)), *[ctypes.c_ulong(0)] * 3) == 0
     )
+
+
+def _child_pids() -> frozenset[int]:
+    """This process's children, zombies included."""
+    # The per-thread children lists cost a few reads; psutil reads every process's stat.
+    try:
+        tids = os.listdir("/proc/self/task")
+        kids: set[int] = set()
+        for tid in tids:
+            with open(f"/proc/self/task/{tid}/children", "rb") as f:
+                kids.update(int(c) for c in f.read().split())
+        return frozenset(kids)
+    except (OSError, ValueError):
+        pass
+    try:
+        return frozenset(p.pid for p in psutil.Process().children())
+    except psutil.Error:
+        return frozenset()
+
+
+@dataclass
+class _Reaped:
+    """CPU seconds of the tree's orphans that this process reaped as their subreaper."""
+
+    user: float = 0.0
+    system: float = 0.0
+    n: int = 0
+
+    def add(self, ru: resource.struct_rusage) -> None:
+        self.user += ru.ru_utime
+        self.system += ru.ru_stime
+        self.n += 1
+
+
+@dataclass(frozen=True)
+class _Outlived:
+    pid: int
+    name: str
+    user: float
+    system: float
+    exited: bool  # a zombie whose parent, still running, has not reaped it yet
+
+
+def _wait(
+    pid: int, orphans: _Reaped | None, theirs: frozenset[int]
+) -> tuple[int, resource.struct_rusage]:
+    """Waits for ``pid``. As a subreaper (``orphans`` given) reaps every other child that
+    ends meanwhile, so orphans do not pile up as zombies, and adds up their usage (not that
+    of ``theirs``, children this process had before the run)."""
+    if orphans is None:
+        _, status, ru = os.wait4(pid, 0)
+        return status, ru
+    while True:
+        got, status, ru = os.wait4(-1, 0)
+        if got == pid:
+            return status, ru
+        if got not in theirs:
+            orphans.add(ru)
+
+
+def _reap_orphans(orphans: _Reaped, theirs: frozenset[int]) -> None:
+    """Reaps the orphans that ended by now: those the command killed as it exited end up
+    here as zombies, reparented on its exit."""
+    while True:
+        try:
+            got, _, ru = os.wait4(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if got == 0:
+            return
+        if got not in theirs:
+            orphans.add(ru)
+
+
+_PF_EXITING = 0x4
+_SIGKILL_BIT = 1 << (signal.SIGKILL - 1)
+
+
+def _dying(pid: int) -> bool:
+    """True for a process that has exited or will at once: a zombie, one inside exit(2)
+    (PF_EXITING), or one with SIGKILL pending that was not scheduled yet."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            rest = f.read().rsplit(b")", 1)[1].split()
+        if rest[0] in (b"Z", b"X") or int(rest[6]) & _PF_EXITING:
+            return True
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                pending = line.startswith((b"SigPnd:", b"ShdPnd:"))
+                if pending and int(line.split()[1], 16) & _SIGKILL_BIT:
+                    return True
+    except (OSError, IndexError, ValueError):
+        return False
+    return False
+
+
+def _reap_dying(orphans: _Reaped, theirs: frozenset[int], grace: float = 0.5) -> None:
+    """Reaps the orphans that were killed as the command exited, waiting ``grace`` seconds
+    at most for them to finish dying. A command that kills a helper and exits at once
+    leaves it dying, not running: it belongs with the reaped, not with the outlived."""
+    pending = [pid for pid in _child_pids() - theirs if _dying(pid)]
+    deadline = time.monotonic() + grace
+    while pending:
+        for pid in list(pending):
+            try:
+                got, _, ru = os.wait4(pid, os.WNOHANG)
+            except ChildProcessError:
+                pending.remove(pid)
+                continue
+            if got:
+                orphans.add(ru)
+                pending.remove(pid)
+        if not pending or time.monotonic() > deadline:
+            return
+        time.sleep(0.002)
+
+
+def _outlived(theirs: frozenset[int]) -> list[_Outlived]:
+    """The tree's processes still there once the command ended, zombies included.
+
+    With the command gone each is an orphan, so a child of ours or below one; ``theirs``
+    are children this process had before the run. A process's figure is its own CPU plus
+    that of the descendants it reaped, which no wait4 of ours will see; its live
+    descendants are listed on their own, and a zombie is no one's reaped child yet.
+    """
+    out: list[_Outlived] = []
+    for pid in sorted(_child_pids() - theirs):
+        try:
+            kid = psutil.Process(pid)
+        except psutil.Error:
+            continue
+        try:
+            procs = [kid, *kid.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
+        except psutil.Error:
+            procs = [kid]
+        for p in procs:
+            try:
+                with p.oneshot():
+                    ct = p.cpu_times()
+                    name = p.name()
+                    exited = p.status() == psutil.STATUS_ZOMBIE
+            except psutil.Error:
+                continue
+            user, system = ct.user + ct.children_user, ct.system + ct.children_system
+            out.append(_Outlived(p.pid, name, user, system, exited))
+    return out
+
+
+def _usage_samples(
+    ru: resource.struct_rusage,
+    orphans: _Reaped | None,
+    outlived: Sequence[_Outlived],
+    now: float,
+) -> list[Sample]:
+    """The ``run`` sample (the tree's CPU seconds, and their parts) and one ``run_outlived``
+    sample per process that outlived the command (the largest few)."""
+    # ru_maxrss is left out on purpose: it counts the forked copy of this agent before
+    # exec, so it overstates a small child. Per-process VmHWM is exact.
+    user, system = ru.ru_utime, ru.ru_stime
+    if orphans is None:
+        fields: dict[str, float | int | str | bool] = {
+            "cpu_user_seconds_total": user,
+            "cpu_system_seconds_total": system,
+            "subreaper": False,
+        }
+        return [Sample("run", now, {}, fields)]
+    left_user = sum(o.user for o in outlived)
+    left_system = sum(o.system for o in outlived)
+    fields = {
+        "cpu_user_seconds_total": user + orphans.user + left_user,
+        "cpu_system_seconds_total": system + orphans.system + left_system,
+        "child_cpu_seconds_total": user + system,
+        "orphans_cpu_seconds_total": orphans.user + orphans.system,
+        "orphans_reaped": orphans.n,
+        "outlived_cpu_seconds_total": left_user + left_system,
+        "outlived_processes": len(outlived),
+        "subreaper": True,
+    }
+    out = [Sample("run", now, {}, fields)]
+    largest = sorted(outlived, key=lambda o: (-(o.user + o.system), o.pid))
+    for o in largest[:_OUTLIVED_LISTED]:
+        out.append(
+            Sample(
+                "run_outlived",
+                now,
+                {"pid": str(o.pid), "name": o.name},
+                {
+                    "cpu_user_seconds_total": o.user,
+                    "cpu_system_seconds_total": o.system,
+                    "exited": o.exited,
+                },
+            )
+        )
+    return out
 
 
 def run_command(
@@ -73,7 +308,14 @@ def run_command(
     env_extra: dict[str, str] | None = None,
     on_start: Callable[[Agent], dict[str, str]] | None = None,
 ) -> RunResult:
-    """Runs ``cmd`` to completion while sampling it and the node; stores and summarises."""
+    """Runs ``cmd`` to completion while sampling it and the node; stores and summarises.
+
+    While ``cmd`` runs this process is a child subreaper (the note above
+    ``_PR_SET_CHILD_SUBREAPER`` says why) and reaps every child of its own that ends, not
+    only ``cmd``: a program calling this in-process must not spawn children of its own
+    meanwhile, or their exit status is lost to it (the CLI spawns none). Descendants still
+    running when ``cmd`` ends stay children of this process until it exits.
+    """
     host = config.host
     run = Run(
         id=str(uuid.uuid4()),
@@ -124,6 +366,12 @@ def run_command(
         env.update(env_extra)
 
     agent.scheduler.tick(force=True)  # baseline: counters at the start of the run
+    was_subreaper = _is_subreaper()
+    subreaper = was_subreaper or _set_subreaper(True)
+    if not subreaper:
+        log.info("not a child subreaper: CPU of orphaned descendants will not be counted")
+    orphans = _Reaped() if subreaper else None
+    theirs = _child_pids() if subreaper else frozenset()
     start = time.time()
     # Handlers go in before the child exists: a signal sent once the child is up (it may
     # already have said it is ready) must be forwarded, not kill us with the default action.
@@ -141,6 +389,7 @@ def run_command(
             child[0].send_signal(signum)
 
     previous = {s: signal.signal(s, forward) for s in _FORWARDED}
+    outlived: list[_Outlived] = []
     try:
         try:
             proc = subprocess.Popen(list(cmd), env=env)
@@ -157,19 +406,27 @@ def run_command(
 
         if agent.process_collector is not None:
             agent.process_collector.add_root(proc.pid)
+            if subreaper:
+                agent.process_collector.adopt_orphans(proc.pid, os.getpid(), theirs)
         agent.start()
         tune_gc()
-        _, status, ru = os.wait4(proc.pid, 0)
+        status, ru = _wait(proc.pid, orphans, theirs)
+        proc.returncode = status  # the Popen object must not try to reap the pid again
+        end = time.time()
+        if orphans is not None:
+            _reap_orphans(orphans, theirs)
+            _reap_dying(orphans, theirs)
+            outlived = _outlived(theirs)
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
-    proc.returncode = status  # the Popen object must not try to reap the pid again
-    end = time.time()
+        if subreaper and not was_subreaper:
+            _set_subreaper(False)
     code = os.waitstatus_to_exitcode(status)
     if code < 0:
         code = 128 - code  # killed by a signal: the shell's convention
     agent.scheduler.stop()
-    agent.pipeline.emit([_usage_sample(ru, end)])
+    agent.pipeline.emit(_usage_samples(ru, orphans, outlived, end))
     return _finish(agent, measured, run, start, code, end)
 
 

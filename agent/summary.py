@@ -79,6 +79,7 @@ class RunSummary:
     def __init__(self) -> None:
         self._final: Sample | None = None  # last ``run`` sample (wait4), else last tree
         self._have_run = False
+        self._outlived: list[Sample] = []
         self._last_tree: Sample | None = None
         self._prev_tree: tuple[float, float] | None = None
         self._cpu_peak: float | None = None
@@ -108,6 +109,8 @@ class RunSummary:
                 self._tree(s)
             elif src == "run":
                 self._final, self._have_run = s, True
+            elif src == "run_outlived":
+                self._outlived.append(s)
             elif src == "process":
                 self._rss(_num(s, "peak_rss_bytes"))
             elif src == "cpu":
@@ -158,6 +161,36 @@ class RunSummary:
         g.mem_total = _num(s, "memory_total_bytes")
 
     # -- the figures -----------------------------------------------------------------------
+    def _cpu_parts(self, final: Sample, total: float) -> dict[str, Any]:
+        """Where the CPU seconds came from (``cpu_source``, the README lists the values)."""
+        if not self._have_run:
+            # A run still going (or one whose end was never recorded): the sampled tree.
+            return {"cpu_source": "samples"}
+        if final.fields.get("subreaper") is not True:
+            # wait4 of the command alone: no orphaned descendant is in it. Also every run
+            # stored before wattspan became a subreaper.
+            return {"cpu_source": "wait4-child-only", "cpu_seconds_reaped": total}
+        child = _num(final, "child_cpu_seconds_total") or 0.0
+        orphans = _num(final, "orphans_cpu_seconds_total") or 0.0
+        left = int(_num(final, "outlived_processes") or 0)
+        return {
+            "cpu_source": "wait4+proc" if left else "wait4",
+            "cpu_seconds_reaped": child + orphans,
+            "cpu_seconds_orphans": orphans,
+            "orphans_reaped": int(_num(final, "orphans_reaped") or 0),
+            "cpu_seconds_outlived": _num(final, "outlived_cpu_seconds_total") or 0.0,
+            "outlived_processes": left,
+            "outlived": [
+                {
+                    "pid": int(s.tags.get("pid", "0")),
+                    "name": s.tags.get("name", ""),
+                    "cpu_seconds": sum(_num(s, k) or 0.0 for k in _CPU),
+                    "exited": s.fields.get("exited") is True,
+                }
+                for s in self._outlived
+            ],
+        }
+
     def result(self, start: float, end: float) -> dict[str, Any]:
         """Figures for the run table. Units: seconds, bytes, joules, watts, percent (of one
         core for CPU %, so 200 means two cores busy)."""
@@ -171,6 +204,7 @@ class RunSummary:
             out["cpu_seconds"] = user + system
             wall = out["wall_seconds"]
             out["cpu_percent_avg"] = 100.0 * (user + system) / wall if wall > 0 else None
+            out.update(self._cpu_parts(final, user + system))
         if self._peak_rss is not None:
             out["peak_rss_bytes"] = int(self._peak_rss)
         if self._cpu_peak is not None:

@@ -36,6 +36,31 @@ def _status(pid: int) -> tuple[int, int | None]:
     return threads, int(m.group(1)) * 1024 if m else None
 
 
+def _children(pid: int) -> list[int]:
+    """Direct children of ``pid`` from every thread's ``children`` list (a child belongs to
+    the thread that forked it); empty when ``pid`` vanished meanwhile, a normal race."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    out: list[int] = []
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                out.extend(int(c) for c in f.read().split())
+        except OSError:
+            continue
+    return out
+
+
+def _has_children_files(pid: int) -> bool | None:
+    """Whether the kernel has per-thread ``children`` files (``CONFIG_PROC_CHILDREN``);
+    None when ``pid`` is gone, so the answer is unknown."""
+    if os.path.exists(f"/proc/{pid}/task/{pid}/children"):
+        return True
+    return False if os.path.exists(f"/proc/{pid}") else None
+
+
 def _descendants(root: int) -> list[int] | None:
     """PIDs below ``root``, from the kernel's per-thread ``children`` lists.
 
@@ -43,24 +68,15 @@ def _descendants(root: int) -> list[int] | None:
     file of every process on the node. None when the kernel lacks these files
     (``CONFIG_PROC_CHILDREN`` off).
     """
-    if not os.path.exists(f"/proc/{root}/task/{root}/children"):
-        return None if os.path.exists(f"/proc/{root}") else []
+    has = _has_children_files(root)
+    if not has:
+        return None if has is False else []
     out: list[int] = []
     stack = [root]
     while stack:
-        pid = stack.pop()
-        try:
-            tids = os.listdir(f"/proc/{pid}/task")
-        except OSError:
-            continue  # vanished meanwhile: a normal race
-        for tid in tids:
-            try:
-                with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
-                    kids = [int(c) for c in f.read().split()]
-            except OSError:
-                continue
-            out.extend(kids)
-            stack.extend(kids)
+        kids = _children(stack.pop())
+        out.extend(kids)
+        stack.extend(kids)
     return out
 
 
@@ -78,6 +94,10 @@ class _Tree:
     name: str = ""
     peak_rss: int = 0
     dynamic: bool = False
+    # A child subreaper that the tree's orphans are reparented to, and that process's
+    # children which are not the tree's (it had them before the tree existed).
+    reaper: int | None = None
+    not_ours: frozenset[int] = frozenset()
     # CPU seconds and I/O of descendants that already exited: keeps the tree's counters
     # monotonic when a child vanishes between two samples.
     dead: _Last | None = None
@@ -121,6 +141,18 @@ class ProcessCollector:
             raise ValueError(f"not a process id: {pid!r}")
         self._trees.setdefault(pid, _Tree(root=pid, dynamic=dynamic))
 
+    def adopt_orphans(self, root: int, reaper: int, exclude: Iterable[int] = ()) -> None:
+        """Count ``reaper``'s children (other than ``root`` and ``exclude``) and their
+        descendants in ``root``'s tree, also once ``root`` has exited.
+
+        For a ``reaper`` that made itself a child subreaper before starting ``root``: the
+        tree's orphans are reparented to it, out of reach of a walk down from ``root``,
+        and a daemon that double-forks is such an orphan from its first instant.
+        """
+        tree = self._trees.get(root)
+        if tree is not None:
+            tree.reaper, tree.not_ours = reaper, frozenset(exclude)
+
     def watches(self, pid: int) -> bool:
         """True if ``pid`` is a root or was seen in a watched tree at the last sample."""
         return pid in self._trees or pid in self._last
@@ -136,22 +168,59 @@ class ProcessCollector:
             self._procs[pid] = p
         return p
 
-    def _members(self, root: int) -> list[psutil.Process]:
-        try:
-            p = self._process(root)
-        except _GONE:
-            return []
-        pids = _descendants(root)
+    def _below(self, p: psutil.Process) -> list[int] | None:
+        """PIDs below ``p``; None when psutil, asked in place of /proc, found it gone."""
+        pids = _descendants(p.pid)
         if pids is None:
             # No /proc/PID/task/TID/children (kernel without CONFIG_PROC_CHILDREN): psutil
             # reads every process on the node to build its parent map.
             try:
                 pids = [k.pid for k in p.children(recursive=True)]
             except _GONE:
-                return []
+                return None
             except psutil.AccessDenied:
                 pids = []
-        members = [p]
+        return pids
+
+    def _orphans(self, tree: _Tree) -> list[int]:
+        """The tree's processes reparented to its subreaper, and their descendants."""
+        if tree.reaper is None:
+            return []
+        skip = tree.not_ours | {tree.root}
+        if _has_children_files(tree.reaper):
+            kids = _children(tree.reaper)
+        else:
+            try:
+                kids = [k.pid for k in self._process(tree.reaper).children()]
+            except (*_GONE, psutil.AccessDenied):
+                return []
+        out: list[int] = []
+        for kid in kids:
+            if kid in skip:
+                continue
+            try:
+                below = self._below(self._process(kid))
+            except _GONE:
+                continue
+            out.append(kid)
+            out.extend(below or [])
+        return out
+
+    def _members(self, tree: _Tree) -> list[psutil.Process]:
+        members: list[psutil.Process] = []
+        pids: list[int] = []
+        try:
+            p = self._process(tree.root)
+        except _GONE:
+            pass
+        else:
+            below = self._below(p)
+            if below is not None:
+                members.append(p)
+                pids = below
+        if tree.reaper is not None:
+            # A process reparented between the two walks would otherwise count twice.
+            pids = list(dict.fromkeys(pids + self._orphans(tree)))
         for pid in pids:
             # Reuse cached Process objects so psutil's pid-reuse check (create_time) stays
             # meaningful across samples.
@@ -172,7 +241,7 @@ class ProcessCollector:
             sums = _Last()
             rss = threads = count = 0
             try:
-                members = self._members(tree.root)
+                members = self._members(tree)
             except Exception as exc:
                 # One root that cannot be read must not cost every other tree its samples
                 # on every tick from now on: drop it, once, and say why.
