@@ -106,13 +106,15 @@ def test_node_samples_and_spans_reach_influxdb(
     assert {r["time"]: r["used_bytes"] for r in rows} == pytest.approx(stored, abs=1e3)
     assert len(rows) == len(stored) >= 3
     assert {r["host"] for r in rows} == {"node-a"}
-    # The spans carry their attribution, as stored.
-    spans = {s.span_id: s for s in store.spans(run.id)}
+    # The spans carry their attribution, as stored, under the client program's own run.
+    (program,) = store.runs(kind="program")
+    spans = {s.span_id: s for s in store.spans(program.id)}
     got = influxd_server.rows(db, "spans")
     assert {r["span_id"] for r in got} == set(spans)
     for r in got:
         s = spans[r["span_id"]]
         assert r["span_name"] == s.name and r["service"] == "plain-otel"
+        assert r["run"] == program.id
         assert r["trace_id"] == s.trace_id  # an id is a field, not a tag
         assert r["node_energy_total_joules"] == pytest.approx(
             s.resources["node_energy_total_joules"]

@@ -23,16 +23,19 @@ import wattspan.instrument as w
 from tests.servers import unused_url
 from wattspan.agent.receiver import OtlpReceiver
 from wattspan.agent.records import LogRecord, MetricPoint, SpanRecord
+from wattspan.agent.store import Store
 
 
 class Collector:
     def __init__(self) -> None:
         self.spans: list[SpanRecord] = []
+        self.requests: list[int] = []  # spans per OTLP request
         self._lock = threading.Lock()
 
     def on_spans(self, spans: list[SpanRecord]) -> None:
         with self._lock:
             self.spans.extend(spans)
+            self.requests.append(len(spans))
 
     def on_metrics(self, points: list[MetricPoint]) -> None:
         pass
@@ -556,18 +559,20 @@ def test_user_provider_is_respected(
 
         with w.span("mine"):
             f()
-        print(json.dumps(sorted(s.name for s in memory.get_finished_spans())))
+        names = sorted(s.name for s in memory.get_finished_spans())
+        print(json.dumps([names, w._QUEUE is None, w.dropped_spans()]))
         """,
         endpoint_of(receiver),
     )
-    assert last_json(proc.stdout) == ["f", "mine"]
+    assert last_json(proc.stdout) == [["f", "mine"], True, 0]
     assert collector.spans == []  # wattspan installed no exporter of its own
 
 
 @pytest.mark.parametrize("runtime", ["short", "long"])
 def test_no_agent_never_blocks_or_raises(tmp_path: Path, runtime: str) -> None:
-    """No agent: the program runs, exits promptly, and logs exactly one warning."""
+    """No agent: the program runs, exits promptly, logs one warning and a total at exit."""
     sleep = 2.5 if runtime == "long" else 0.0  # long: exports fail while the program runs
+    endpoint = unused_url()
     start = time.monotonic()
     proc = run_user_code(
         tmp_path,
@@ -591,15 +596,17 @@ def test_no_agent_never_blocks_or_raises(tmp_path: Path, runtime: str) -> None:
         w.log_params({{"after": True}})
         print(f"done in {{took:.3f}}s")
         """,
-        unused_url(),
+        endpoint,
+        {"OTEL_BSP_MAX_QUEUE_SIZE": "1000"},
     )
     elapsed = time.monotonic() - start
     assert "done in" in proc.stdout
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    ours = [line for line in lines if line.startswith("wattspan:")]
-    assert len(ours) == 1, proc.stderr
-    assert lines == ours, f"unexpected output besides our one warning:\n{proc.stderr}"
-    assert "127.0.0.1" in ours[0]
+    assert len(lines) == 2, f"expected a warning and a total:\n{proc.stderr}"
+    warning, total = lines
+    assert warning.startswith(f"wattspan: agent unreachable at {endpoint} ("), warning
+    # 3100 calls of f, "run" and the run root "wattspan.run" (log_params outside any span).
+    assert total == "wattspan: 3102 of 3102 spans dropped (agent unreachable: 3102)"
     # Generous sanity bound only (interpreter start + 3000 spans + sleep + bounded exit flush).
     assert elapsed < 30 + sleep
 
@@ -621,6 +628,181 @@ def test_exit_flush_delivers_everything(
     )
     assert sorted(s.attributes["wattspan.tag.i"] for s in collector.named("quick")) == list(
         range(1500)
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# bursts: backpressure while the agent is reachable, counted drops when it is not
+
+BURST = 100_000
+
+# One thread ending spans as fast as it can: faster than one export thread can encode them,
+# which is what lost a third of such a burst to the SDK's BatchSpanProcessor.
+BURST_CODE = f"""
+import json, time
+import wattspan.instrument as w
+
+@w.track
+def step(i):
+    return i
+
+step(-1)  # the first call configures the provider (imports): not part of the burst
+t0 = last = time.perf_counter()
+worst = 0.0
+for i in range({BURST}):
+    step(i)
+    now = time.perf_counter()
+    worst = max(worst, now - last)
+    last = now
+print(json.dumps({{"loop_s": last - t0, "worst_call_s": worst, "dropped": w.dropped_spans()}}))
+"""
+
+
+def clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "WATTSPAN_"))}
+
+
+def test_burst_from_one_thread_arrives_complete_under_wattspan_run(tmp_path: Path) -> None:
+    script = tmp_path / "burst.py"
+    script.write_text(BURST_CODE)
+    store_path = tmp_path / "runs.db"
+    child = [sys.executable, str(script)]
+    p = subprocess.run(
+        [sys.executable, "-m", "wattspan", "run", "--store", str(store_path), "--", *child],
+        env=clean_env(),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert p.returncode == 0, p.stderr
+    report = json.loads(next(ln for ln in p.stdout.splitlines() if ln.startswith('{"loop_s"')))
+    assert report["dropped"] == 0
+    assert "dropped" not in p.stderr, p.stderr  # neither the warning nor the exit total
+    (run,) = Store(store_path).runs()
+    steps = [s for s in Store(store_path).spans(run.id) if s.name == "step"]
+    # Complete: every call once (the store keeps one copy of a span sent twice)...
+    assert len(steps) == BURST + 1
+    # ...and attributed: the run's samples covered every span, however short.
+    unattributed = [s for s in steps if "cpu_seconds" not in s.resources]
+    assert unattributed == [], f"{len(unattributed)} spans without resources"
+
+
+def test_burst_with_no_agent_finishes_quickly_and_counts_drops(tmp_path: Path) -> None:
+    endpoint = unused_url()
+    start = time.monotonic()
+    proc = run_user_code(tmp_path, BURST_CODE, endpoint)
+    elapsed = time.monotonic() - start
+    report = last_json(proc.stdout)
+    # Nothing waits for an agent that is not there: gRPC's first "failed to connect" stops the
+    # backpressure, where waiting for the exporter to give up after its retry takes ~1 s.
+    assert report["worst_call_s"] < 0.5, report
+    # Everything beyond the queue (8192) and the batch in flight (1024) is already counted.
+    assert BURST - 8192 - 1024 <= report["dropped"] <= BURST + 1, report
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 2, proc.stderr
+    assert [line for line in lines if endpoint in line] == [lines[0]]
+    assert lines[0].startswith(f"wattspan: agent unreachable at {endpoint} (")
+    assert "failed to connect" in lines[0].lower()
+    assert lines[1] == f"wattspan: {BURST + 1} of {BURST + 1} spans dropped " + (
+        f"(agent unreachable: {BURST + 1})"
+    )
+    assert elapsed < 20, f"{elapsed:.1f} s"
+
+
+def test_small_queue_from_env_applies_backpressure_not_loss(
+    tmp_path: Path, receiver: OtlpReceiver, collector: Collector
+) -> None:
+    proc = run_user_code(
+        tmp_path,
+        """
+        import json
+        import wattspan.instrument as w
+
+        @w.track
+        def f(i):
+            return i
+
+        for i in range(20000):
+            f(i)
+        q = w._QUEUE
+        print(json.dumps([q.max_queue, q._batch, w.dropped_spans()]))
+        """,
+        endpoint_of(receiver),
+        {
+            "OTEL_BSP_MAX_QUEUE_SIZE": "64",
+            "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "32",
+            "OTEL_BSP_SCHEDULE_DELAY": "600000",  # only a full batch sends, then the exit flush
+            "OTEL_BSP_EXPORT_TIMEOUT": "soon",  # reported, default used, spans still sent
+        },
+    )
+    assert last_json(proc.stdout) == [64, 32, 0]
+    assert proc.stderr.splitlines() == [
+        "wattspan: OTEL_BSP_EXPORT_TIMEOUT='soon' is not a positive integer; using 2000"
+    ]
+    assert len(collector.named("f")) == 20000
+    assert len({s.span_id for s in collector.spans}) == 20000
+    assert max(collector.requests) == 32 and len(collector.requests) >= 20000 // 32
+
+
+class _StuckAgent(Collector):
+    """Takes the first request and sits on it: reachable, but not keeping up."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def on_spans(self, spans: list[SpanRecord]) -> None:
+        self.release.wait(30)
+        super().on_spans(spans)
+
+
+def test_queue_bound_reached_while_agent_is_stuck(tmp_path: Path) -> None:
+    agent = _StuckAgent()
+    with OtlpReceiver(agent, port=0) as receiver:
+        try:
+            proc = run_user_code(
+                tmp_path,
+                """
+                import json, time
+                import wattspan.instrument as w
+
+                w._BLOCK_MAX_S = 0.5  # the library waits 5 s; the test has less patience
+
+                @w.track
+                def f(i):
+                    return i
+
+                t0 = time.perf_counter()
+                for i in range(2000):
+                    f(i)
+                print(json.dumps([time.perf_counter() - t0, w.dropped_spans()]))
+                """,
+                endpoint_of(receiver),
+                {
+                    "OTEL_BSP_MAX_QUEUE_SIZE": "100",
+                    "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "50",
+                    # Longer than the wait, so that it is the wait that runs out, not the export.
+                    "OTEL_EXPORTER_OTLP_TIMEOUT": "30",
+                },
+            )
+        finally:
+            agent.release.set()
+    took, dropped = last_json(proc.stdout)
+    # One wait of 0.5 s, then drops without waiting: the batch in flight (50) and the full
+    # queue (100) are all that is not counted yet.
+    assert 0.5 <= took < 3.0
+    assert dropped == 2000 - 150
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 2, proc.stderr
+    assert lines[0].startswith(
+        "wattspan: span queue bound reached (1 span dropped so far): the agent at "
+        f"{endpoint_of(receiver)} took no batch for 0.5 s while 100 spans waited"
+    ), lines[0]
+    # At exit the stuck request is abandoned after the 2 s budget, with what was queued.
+    assert lines[1] == (
+        "wattspan: 2000 of 2000 spans dropped "
+        "(queue bound reached: 1850, not sent by the exit deadline: 150)"
     )
 
 

@@ -1,9 +1,9 @@
 """wattspan: resource and energy attribution for data and ML pipelines.
 
 The instrumentation API (``span``, ``track``, ``log_metric``, ``log_params``,
-``log_confusion_matrix``, ``count_items``, ``flush``) lives in :mod:`wattspan.instrument`
-and is loaded on first use, so that the agent and CLI never pay for the OpenTelemetry SDK
-import they do not need.
+``log_confusion_matrix``, ``count_items``, ``flush``, ``dropped_spans``) lives in
+:mod:`wattspan.instrument` and is loaded on first use, so that the agent and CLI never pay
+for the OpenTelemetry SDK import they do not need.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from wattspan.instrument import (
         count_items,
+        dropped_spans,
         flush,
         log_confusion_matrix,
         log_metric,
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = [  # noqa: RUF022 (the API names, then the version)
     "count_items",
+    "dropped_spans",
     "flush",
     "log_confusion_matrix",
     "log_metric",

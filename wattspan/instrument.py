@@ -5,18 +5,38 @@ backend) receives them, and spans from other OpenTelemetry instrumentation nest 
 
 Setup is lazy: the first span created through this module looks at the global tracer
 provider. If the program (or ``opentelemetry-instrument``) already installed one, wattspan
-uses it and configures nothing. Otherwise wattspan installs an SDK ``TracerProvider`` with a
-``BatchSpanProcessor`` (bounded queue) and the OTLP/gRPC exporter, reading the usual
-``OTEL_EXPORTER_OTLP_*`` / ``OTEL_BSP_*`` variables; the endpoint defaults to
-``http://localhost:4317``. The resource carries ``service.name`` (``OTEL_SERVICE_NAME``, else
-the script name), ``process.pid`` and ``wattspan.run_id`` (from ``WATTSPAN_RUN_ID``, which
-``wattspan run`` sets).
+uses it and configures nothing (its processors, queue and drops are the program's). Otherwise
+wattspan installs an SDK ``TracerProvider`` with its own span processor (``_ExportQueue``: a
+bounded queue and one export thread) and the OTLP/gRPC exporter, reading the usual
+``OTEL_EXPORTER_OTLP_*`` variables; the endpoint defaults to ``http://localhost:4317``. The
+resource carries ``service.name`` (``OTEL_SERVICE_NAME``, else the script name),
+``process.pid`` and ``wattspan.run_id`` (from ``WATTSPAN_RUN_ID``, which ``wattspan run``
+sets).
 
-Failure policy: instrumentation must never hurt the program it measures. When the agent is
-unreachable, spans are buffered up to the queue bound and then dropped; the exporter's own
+Export queue: ended spans wait in a FIFO of at most ``OTEL_BSP_MAX_QUEUE_SIZE`` spans (default
+8192) and leave in OTLP requests of ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE`` spans (default 1024),
+sent as soon as a batch is full, else every ``OTEL_BSP_SCHEDULE_DELAY`` ms (default 1000);
+``OTEL_BSP_EXPORT_TIMEOUT`` (ms) is each request's deadline, retries included (default 2 s;
+``OTEL_EXPORTER_OTLP_[TRACES_]TIMEOUT`` wins). Memory is bounded: a queued plain ``@track``
+span holds about 2.8 kB of Python heap (more with events and attributes: 3.5 kB with one
+``log_metric`` event), so the default bound is about 23 MB, plus the batch being sent (about
+3 MB). One thread encodes spans at about 15 µs each, slower than a tight loop ends them, so:
+
+* while the agent is reachable (the last export succeeded, or none has finished yet), a span
+  that finds the queue full makes the thread ending it wait until the export thread takes the
+  next batch, at most 5 s: a burst arrives complete, at the export's pace, instead of losing
+  the spans past the bound;
+* when the agent is unreachable (an export failed, or gRPC found no server at the endpoint),
+  nothing waits: spans past the bound are dropped and counted until an export succeeds again;
+  likewise, after a wait ran out ("queue bound reached"), until the export thread takes a batch.
+
+Failure policy: instrumentation must never hurt the program it measures. The exporter's own
 retry logging is silenced and wattspan logs ONE warning (logger ``wattspan``) for the whole
-process. At exit, pending spans are flushed within about two seconds, and within a fraction of
-a second when the agent is already known to be unreachable.
+process, at the first drop, naming the case: "agent unreachable at ENDPOINT" or "span queue
+bound reached (N spans dropped so far)". :func:`dropped_spans` returns the count. At exit,
+pending spans are flushed within about two seconds, and within a fraction of a second when
+the agent is already known to be unreachable; if anything was dropped, one more line gives the
+total by reason ("wattspan: D of T spans dropped (...)").
 
 The names used on the wire are documented in ``docs/otlp-names.md``.
 """
@@ -33,6 +53,7 @@ import os
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncGenerator, Callable, Generator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, overload
@@ -64,6 +85,7 @@ from wattspan.semconv import (
 
 __all__ = [
     "count_items",
+    "dropped_spans",
     "flush",
     "log_confusion_matrix",
     "log_metric",
@@ -76,7 +98,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 _EXPORT_TIMEOUT_S = 2.0
-"""Per-export deadline (all retries included) unless OTEL_EXPORTER_OTLP_[TRACES_]TIMEOUT is set."""
+"""Per-export deadline (all retries included) unless OTEL_EXPORTER_OTLP_[TRACES_]TIMEOUT or
+OTEL_BSP_EXPORT_TIMEOUT is set."""
 _EXIT_BUDGET_S = 2.0
 """Longest the exit flush may delay interpreter exit when the agent looked healthy."""
 _EXIT_BUDGET_DOWN_S = 0.3
@@ -85,6 +108,21 @@ _EXIT_EXPORT_TIMEOUT_S = 0.75
 """Per-export deadline at exit; below the exporter's first backoff (0.8 s) so it never retries."""
 _SCHEDULE_DELAY_MS = 1000
 """Batch delay unless OTEL_BSP_SCHEDULE_DELAY is set: the agent's live view lags by at most this."""
+_MAX_QUEUE_SIZE = 8192
+"""Spans held for export unless OTEL_BSP_MAX_QUEUE_SIZE is set: the memory bound, at about
+2.8 kB a plain ``@track`` span (tracemalloc over 8192 queued spans; 3.5 kB with a
+``log_metric`` event). Small enough that a full queue drains well within the exit budget."""
+_MAX_EXPORT_BATCH_SIZE = 1024
+"""Spans per OTLP request unless OTEL_BSP_MAX_EXPORT_BATCH_SIZE is set (about 110 bytes each
+on the wire for a ``@track`` span: far below the agent's 4 MiB request limit)."""
+_BLOCK_MAX_S = 5.0
+"""Longest one span end waits for room in a full queue while the agent is reachable."""
+
+_DROP_REASONS = {
+    "bound": "queue bound reached",
+    "unreachable": "agent unreachable",
+    "exit": "not sent by the exit deadline",
+}
 
 _log = logging.getLogger("wattspan")
 
@@ -92,19 +130,24 @@ _log = logging.getLogger("wattspan")
 _TRACER: trace.Tracer | None = None
 _SETUP_LOCK = threading.RLock()
 _PROVIDER: Any = None  # our SDK TracerProvider, when we installed it
-_EXPORTER: _GuardedExporter | None = None
+_QUEUE: _ExportQueue | None = None  # its span processor
 _RUN_ROOT: Span | None = None
 _ITEMS: dict[int, int | float] = {}  # id(span) -> items counted on a wattspan span
 _ITEMS_LOCK = threading.Lock()
 _WARNED = False
 _WARN_LOCK = threading.Lock()
 _EXITED = False
+_LAST_EXPORT_ERROR = ""  # the exporter's last log message, quoted in our warning
 
 # Bound once: attribute lookups on modules cost measurable time per call.
 _attach = _otel_context.attach
 _detach = _otel_context.detach
 _set_span_in_context = trace.set_span_in_context
 _get_current_span = trace.get_current_span
+_process_time = time.process_time
+_thread_time = time.thread_time
+_get_ident = threading.get_ident
+_monotonic = time.monotonic
 
 
 # --------------------------------------------------------------------------------------------
@@ -128,6 +171,19 @@ def _endpoint() -> str:
     )
 
 
+def _env_int(name: str, default: int) -> int:
+    """A positive integer from the environment; a bad value is reported and not fatal (the
+    SDK's own reading of OTEL_BSP_* does the same)."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    with contextlib.suppress(ValueError):
+        if (value := int(raw)) > 0:
+            return value
+    _log.warning("wattspan: %s=%r is not a positive integer; using %d", name, raw, default)
+    return default
+
+
 def _script_name() -> str:
     argv0 = sys.argv[0] if sys.argv and sys.argv[0] else ""
     if argv0 in ("", "-c", "-"):
@@ -139,83 +195,79 @@ def _script_name() -> str:
 
 class _Quiet(threading.local):
     active = False
-    last = ""
 
 
 _QUIET = _Quiet()
 
+# gRPC core's words for "nothing answers at that address" (as opposed to an agent that
+# answered "retry later"): the first failed attempt of an export says so within milliseconds,
+# while the exporter's retries would take a second more to give up.
+_NO_SERVER = ("failed to connect", "dns resolution failed")
+
 
 class _QuietFilter(logging.Filter):
-    """Silences the OTel exporter while wattspan's exporter runs, and its queue-full warnings.
+    """Silences the OTel exporter while wattspan's exporter runs.
 
     The OTLP exporter logs every retry and failure; with no agent that is a warning per batch
-    forever. We keep the last message to quote it in our one warning instead.
+    forever. We keep the last message to quote it in our one warning instead, and tell the
+    queue at once when it says no server answers, so that producers stop waiting for room.
     """
 
+    def __init__(self, on_no_server: Callable[[], None]) -> None:
+        super().__init__()
+        self._on_no_server = on_no_server
+
     def filter(self, record: logging.LogRecord) -> bool:
-        if _QUIET.active:
-            _QUIET.last = record.getMessage()
-            return False
-        if record.msg == "Queue full, dropping %s." and record.args == ("Span",):
-            _warn_once(
-                "wattspan: span buffer full, dropping spans (the agent at %s is not keeping up "
-                "or not reachable); this warning is shown once",
-                _endpoint(),
-            )
-            return False
-        return True
+        global _LAST_EXPORT_ERROR
+        if not _QUIET.active:
+            return True
+        message = record.getMessage()
+        lowered = message.lower()
+        # The gRPC status details say what went wrong; the rest is the exporter's narration.
+        # Later chatter ("Shutdown in progress, aborting retry.") must not replace it.
+        cut = lowered.rfind("details: ")
+        if cut >= 0:
+            _LAST_EXPORT_ERROR = message[cut + 9 :]
+        elif not _LAST_EXPORT_ERROR:
+            _LAST_EXPORT_ERROR = message
+        if any(words in lowered for words in _NO_SERVER):
+            self._on_no_server()
+        return False
 
 
 class _GuardedExporter:
-    """Wraps the OTLP span exporter: quiet logs, one warning, bounded work at exit.
-
-    Duck-types ``SpanExporter`` (export/shutdown/force_flush) so the SDK import stays lazy.
-    """
+    """Wraps the OTLP span exporter: quiet logs, a never-raising send, bounded work at exit."""
 
     def __init__(self, inner: Any) -> None:
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
         self._inner = inner
-        self.failed = False  # last export failed: at exit, do not wait for the agent
+        self._success = SpanExportResult.SUCCESS
         self.drop_after: float | None = None  # monotonic deadline set at exit
-        self._exit_failed = False
         self._shut = False
         self._lock = threading.Lock()
 
-    def export(self, spans: Sequence[Any]) -> Any:
-        from opentelemetry.sdk.trace.export import SpanExportResult
-
-        if self._shut or self._exit_failed:
-            return SpanExportResult.FAILURE
-        if self.drop_after is not None and time.monotonic() > self.drop_after:
-            _warn_once(
-                "wattspan: exit flush took too long, %d or more spans not sent to %s",
-                len(spans),
-                _endpoint(),
-            )
-            return SpanExportResult.FAILURE
+    def send(self, spans: list[Any]) -> str | None:
+        """None when the agent took ``spans``, else why not (a key of ``_DROP_REASONS``)."""
+        global _LAST_EXPORT_ERROR
+        if self._shut or (self.drop_after is not None and _monotonic() > self.drop_after):
+            return "exit"
         _QUIET.active = True
         try:
             result = self._inner.export(spans)
-        except Exception as exc:  # an exporter bug must not kill the batch thread
-            _QUIET.last = f"{type(exc).__name__}: {exc}"
-            result = SpanExportResult.FAILURE
+        except Exception as exc:  # an exporter bug must not kill the export thread
+            _LAST_EXPORT_ERROR = f"{type(exc).__name__}: {exc}"
+            result = None
         finally:
             _QUIET.active = False
-        if result == SpanExportResult.SUCCESS:
-            self.failed = False
-            return result
-        self.failed = True
-        if self.drop_after is not None:
-            self._exit_failed = True  # at exit one failure means: give up on the rest
-        _warn_once(
-            "wattspan: cannot deliver spans to the agent at %s, dropping them (%s); "
-            "start the agent or set OTEL_EXPORTER_OTLP_ENDPOINT. This warning is shown once",
-            _endpoint(),
-            _QUIET.last or "export failed",
-        )
-        return result
+        if result == self._success:
+            return None
+        if self._shut or (self.drop_after is not None and _monotonic() > self.drop_after):
+            return "exit"  # we cancelled it, or gave up on it, at exit
+        return "unreachable"
 
     def prepare_exit(self, budget_s: float) -> None:
-        self.drop_after = time.monotonic() + budget_s
+        self.drop_after = _monotonic() + budget_s
         # Private attribute of the OTLP exporter (its per-export deadline); best effort only.
         if isinstance(getattr(self._inner, "_timeout", None), int | float):
             self._inner._timeout = min(self._inner._timeout, _EXIT_EXPORT_TIMEOUT_S)
@@ -234,8 +286,248 @@ class _GuardedExporter:
         finally:
             _QUIET.active = False
 
+
+class _ExportQueue:
+    """Our provider's span processor: CPU time at start, a bounded FIFO at end, one export
+    thread sending batches, and backpressure instead of loss while the agent is reachable.
+
+    It replaces the SDK's ``BatchSpanProcessor``, which drops every span that finds its queue
+    full: a tight loop of ``@track`` calls ends spans faster than one thread can encode them
+    (about 15 µs a span in the OTLP encoder), so a burst lost 30 to 45 % of its spans even
+    with the agent idle. Here a span that finds the queue full waits, on the calling thread, until
+    the export thread has taken the next batch (at most ``_BLOCK_MAX_S``), as long as the
+    last export succeeded or none has finished yet. It is dropped, and counted, without
+    waiting when the agent is known unreachable (an export failed or gRPC found no server),
+    or after a wait ran out, until the export thread takes a batch again.
+
+    CPU time: notes the process's and the thread's CPU time when a span starts; :func:`_finish`
+    stamps the difference on wattspan's spans as they end (``wattspan.cpu.process_seconds``,
+    and ``wattspan.cpu.thread_seconds`` when the span ends on the thread it began on). The
+    process measures this exactly and cheaply (two ``clock_gettime`` calls a side), where the
+    agent's sampling sees only interval means and misses a short program entirely: the agent
+    uses it for the span's CPU seconds and process share. The stamp goes on before ``end()``:
+    the SDK makes a span's attributes read-only before any processor's end hook. One processor
+    doing both saves the SDK's per-span loop a call at each end.
+    """
+
+    def __init__(self, sender: _GuardedExporter, max_queue: int, batch: int, delay_s: float):
+        self.sender = sender
+        self.max_queue = max_queue
+        self._limit = max_queue  # 0 once closed, which sends every later span the slow way
+        self._batch = min(batch, max_queue)
+        self._delay_s = delay_s
+        self._queue: deque[Any] = deque()
+        self.reachable = True  # until an export fails: a burst at start-up waits, not drops
+        self._stalled = False  # a wait ran out; cleared when the export thread takes a batch
+        self._closed = False
+        self._abandoned = False  # exit accounting done: later results are not counted
+        self.delivered = 0
+        self.dropped = dict.fromkeys(_DROP_REASONS, 0)
+        self._inflight = 0
+        self._start_worker()
+
+    def _start_worker(self) -> None:
+        self._wake = threading.Event()
+        self._woken = False
+        # Reentrant: a span can end inside a garbage-collector finalizer (a tracked generator
+        # collected) on a thread that is already in here.
+        self._room = threading.Condition(threading.RLock())
+        self._count_lock = threading.RLock()
+        self._export_lock = threading.Lock()
+        self._waiters = 0
+        self._worker_ident = 0
+        self._worker = threading.Thread(target=self._run, name="wattspan-export", daemon=True)
+        self._worker.start()
+
+    # span processor interface (duck-typed, so that the SDK import stays lazy)
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        span._wattspan_cpu = (_process_time(), _thread_time(), _get_ident())
+
+    def _on_ending(self, span: Any) -> None:
+        pass
+
+    def on_end(self, span: Any) -> None:
+        if not span.context.trace_flags.sampled:
+            return
+        queue = self._queue
+        if len(queue) < self._limit:
+            queue.append(span)
+            if len(queue) >= self._batch and not self._woken:
+                self._woken = True
+                self._wake.set()
+        else:
+            self._overflow(span)
+
     def force_flush(self, timeout_millis: int = 30000) -> bool:
+        if self._closed:
+            return False
+        self._export(everything=True)
         return True
+
+    def shutdown(self) -> None:
+        """Sends what is queued (the sender's exit deadline bounds it) and stops the thread."""
+        if self._closed:
+            return
+        self._closed = True
+        self._limit = 0
+        self._wake.set()
+        self._notify()  # waiting producers: stop waiting
+        if self._worker.ident != _get_ident():
+            self._worker.join()  # its last act is sending everything queued
+        self._export(everything=True)  # in case the thread is gone (a fork without reinit)
+        self.sender.shutdown()
+
+    # the rest
+
+    def _overflow(self, span: Any) -> None:
+        if self._closed:
+            self._drop("exit")
+            return
+        if not self.reachable:
+            self._drop("unreachable")
+            return
+        if self._stalled or _get_ident() == self._worker_ident:
+            self._drop("bound")  # the export thread must never wait for itself
+            return
+        deadline = _monotonic() + _BLOCK_MAX_S
+        with self._room:
+            self._waiters += 1
+            try:
+                while len(self._queue) >= self._limit and self.reachable and not self._closed:
+                    left = deadline - _monotonic()
+                    if left <= 0:
+                        self._stalled = True
+                        break
+                    self._room.wait(left)
+            finally:
+                self._waiters -= 1
+            if len(self._queue) < self._limit:
+                self._queue.append(span)
+                if not self._woken:
+                    self._woken = True
+                    self._wake.set()
+                return
+        self._drop("exit" if self._closed else "bound" if self.reachable else "unreachable")
+
+    def _notify(self) -> None:
+        if self._waiters:
+            with self._room:
+                self._room.notify_all()
+
+    def no_server(self) -> None:
+        """gRPC found no server during an export: stop making producers wait for room."""
+        self.reachable = False
+        self._notify()
+
+    def _run(self) -> None:
+        self._worker_ident = _get_ident()
+        while not self._closed:
+            woken = self._wake.wait(self._delay_s)
+            self._wake.clear()
+            self._woken = False
+            if self._closed:
+                break
+            self._export(everything=False, at_least_one=not woken)
+        self._export(everything=True)
+
+    def _export(self, everything: bool, at_least_one: bool = False) -> None:
+        with self._export_lock:
+            queue = self._queue
+            popleft = queue.popleft
+            first = True
+            # Only this loop removes from the queue (under the lock), so len() cannot shrink
+            # under it; producers only append.
+            while queue and not self._abandoned:
+                if len(queue) < self._batch and not everything and not (first and at_least_one):
+                    return
+                first = False
+                n = min(len(queue), self._batch)
+                batch = [popleft() for _ in range(n)]
+                self._inflight = n
+                self._stalled = False
+                self._notify()  # room again
+                why = self.sender.send(batch)
+                self._settle(n, why)
+                if why is not None and self._closed:
+                    # Closing and the agent failed once: do not wait out an export per batch.
+                    with self._count_lock:
+                        rest = len(queue)
+                        queue.clear()
+                    if rest and not self._abandoned:
+                        self._drop(why, rest)
+                    return
+
+    def _settle(self, n: int, why: str | None) -> None:
+        with self._count_lock:
+            if self._abandoned:
+                return
+            self._inflight = 0
+            if why is None:
+                self.delivered += n
+                self.reachable = True
+                return
+        if why == "unreachable":
+            self.reachable = False
+            self._notify()
+        self._drop(why, n)
+
+    def _drop(self, reason: str, n: int = 1) -> None:
+        if reason == "exit" and not self.reachable:
+            reason = "unreachable"  # the exit was short because the agent was gone
+        with self._count_lock:
+            self.dropped[reason] += n
+        if _WARNED or reason == "exit":  # the exit summary tells about the exit
+            return
+        total = self.dropped_total()
+        so_far = f"{total} span{'' if total == 1 else 's'} dropped so far"
+        if reason == "unreachable":
+            _warn_once(
+                "wattspan: agent unreachable at %s (%s); dropping spans (%s). Start the agent "
+                "or set OTEL_EXPORTER_OTLP_ENDPOINT; this warning is shown once",
+                _endpoint(),
+                _LAST_EXPORT_ERROR or "export failed",
+                so_far,
+            )
+        else:
+            _warn_once(
+                "wattspan: span queue bound reached (%s): the agent at %s took no batch for "
+                "%g s while %d spans waited; dropping spans until it catches up "
+                "(OTEL_BSP_MAX_QUEUE_SIZE sets the bound); this warning is shown once",
+                so_far,
+                _endpoint(),
+                _BLOCK_MAX_S,
+                self.max_queue,
+            )
+
+    def dropped_total(self) -> int:
+        with self._count_lock:
+            return sum(self.dropped.values())
+
+    def counts(self) -> tuple[dict[str, int], int]:
+        """(dropped spans by reason, spans the agent took)."""
+        with self._count_lock:
+            return dict(self.dropped), self.delivered
+
+    def abandon(self) -> None:
+        """At exit, after the flush: count what is still queued or in flight as dropped."""
+        with self._count_lock:
+            if self._abandoned:
+                return
+            self._abandoned = True
+            left = len(self._queue) + self._inflight
+            self._queue.clear()
+            self._inflight = 0
+            # Left because the agent had failed, or because the time was up.
+            self.dropped["exit" if self.reachable else "unreachable"] += left
+
+    def at_fork_reinit(self) -> None:
+        """In a forked child: the parent's spans and counts are the parent's."""
+        self._queue.clear()
+        self.delivered = self._inflight = 0
+        self.dropped = dict.fromkeys(_DROP_REASONS, 0)
+        self.reachable, self._stalled, self._abandoned = True, False, False
+        self._start_worker()
 
 
 class _PidProcessor:
@@ -264,38 +556,6 @@ class _PidProcessor:
 
 _PID_PROCESSOR = _PidProcessor()
 
-_process_time = time.process_time
-_thread_time = time.thread_time
-_get_ident = threading.get_ident
-
-
-class _CpuTimeProcessor:
-    """Notes the process's and the thread's CPU time when a span of our provider starts;
-    :func:`_finish` stamps the difference on wattspan's spans as they end
-    (``wattspan.cpu.process_seconds``, and ``wattspan.cpu.thread_seconds`` when the span ends
-    on the thread it began on).
-
-    The process measures this exactly and cheaply (two ``clock_gettime`` calls a side), where
-    the agent's sampling sees only interval means and misses a short program entirely: the
-    agent uses it for the span's CPU seconds and process share. The stamp goes on before
-    ``end()``: the SDK makes a span's attributes read-only before any processor's end hook.
-    """
-
-    def on_start(self, span: Any, parent_context: Any = None) -> None:
-        span._wattspan_cpu = (_process_time(), _thread_time(), _get_ident())
-
-    def _on_ending(self, span: Any) -> None:
-        pass
-
-    def on_end(self, span: Any) -> None:
-        pass
-
-    def shutdown(self) -> None:
-        pass
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return True
-
 
 def _after_fork_in_child() -> None:
     global _RUN_ROOT, _EXITED
@@ -304,6 +564,8 @@ def _after_fork_in_child() -> None:
     _RUN_ROOT = None
     _ITEMS.clear()
     _EXITED = False
+    if _QUEUE is not None:
+        _QUEUE.at_fork_reinit()
     if _PROVIDER is not None:
         added = _PID_PROCESSOR.pid != 0  # set only here, just before the first add
         _PID_PROCESSOR.pid = os.getpid()
@@ -320,11 +582,10 @@ def _mp_after_fork(_obj: object) -> None:
     mp_util.Finalize(None, _at_exit, exitpriority=0)
 
 
-def _build_provider() -> Any:
+def _build_provider() -> tuple[Any, _ExportQueue]:
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     from wattspan import __version__
 
@@ -342,25 +603,24 @@ def _build_provider() -> Any:
     timeout_set = "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT" in os.environ or (
         "OTEL_EXPORTER_OTLP_TIMEOUT" in os.environ
     )
-    inner = OTLPSpanExporter(timeout=None if timeout_set else _EXPORT_TIMEOUT_S)
-    exporter = _GuardedExporter(inner)
-    processor = BatchSpanProcessor(
-        exporter,  # type: ignore[arg-type]
-        schedule_delay_millis=None
-        if "OTEL_BSP_SCHEDULE_DELAY" in os.environ
-        else _SCHEDULE_DELAY_MS,
+    timeout_s = _env_int("OTEL_BSP_EXPORT_TIMEOUT", int(_EXPORT_TIMEOUT_S * 1000)) / 1000
+    inner = OTLPSpanExporter(timeout=None if timeout_set else timeout_s)
+    queue = _ExportQueue(
+        _GuardedExporter(inner),
+        max_queue=_env_int("OTEL_BSP_MAX_QUEUE_SIZE", _MAX_QUEUE_SIZE),
+        batch=_env_int("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", _MAX_EXPORT_BATCH_SIZE),
+        delay_s=_env_int("OTEL_BSP_SCHEDULE_DELAY", _SCHEDULE_DELAY_MS) / 1000,
     )
     # shutdown_on_exit=False: the SDK's own atexit shutdown waits up to 30 s per processor;
     # ours (below) is bounded.
     provider = TracerProvider(resource=resource, shutdown_on_exit=False)
-    provider.add_span_processor(_CpuTimeProcessor())  # type: ignore[arg-type]
-    provider.add_span_processor(processor)
-    return provider, exporter
+    provider.add_span_processor(queue)  # type: ignore[arg-type]
+    return provider, queue
 
 
 def _configure() -> trace.Tracer:
     """Pick or install the tracer provider; called once, under ``_SETUP_LOCK``."""
-    global _PROVIDER, _EXPORTER
+    global _PROVIDER, _QUEUE
     from wattspan import __version__
 
     current = trace.get_tracer_provider()
@@ -370,7 +630,7 @@ def _configure() -> trace.Tracer:
         atexit.register(_at_exit)
         return trace.get_tracer(TRACER_NAME, __version__)
     try:
-        provider, exporter = _build_provider()
+        provider, queue = _build_provider()
     except Exception as exc:  # e.g. an invalid OTEL_* variable: run uninstrumented, loudly once
         _warn_once(
             "wattspan: cannot set up span export (%s: %s); spans are not sent",
@@ -378,18 +638,16 @@ def _configure() -> trace.Tracer:
             exc,
         )
         return trace.NoOpTracer()
-    for name in (
-        "opentelemetry.exporter.otlp.proto.grpc.exporter",
-        "opentelemetry.sdk._shared_internal",
-    ):
-        logging.getLogger(name).addFilter(_QuietFilter())
+    logging.getLogger("opentelemetry.exporter.otlp.proto.grpc.exporter").addFilter(
+        _QuietFilter(queue.no_server)
+    )
     trace.set_tracer_provider(provider)
     if trace.get_tracer_provider() is not provider:
         # Another thread or library installed one between our check and our set: use theirs.
         provider.shutdown()
         atexit.register(_at_exit)
         return trace.get_tracer(TRACER_NAME, __version__)
-    _PROVIDER, _EXPORTER = provider, exporter
+    _PROVIDER, _QUEUE = provider, queue
     if hasattr(os, "register_at_fork"):
         os.register_at_fork(after_in_child=_after_fork_in_child)
     try:
@@ -426,19 +684,42 @@ def _at_exit() -> None:
     _EXITED = True
     with contextlib.suppress(Exception):
         _end_run_root()
-    provider, exporter = _PROVIDER, _EXPORTER
-    if provider is None or exporter is None:
+    provider, queue = _PROVIDER, _QUEUE
+    if provider is None or queue is None:
         return  # the user's provider: flushing it is the user's (or the SDK's atexit) business
-    budget = _EXIT_BUDGET_DOWN_S if exporter.failed else _EXIT_BUDGET_S
-    exporter.prepare_exit(budget)
-    # provider.shutdown() drains the batch queue through the exporter; in a thread so that a
-    # hung network call cannot hold the interpreter past the budget.
+    budget = _EXIT_BUDGET_S if queue.reachable else _EXIT_BUDGET_DOWN_S
+    queue.sender.prepare_exit(budget)
+    # provider.shutdown() drains the queue through the exporter; in a thread so that a hung
+    # network call cannot hold the interpreter past the budget.
     worker = threading.Thread(target=provider.shutdown, name="wattspan-exit-flush", daemon=True)
     worker.start()
     worker.join(budget)
     if worker.is_alive():
-        exporter.shutdown()  # cancel the in-flight call
+        queue.sender.shutdown()  # cancel the in-flight call
         worker.join(0.2)
+    queue.abandon()
+    dropped, sent = queue.counts()
+    total = sum(dropped.values())
+    if total:
+        # No endpoint here: the one warning named it (or the drops were all at exit).
+        _log.warning(
+            "wattspan: %d of %d spans dropped (%s)",
+            total,
+            total + sent,
+            ", ".join(f"{_DROP_REASONS[k]}: {n}" for k, n in dropped.items() if n),
+        )
+
+
+def dropped_spans() -> int:
+    """Spans ended in this process that wattspan's own exporter dropped so far (0 when the
+    program installed its own tracer provider, whose losses wattspan does not see).
+
+    Counts spans refused by a full queue, spans in batches the agent did not accept, and, once
+    the exit flush ran, spans it could not send in time. ``wattspan.instrument`` logs one
+    warning at the first drop and a one-line total at exit.
+    """
+    queue = _QUEUE
+    return 0 if queue is None else queue.dropped_total()
 
 
 def flush(timeout_s: float = 5.0) -> bool:
