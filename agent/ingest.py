@@ -467,21 +467,22 @@ class TelemetryIngest:
         while len(self._runs) > MAX_IDLE_RUNS:
             del self._runs[next(iter(self._runs))]
 
-    def _end_program_runs(self, rows: list[SpanRow]) -> None:
-        """A program's run root span (``wattspan.run``) ends its run, with its exit status."""
+    def _program_run_ends(
+        self, rows: list[SpanRow]
+    ) -> list[tuple[str, float, int | None, dict[str, Any]]]:
+        """Program runs these spans end: a run root span (``wattspan.run``) ends its run,
+        with its exit status when the program knew it."""
+        out = []
         for r in rows:
             if r.name != sc.RUN_ROOT_SPAN or r.run_id is None:
                 continue
             meta = self._runs.get(r.run_id)
-            if meta is None or self.store is None:
+            if meta is None:
                 continue
             code = r.attributes.get(sc.ATTR_EXIT_CODE)
-            self.store.finish_run(
-                r.run_id,
-                r.end_ts,
-                code if isinstance(code, int) and not isinstance(code, bool) else None,
-                meta or None,
-            )
+            ok = isinstance(code, int) and not isinstance(code, bool)
+            out.append((r.run_id, r.end_ts, code if ok else None, meta))
+        return out
 
     def on_spans(self, spans: list[SpanRecord]) -> Rejection | None:
         """Validates, then commits a request's spans and what their events carry.
@@ -582,8 +583,11 @@ class TelemetryIngest:
                         )
                     )
         if rows:
+            ends = self._program_run_ends(rows)  # before committing slims the attributes
             self._commit_spans(rows, metrics, matrices, params)
-            self._end_program_runs(rows)
+            for run_id, end_ts, code, meta in ends:
+                if self.store is not None:
+                    self.store.finish_run(run_id, end_ts, code, meta or None)
         self._watch_pids({r.pid for r in rows if r.pid is not None})
         return rejected if rejected.reasons else None
 

@@ -26,15 +26,24 @@ from wattspan.agent.records import LogRecord, MetricPoint, SpanRecord
 from wattspan.agent.store import Store
 
 
+def _is_program_root(s: SpanRecord) -> bool:
+    return s.name == "wattspan.run" and "wattspan.run.name" in s.resource_attributes
+
+
 class Collector:
     def __init__(self) -> None:
         self.spans: list[SpanRecord] = []
+        self.program_roots: list[SpanRecord] = []
         self.requests: list[int] = []  # spans per OTLP request
         self._lock = threading.Lock()
 
     def on_spans(self, spans: list[SpanRecord]) -> None:
         with self._lock:
-            self.spans.extend(spans)
+            # A program that no `wattspan run` started opens a run of its own and ends it at
+            # exit with a root span: kept apart, so tests count the spans their code made.
+            own = [s for s in spans if _is_program_root(s)]
+            self.program_roots.extend(own)
+            self.spans.extend(s for s in spans if not _is_program_root(s))
             self.requests.append(len(spans))
 
     def on_metrics(self, points: list[MetricPoint]) -> None:
@@ -44,7 +53,7 @@ class Collector:
         pass
 
     def named(self, name: str) -> list[SpanRecord]:
-        return [s for s in self.spans if s.name == name]
+        return [s for s in self.spans + self.program_roots if s.name == name]
 
     def one(self, name: str) -> SpanRecord:
         found = self.named(name)
@@ -175,7 +184,15 @@ def test_service_name_from_env(
     )
     span = collector.one("x")
     assert span.service_name == "trainer"
-    assert "wattspan.run_id" not in span.resource_attributes
+    # Without WATTSPAN_RUN_ID the program is a run of its own, named after its service,
+    # ended by a root span that covers the process's life.
+    res = span.resource_attributes
+    assert len(res["wattspan.run_id"]) == 36 and res["wattspan.run.name"] == "trainer"
+    (root,) = collector.program_roots
+    assert root.resource_attributes["wattspan.run_id"] == res["wattspan.run_id"]
+    assert root.start_ns <= span.start_ns and root.end_ns >= span.end_ns
+    assert res["wattspan.run.start_time_unix_nano"] <= root.start_ns + 1
+    assert "process.exit.code" not in root.attributes
 
 
 def test_track_forms(tmp_path: Path, receiver: OtlpReceiver, collector: Collector) -> None:
@@ -704,8 +721,9 @@ def test_burst_with_no_agent_finishes_quickly_and_counts_drops(tmp_path: Path) -
     assert [line for line in lines if endpoint in line] == [lines[0]]
     assert lines[0].startswith(f"wattspan: agent unreachable at {endpoint} (")
     assert "failed to connect" in lines[0].lower()
-    assert lines[1] == f"wattspan: {BURST + 1} of {BURST + 1} spans dropped " + (
-        f"(agent unreachable: {BURST + 1})"
+    # The burst, the enclosing span, and the program's run root ended at exit.
+    assert lines[1] == f"wattspan: {BURST + 2} of {BURST + 2} spans dropped " + (
+        f"(agent unreachable: {BURST + 2})"
     )
     assert elapsed < 20, f"{elapsed:.1f} s"
 
@@ -800,9 +818,10 @@ def test_queue_bound_reached_while_agent_is_stuck(tmp_path: Path) -> None:
         f"{endpoint_of(receiver)} took no batch for 0.5 s while 100 spans waited"
     ), lines[0]
     # At exit the stuck request is abandoned after the 2 s budget, with what was queued.
+    # 2000 calls and the program's run root, ended at exit into the full queue.
     assert lines[1] == (
-        "wattspan: 2000 of 2000 spans dropped "
-        "(queue bound reached: 1850, not sent by the exit deadline: 150)"
+        "wattspan: 2001 of 2001 spans dropped "
+        "(queue bound reached: 1851, not sent by the exit deadline: 150)"
     )
 
 
@@ -842,7 +861,9 @@ def test_forked_children_report_their_own_pid(
     jobs = collector.named("job")
     assert sorted(s.pid for s in jobs) == sorted(pids["children"])
     assert sorted(s.pid for s in collector.named("child-inner")) == sorted(pids["children"])
-    assert collector.named("wattspan.run") == []  # the parent's run root was not duplicated
+    # One run root, the parent's, ended at its exit: the forked children did not end it too.
+    (root,) = collector.named("wattspan.run")
+    assert root.pid == pids["parent"]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -53,6 +53,7 @@ import os
 import sys
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Generator, Mapping, Sequence
 from pathlib import Path
@@ -68,12 +69,15 @@ from wattspan.semconv import (
     ATTR_CM_MATRIX,
     ATTR_CPU_PROCESS,
     ATTR_CPU_THREAD,
+    ATTR_EXIT_CODE,
     ATTR_HYPERPARAMETERS,
     ATTR_ITEMS,
     ATTR_METRIC_NAME,
     ATTR_METRIC_VALUE,
     ATTR_PARAM_PREFIX,
     ATTR_RUN_ID,
+    ATTR_RUN_NAME,
+    ATTR_RUN_START,
     ATTR_STEP,
     ATTR_TAG_PREFIX,
     EVENT_CONFUSION_MATRIX,
@@ -137,6 +141,9 @@ _ITEMS_LOCK = threading.Lock()
 _WARNED = False
 _WARN_LOCK = threading.Lock()
 _EXITED = False
+_OWN_RUN = False  # this process opened a run of its own (no WATTSPAN_RUN_ID)
+_UNCAUGHT = False
+_IMPORTED_NS = time.time_ns()
 _LAST_EXPORT_ERROR = ""  # the exporter's last log message, quoted in our warning
 
 # Bound once: attribute lookups on modules cost measurable time per call.
@@ -558,7 +565,9 @@ _PID_PROCESSOR = _PidProcessor()
 
 
 def _after_fork_in_child() -> None:
-    global _RUN_ROOT, _EXITED
+    global _RUN_ROOT, _EXITED, _OWN_RUN
+    # The run is the parent's: the child must not end it when it exits.
+    _OWN_RUN = False
     # The parent's run root and item counters belong to the parent; ending them here would
     # export a duplicate span.
     _RUN_ROOT = None
@@ -591,14 +600,25 @@ def _build_provider() -> tuple[Any, _ExportQueue]:
 
     attrs: dict[str, Any] = {"process.pid": os.getpid(), "telemetry.distro.name": "wattspan"}
     attrs["telemetry.distro.version"] = __version__
+    global _OWN_RUN
     run_id = os.environ.get("WATTSPAN_RUN_ID")
     if run_id:
         attrs[ATTR_RUN_ID] = run_id
+    else:
+        # No `wattspan run` around us: this program is a run of its own, which a daemon agent
+        # stores as such (kind "program"), from the process's start to its exit.
+        _OWN_RUN = True
+        attrs[ATTR_RUN_ID] = str(uuid.uuid4())
+        attrs[ATTR_RUN_START] = _process_start_ns()
+        attrs["process.command_args"] = [str(a) for a in sys.argv]
     resource = Resource.create(attrs)
     # Resource.create lets explicit attributes win over OTEL_SERVICE_NAME, so only fill in the
     # script name when the environment named no service.
     if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
         resource = resource.merge(Resource({"service.name": _script_name()}))
+    if _OWN_RUN:
+        name = os.environ.get("WATTSPAN_RUN_NAME") or str(resource.attributes["service.name"])
+        resource = resource.merge(Resource({ATTR_RUN_NAME: name}))
 
     timeout_set = "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT" in os.environ or (
         "OTEL_EXPORTER_OTLP_TIMEOUT" in os.environ
@@ -620,7 +640,7 @@ def _build_provider() -> tuple[Any, _ExportQueue]:
 
 def _configure() -> trace.Tracer:
     """Pick or install the tracer provider; called once, under ``_SETUP_LOCK``."""
-    global _PROVIDER, _QUEUE
+    global _PROVIDER, _QUEUE, _PREVIOUS_EXCEPTHOOK
     from wattspan import __version__
 
     current = trace.get_tracer_provider()
@@ -648,6 +668,9 @@ def _configure() -> trace.Tracer:
         atexit.register(_at_exit)
         return trace.get_tracer(TRACER_NAME, __version__)
     _PROVIDER, _QUEUE = provider, queue
+    if _OWN_RUN:
+        # An uncaught exception is the one exit status an atexit hook can still learn of.
+        _PREVIOUS_EXCEPTHOOK, sys.excepthook = sys.excepthook, _note_uncaught
     if hasattr(os, "register_at_fork"):
         os.register_at_fork(after_in_child=_after_fork_in_child)
     try:
@@ -670,10 +693,40 @@ def _tracer() -> trace.Tracer:
 
 def _end_run_root() -> None:
     global _RUN_ROOT
+    if _OWN_RUN and _PROVIDER is not None:
+        # The program's run ends with its root span: make sure there is one.
+        root = _run_root()
+        if _UNCAUGHT:
+            root.set_attribute(ATTR_EXIT_CODE, 1)
     with _SETUP_LOCK:
         root, _RUN_ROOT = _RUN_ROOT, None
     if root is not None:
         _finish(root)
+
+
+@functools.cache
+def _process_start_ns() -> int:
+    """When this process started, in Unix ns: ``/proc/self/stat`` field 22 (clock ticks after
+    boot) against ``CLOCK_BOOTTIME`` now, since ``btime`` has only whole seconds; the time
+    wattspan was imported where that cannot be read. Computed once: the resource and the run
+    root must agree to the nanosecond."""
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            ticks = int(f.read().rsplit(b")", 1)[1].split()[19])
+        age = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+        return min(time.time_ns() - int(age * 1e9), _IMPORTED_NS)
+    except (OSError, ValueError, IndexError, AttributeError):
+        return _IMPORTED_NS
+
+
+def _note_uncaught(kind: Any, value: Any, tb: Any) -> None:
+    global _UNCAUGHT
+    if not issubclass(kind, KeyboardInterrupt):
+        _UNCAUGHT = True
+    _PREVIOUS_EXCEPTHOOK(kind, value, tb)
+
+
+_PREVIOUS_EXCEPTHOOK = sys.excepthook
 
 
 def _at_exit() -> None:
@@ -837,7 +890,12 @@ def _run_root() -> Span:
         if _RUN_ROOT is None:
             tracer = _TRACER or _tracer()
             # An empty context: the run root is a root even if called under a foreign context.
-            _RUN_ROOT = tracer.start_span(RUN_ROOT_SPAN, context=_otel_context.Context())
+            # A program's own run spans the process's life.
+            _RUN_ROOT = tracer.start_span(
+                RUN_ROOT_SPAN,
+                context=_otel_context.Context(),
+                start_time=_process_start_ns() if _OWN_RUN else None,
+            )
         return _RUN_ROOT
 
 
