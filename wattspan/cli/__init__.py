@@ -88,7 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("runs", help="list stored runs")
     ls.add_argument("--store", metavar="PATH")
     ls.add_argument("-n", "--limit", type=int, default=20)
-    ls.add_argument("--kind", choices=["run", "agent"], help="only runs of this kind")
+    ls.add_argument(
+        "--kind",
+        choices=["run", "agent", "program"],
+        help="only runs of this kind (program: a process that sent spans to a daemon agent)",
+    )
     ls.add_argument("--json", action="store_true", help="JSON lines instead of a table")
 
     sh = sub.add_parser("show", help="show one stored run's summary")
