@@ -37,8 +37,10 @@ from wattspan.agent.records import (
     SpanRecord,
 )
 from wattspan.agent.store import ConfusionRow, MetricRow, Run, SpanRow, Store
+from wattspan.agent.store.sqlite import Writes
 from wattspan.collectors.base import Sample, number
 from wattspan.collectors.cpu import BUSY_FIELDS
+from wattspan.collectors.node_processes import NodeProcessCollector
 from wattspan.collectors.process import ProcessCollector
 
 if TYPE_CHECKING:
@@ -94,6 +96,9 @@ class IngestLimits:
         )
 
 
+# Covered spans wake the attribution thread at most this often (see _commit_spans).
+_WAKE_EVERY_S = 0.05
+
 # How much history a run waits for before its idle figure falls back to the lowest interval.
 IDLE_HISTORY_SECONDS = 30.0
 
@@ -103,6 +108,9 @@ class _WaitForIdle(Exception):
 
 
 _PROGRAM_RUNS = uuid.UUID("6a1f4f1e-4b8e-4d7c-9d2a-3f7a1c2b5e90")
+
+# How long a pid's verdict (agent/pids.py) is remembered.
+PID_CHECK_SECONDS = 10.0
 
 # Runs whose idle figure is remembered (a daemon sees a run per program).
 MAX_IDLE_RUNS = 4096
@@ -296,6 +304,7 @@ class TelemetryIngest:
         run_id: str | None,
         interval: float,
         process_collector: ProcessCollector | None = None,
+        node_processes: NodeProcessCollector | None = None,
         ring_seconds: float = 300.0,
         flush_samples: Callable[[], None] | None = None,
         limits: IngestLimits | None = None,
@@ -309,6 +318,8 @@ class TelemetryIngest:
         self.program_runs = program_runs
         # Runs seen: None for runs the agent does not end, else a program run's metadata.
         self._runs: dict[str, dict[str, Any] | None] = {}
+        self._program_ids: dict[tuple[Any, int], str] = {}
+        self._refusals: dict[Any, tuple[str | None, float]] = {}
         # A spool is a store that only holds spans between their acknowledgement and their
         # hand-over to the exporters (store.enabled = false): nothing else is written to
         # it, and a batch is deleted once exported, so an OK still means durable.
@@ -319,6 +330,9 @@ class TelemetryIngest:
         self.run_id = run_id
         self.interval = interval
         self.process_collector = process_collector
+        # Every process's recent CPU history: spans of a process first heard of after they
+        # ended get their CPU figure from it (agent watching starts with the first span).
+        self.node_processes = node_processes
         # Five minutes of slim samples cover the spans that arrive soon after they end (the
         # usual case) for about a MiB; older spans are attributed from the store instead.
         self.ring = SampleRing(ring_seconds)
@@ -421,13 +435,33 @@ class TelemetryIngest:
         if rid:
             rid = str(rid)
         elif self.program_runs and pid is not None:
-            service = str(resource.get("service.name", "unknown_service"))
-            rid = str(uuid.uuid5(_PROGRAM_RUNS, f"{self.run_id}/{service}/{pid}"))
+            key = (resource.get("service.name"), pid)
+            rid = self._program_ids.get(key)
+            if rid is None:
+                service = str(key[0] or "unknown_service")
+                rid = str(uuid.uuid5(_PROGRAM_RUNS, f"{self.run_id}/{service}/{pid}"))
+                if len(self._program_ids) >= MAX_IDLE_RUNS:
+                    self._program_ids.clear()
+                self._program_ids[key] = rid
         else:
             return self.run_id
         if rid not in self._runs:
             self._open_program_run(rid, resource, pid, start)
         return rid
+
+    def _pid_refusal(self, pid: Any) -> str | None:
+        """:func:`~wattspan.agent.pids.refusal`, remembered for a few seconds: a client sends
+        many requests from one pid, and reading /proc for each was a tenth of a small
+        request's cost (a pid reused meanwhile is checked again once the entry expires)."""
+        now = time.monotonic()
+        hit = self._refusals.get(pid)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        why = refusal(pid)
+        if len(self._refusals) >= 4096:
+            self._refusals.clear()
+        self._refusals[pid] = (why, now + PID_CHECK_SECONDS)
+        return why
 
     def _open_program_run(
         self, rid: str, resource: dict[str, Any], pid: int | None, start: float | None
@@ -499,7 +533,6 @@ class TelemetryIngest:
         params: list[tuple[str | None, str, dict[str, Any]]] = []
         rejected = Rejection()
         horizon_ns = time.time_ns() + int(self.limits.max_clock_skew_seconds * 1e9)
-        pid_ok: dict[Any, str | None] = {}
         last_resource: object = None
         run_id = self.run_id
         prefix = sc.ATTR_PARAM_PREFIX
@@ -516,7 +549,7 @@ class TelemetryIngest:
                 run_id = self._run_of(s.resource_attributes, s.pid, s.start_ns / 1e9)
             pid = s.pid
             if pid is not None:
-                why = pid_ok[pid] if pid in pid_ok else pid_ok.setdefault(pid, refusal(pid))
+                why = self._pid_refusal(pid)
                 if why is not None:
                     rejected.warn(why)
                     pid = None
@@ -609,15 +642,23 @@ class TelemetryIngest:
         by_run: dict[str | None, list[SpanRow]] = {}
         for r in rows:
             by_run.setdefault(r.run_id, []).append(r)
-        batches: list[tuple[int | None, list[SpanRow]]] = [
-            (self.store.add_span_batch(run_id, group) if self.store is not None else None, group)
-            for run_id, group in by_run.items()
-        ]
-        if self.store is not None and not self.spool:
-            self.store.write_metrics(metrics)
-            self.store.write_confusion(matrices)
-            for run_id, span_id, p in params:
-                self.store.write_params(run_id, span_id, p)
+        groups = list(by_run.values())
+        ids: list[int | None] = [None] * len(groups)
+        if self.store is not None:
+            # One all-or-nothing write for the whole request (a failure leaves nothing for
+            # the client's retry to duplicate), committed together with the requests of the
+            # other handler threads: the store's group commit, one transaction for all.
+            w = Writes()
+            for group in groups:
+                w.span_batch(group[0].run_id, group)
+            if not self.spool:
+                w.metrics(metrics)
+                w.confusion(matrices)
+                now = time.time()
+                for run_id, span_id, p in params:
+                    w.params(run_id, span_id, p, now)
+            ids = list(self.store.write(w))
+        batches = list(zip(ids, groups, strict=True))
         self.counts["spans_stored_total"] += len(rows)
         self.counts["metric_points_stored_total"] += len(metrics)
         if metrics:
@@ -626,7 +667,19 @@ class TelemetryIngest:
         with self._lock:
             self._pending.extend(batches)
             self._pending_spans += len(rows)
-        self._wake.set()
+        # A pass costs about a millisecond whatever it attributes, and a wake per request
+        # made it one pass per request or two (a fifth of the agent's CPU at one span per
+        # request). Spans no sample covers yet wait for the next sample, whose write() wakes
+        # the thread; covered ones wake it at most every _WAKE_EVERY_S, or are taken by the
+        # next pass anyway (the thread's own timeout, or the next sample): within an interval.
+        if max(r.end_ts for r in rows) <= self.ring.latest_ts:
+            now = time.monotonic()
+            if now - self._commit_woke_at >= _WAKE_EVERY_S:
+                self._commit_woke_at = now
+                self._wake.set()
+
+    # When _commit_spans last woke the attribution thread (monotonic s).
+    _commit_woke_at = -math.inf
 
     def on_metrics(self, points: list[MetricPoint]) -> Rejection | None:
         rows = []
@@ -634,7 +687,7 @@ class TelemetryIngest:
         pids = set()
         for p in points:
             if p.pid is not None and p.pid not in pids:
-                why = refusal(p.pid)
+                why = self._pid_refusal(p.pid)
                 if why is None:
                     pids.add(p.pid)
                 else:
@@ -813,6 +866,8 @@ class TelemetryIngest:
             stored = self.store.samples(start=t0 - margin - 60, end=t1 + margin)
             samples = [x for s in stored if (x := _slim(s)) is not None] + self.ring.all()
         series = build_series(samples or self.ring.all())
+        if self.node_processes is not None:
+            _add_node_history(series, due, self.node_processes)
         if fresh:
             estimate = self.estimate_idle(series)
             # The lowest interval seen is a poor idle figure until there is history: a young
@@ -873,6 +928,43 @@ class TelemetryIngest:
             )
         self.counts["spans_attributed_total"] += len(due)
         return len(due)
+
+
+def _add_node_history(
+    series: NodeSeries, due: Sequence[SpanRow], history: NodeProcessCollector
+) -> None:
+    """Gives spans whose process's sampled CPU series is missing, or begins after them, the
+    process's history from the node-wide collector: a series of its own where it had none,
+    else that history spliced before the first sample of the watched tree (shifted to meet
+    it: before it the tree's figure moves as the process's own)."""
+    import numpy as np
+
+    from wattspan.agent.attribution import Series
+
+    spans: dict[int, tuple[float, float]] = {}
+    for r in due:
+        # A span that measured its own CPU time keeps that figure: no series needed.
+        if r.pid is None or _cpu(r.attributes.get(sc.ATTR_CPU_PROCESS)) is not None:
+            continue
+        t0, t1 = spans.get(r.pid, (r.start_ts, r.end_ts))
+        spans[r.pid] = (min(t0, r.start_ts), max(t1, r.end_ts))
+    for pid, (t0, t1) in spans.items():
+        have = series.proc_cpu.get(pid)
+        if have is not None and have.ts[0] <= t0:
+            continue
+        got = history.series(pid, t1)
+        if got is None or (have is not None and got[0][0] >= have.ts[0]):
+            continue
+        ts, vs = np.array(got[0]), np.array(got[1])
+        if have is None:
+            series.proc_cpu[pid] = Series(ts, vs)
+            continue
+        cut = have.ts[0]
+        n = int(np.searchsorted(ts, cut, side="left"))
+        offset = float(have.values[0]) - float(np.interp(cut, ts, vs))
+        series.proc_cpu[pid] = Series(
+            np.concatenate((ts[:n], have.ts)), np.concatenate((vs[:n] + offset, have.values))
+        )
 
 
 def span_sample(r: SpanRow) -> Sample:

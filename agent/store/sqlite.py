@@ -12,6 +12,7 @@ mode); any failure to open it is a :class:`StoreError` with a one-line message.
 from __future__ import annotations
 
 import contextlib
+import copy
 import errno
 import os
 import sqlite3
@@ -332,6 +333,164 @@ def _dumps(obj: object) -> str:
     return orjson.dumps(obj, option=_OPTS, default=str).decode()
 
 
+#: Most writes one group commit takes (each is a request's rows, or a sampler flush): a
+#: bound on how long a transaction holds the store, and on what one failure sends back.
+GROUP_MAX_WRITES = 64
+
+_SPAN_BATCH_INSERT = (
+    "INSERT INTO span_batches (run_id, start_ts, end_ts, count, spans) VALUES (?,?,?,?,?)"
+)
+_SPAN_RESOURCES_INSERT = "INSERT INTO span_resources (batch_id, resources) VALUES (?,?)"
+_METRICS_INSERT = (
+    "INSERT INTO metrics (run_id, ts, name, value, step, trace_id, span_id, attributes) "
+    "VALUES (?,?,?,?,?,?,?,?)"
+)
+_PARAMS_INSERT = "INSERT INTO params (run_id, span_id, key, value, ts) VALUES (?,?,?,?,?)"
+_CONFUSION_INSERT = (
+    "INSERT INTO confusion_matrices (run_id, ts, name, step, trace_id, span_id, labels, "
+    "matrix) VALUES (?,?,?,?,?,?,?,?)"
+)
+_LOGS_INSERT = (
+    "INSERT INTO logs (run_id, ts, severity, body, trace_id, span_id, service, attributes) "
+    "VALUES (?,?,?,?,?,?,?,?)"
+)
+_SAMPLES_INSERT = "INSERT INTO samples (run_id, ts, source, tags, fields) VALUES (?,?,?,?,?)"
+
+
+class Writes:
+    """Rows that :meth:`Store.write` commits together: all of them or none.
+
+    Each method encodes its rows at once, in the calling thread, so that a value that cannot
+    be stored fails its own caller before anything reaches the store's transaction.
+    """
+
+    __slots__ = ("rows", "steps")
+
+    def __init__(self) -> None:
+        # (sql, rows) for executemany; a span batch is (None, (values, resources or None)).
+        self.steps: list[tuple[str | None, Any]] = []
+        self.rows = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.steps)
+
+    def _many(self, sql: str, data: list[tuple[Any, ...]]) -> int:
+        if data:
+            self.steps.append((sql, data))
+            self.rows += len(data)
+        return len(data)
+
+    def span_batch(self, run_id: str | None, rows: Sequence[SpanRow]) -> None:
+        """Spans as one batch; :meth:`Store.write` returns its id (in the order added)."""
+        wire = [
+            [
+                r.trace_id,
+                r.span_id,
+                r.parent_span_id,
+                r.name,
+                r.start_ts,
+                r.end_ts,
+                r.status,
+                r.service,
+                r.pid,
+                r.attributes,
+            ]
+            for r in rows
+        ]
+        values = (
+            run_id,
+            min(r.start_ts for r in rows),
+            max(r.end_ts for r in rows),
+            len(rows),
+            _dumps(wire),
+        )
+        resources = _dumps([r.resources for r in rows]) if all(r.resources for r in rows) else None
+        self.steps.append((None, (values, resources)))
+        self.rows += len(rows)
+
+    def metrics(self, rows: Iterable[MetricRow]) -> int:
+        return self._many(
+            _METRICS_INSERT,
+            [
+                (
+                    r.run_id,
+                    r.ts,
+                    r.name,
+                    r.value,
+                    r.step,
+                    r.trace_id,
+                    r.span_id,
+                    _dumps(r.attributes),
+                )
+                for r in rows
+            ],
+        )
+
+    def params(
+        self, run_id: str | None, span_id: str | None, params: dict[str, Any], ts: float
+    ) -> int:
+        return self._many(
+            _PARAMS_INSERT, [(run_id, span_id, str(k), _dumps(v), ts) for k, v in params.items()]
+        )
+
+    def confusion(self, rows: Iterable[ConfusionRow]) -> int:
+        return self._many(
+            _CONFUSION_INSERT,
+            [
+                (
+                    r.run_id,
+                    r.ts,
+                    r.name,
+                    r.step,
+                    r.trace_id,
+                    r.span_id,
+                    _dumps(r.labels),
+                    _dumps(r.matrix),
+                )
+                for r in rows
+            ],
+        )
+
+    def logs(self, rows: Iterable[tuple[Any, ...]]) -> int:
+        """Rows of (run_id, ts, severity, body, trace_id, span_id, service, attributes)."""
+        return self._many(_LOGS_INSERT, [(*r[:7], _dumps(r[7])) for r in rows])
+
+    def samples(self, run_id: str | None, samples: Iterable[Sample]) -> int:
+        return self._many(
+            _SAMPLES_INSERT,
+            [(run_id, s.ts, s.source, _dumps(s.tags), _dumps(s.fields)) for s in samples],
+        )
+
+
+class _Waiter:
+    """One :meth:`Store.write` call waiting for the group commit that holds its rows."""
+
+    __slots__ = ("done", "error", "owner", "result", "wake", "writes")
+
+    def __init__(self, writes: Writes) -> None:
+        self.writes = writes
+        self.owner = threading.get_ident()
+        self.done = False
+        self.result: list[int] = []
+        self.error: BaseException | None = None
+        # Held until the waiter is woken, once: its group is done, or it leads the next.
+        # A bare lock per waiter: a condition shared by all would wake every waiter at
+        # every commit, which cost more than the commits it saved.
+        self.wake = threading.Lock()
+        self.wake.acquire()
+
+
+def _own_copy(exc: BaseException) -> BaseException:
+    """The group's error for one more waiter: a copy without the leader's traceback (whose
+    frames hold another request), of the same type and with the same sqlite attributes."""
+    try:
+        dup = copy.copy(exc)
+    except Exception:
+        return exc
+    dup.__traceback__ = None
+    return dup
+
+
 class Store:
     """Thread-safe handle on one SQLite file (one connection, serialised by a lock).
 
@@ -349,6 +508,13 @@ class Store:
         #: The last :meth:`apply_retention` stopped at its time budget.
         self.retention_incomplete = False
         self._lock = threading.Lock()
+        # Group commit (:meth:`write`): writes queue here; one caller at a time leads.
+        self._group = threading.Lock()
+        self._queued: list[_Waiter] = []
+        self._leading = False
+        #: Transactions :meth:`write` committed (or tried to), and the writes they held.
+        self.groups_total = 0
+        self.grouped_writes_total = 0
         memory = str(path) == ":memory:"
         new = memory or self._prepare_file()
         try:
@@ -479,11 +645,104 @@ class Store:
             return int(self._db.execute("PRAGMA user_version").fetchone()[0])
 
     def _insert_many(self, sql: str, rows: list[tuple[Any, ...]]) -> int:
-        """Writes ``rows`` with ``sql`` in one transaction (none for no rows); returns how many."""
-        if rows:
-            with self._lock, self._db:
-                self._db.executemany(sql, rows)
-        return len(rows)
+        """Writes ``rows`` with ``sql`` (nothing for no rows); returns how many."""
+        w = Writes()
+        n = w._many(sql, rows)
+        self.write(w)
+        return n
+
+    # -- group commit -------------------------------------------------------------------
+    def write(self, writes: Writes) -> list[int]:
+        """Commits ``writes`` (all or nothing) and returns the ids of its span batches.
+
+        Returns only once the transaction holding them is committed. Writes of concurrent
+        callers share one transaction (group commit): the first caller to find no commit in
+        progress leads, taking whatever is queued (up to :data:`GROUP_MAX_WRITES`) once it
+        holds the store, while the others wait; a commit in progress is what the next group
+        forms behind, so a lone caller never waits for company. Each write runs under a
+        savepoint: one that SQLite refuses fails only its caller. When the transaction
+        cannot commit, every caller in the group raises (its own copy of the error) and
+        none of their rows is stored.
+        """
+        if not writes:
+            return []
+        me = _Waiter(writes)
+        with self._group:
+            self._queued.append(me)
+            lead = not self._leading
+            self._leading = True
+        if not lead:
+            me.wake.acquire()  # done, or told to lead
+        if not me.done:
+            try:
+                while not me.done:
+                    self._commit_group()
+            finally:
+                with self._group:
+                    if self._queued:  # queued meanwhile: the first leads the next group
+                        self._queued[0].wake.release()
+                    else:
+                        self._leading = False
+        if me.error is not None:
+            raise me.error
+        return me.result
+
+    def _commit_group(self) -> None:
+        """One transaction for the writes queued now (the leader's own among them)."""
+        with self._lock:
+            # Taken once the store is ours: what queued while retention or a reader held it
+            # joins this group.
+            with self._group:
+                group = self._queued[:GROUP_MAX_WRITES]
+                del self._queued[:GROUP_MAX_WRITES]
+            db = self._db
+            leader = threading.get_ident()
+            alone = len(group) == 1
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    for w in group:
+                        if alone:
+                            w.result = self._apply(w.writes)
+                            continue
+                        db.execute("SAVEPOINT w")
+                        try:
+                            w.result = self._apply(w.writes)
+                        except Exception as exc:
+                            db.execute("ROLLBACK TO w")
+                            w.error = exc
+                        db.execute("RELEASE w")
+                    db.execute("COMMIT")
+                except BaseException:
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                    raise
+            except BaseException as exc:
+                for w in group:
+                    w.result = []
+                    w.error = exc if w.owner == leader else _own_copy(exc)
+            finally:
+                self.groups_total += 1
+                self.grouped_writes_total += len(group)
+                for w in group:
+                    w.done = True
+                    if w.owner != leader:
+                        w.wake.release()
+
+    def _apply(self, writes: Writes) -> list[int]:
+        """Runs ``writes``' statements (store lock and transaction held); their batch ids."""
+        db = self._db
+        ids: list[int] = []
+        for sql, data in writes.steps:
+            if sql is not None:
+                db.executemany(sql, data)
+                continue
+            values, resources = data
+            bid = int(db.execute(_SPAN_BATCH_INSERT, values).lastrowid or 0)
+            if resources is not None:
+                db.execute(_SPAN_RESOURCES_INSERT, (bid, resources))
+            ids.append(bid)
+        return ids
 
     # -- runs ---------------------------------------------------------------------------
     _RUN_INSERT = (
@@ -596,10 +855,10 @@ class Store:
 
     # -- samples ------------------------------------------------------------------------
     def write_samples(self, run_id: str | None, samples: Iterable[Sample]) -> int:
-        return self._insert_many(
-            "INSERT INTO samples (run_id, ts, source, tags, fields) VALUES (?,?,?,?,?)",
-            [(run_id, s.ts, s.source, _dumps(s.tags), _dumps(s.fields)) for s in samples],
-        )
+        w = Writes()
+        n = w.samples(run_id, samples)
+        self.write(w)
+        return n
 
     def samples(
         self,
@@ -637,41 +896,9 @@ class Store:
     # -- spans and valued metrics -------------------------------------------------------
     def add_span_batch(self, run_id: str | None, rows: Sequence[SpanRow]) -> int:
         """Stores received spans (not yet attributed) as one batch; returns its id."""
-        wire = [
-            [
-                r.trace_id,
-                r.span_id,
-                r.parent_span_id,
-                r.name,
-                r.start_ts,
-                r.end_ts,
-                r.status,
-                r.service,
-                r.pid,
-                r.attributes,
-            ]
-            for r in rows
-        ]
-        attributed = all(r.resources for r in rows)
-        with self._lock, self._db:
-            cur = self._db.execute(
-                "INSERT INTO span_batches (run_id, start_ts, end_ts, count, spans) "
-                "VALUES (?,?,?,?,?)",
-                (
-                    run_id,
-                    min(r.start_ts for r in rows),
-                    max(r.end_ts for r in rows),
-                    len(rows),
-                    _dumps(wire),
-                ),
-            )
-            bid = int(cur.lastrowid or 0)
-            if attributed:
-                self._db.execute(
-                    "INSERT INTO span_resources (batch_id, resources) VALUES (?,?)",
-                    (bid, _dumps([r.resources for r in rows])),
-                )
-            return bid
+        w = Writes()
+        w.span_batch(run_id, rows)
+        return self.write(w)[0]
 
     def set_batch_resources(self, items: Iterable[tuple[int, list[dict[str, Any]]]]) -> None:
         """Attribution results: (batch id, resources of its spans in order). A batch that
@@ -732,15 +959,10 @@ class Store:
         return sorted(unique.values(), key=lambda r: r.start_ts)
 
     def write_metrics(self, rows: Iterable[MetricRow]) -> int:
-        data = [
-            (r.run_id, r.ts, r.name, r.value, r.step, r.trace_id, r.span_id, _dumps(r.attributes))
-            for r in rows
-        ]
-        return self._insert_many(
-            "INSERT INTO metrics (run_id, ts, name, value, step, trace_id, span_id, "
-            "attributes) VALUES (?,?,?,?,?,?,?,?)",
-            data,
-        )
+        w = Writes()
+        n = w.metrics(rows)
+        self.write(w)
+        return n
 
     def metrics(self, run_id: str | None = None, name: str | None = None) -> list[MetricRow]:
         clauses, args = [], []
@@ -767,11 +989,9 @@ class Store:
         ts: float | None = None,
     ) -> None:
         """``ts``: when they were logged (default now), what retention judges them by."""
-        ts = time.time() if ts is None else ts
-        self._insert_many(
-            "INSERT INTO params (run_id, span_id, key, value, ts) VALUES (?,?,?,?,?)",
-            [(run_id, span_id, str(k), _dumps(v), ts) for k, v in params.items()],
-        )
+        w = Writes()
+        w.params(run_id, span_id, params, time.time() if ts is None else ts)
+        self.write(w)
 
     def params(self, run_id: str) -> dict[str, Any]:
         """Hyperparameters of a run; a key logged twice keeps its latest value."""
@@ -782,24 +1002,10 @@ class Store:
         return {k: _loads(v) for k, v in rows}
 
     def write_confusion(self, rows: Iterable[ConfusionRow]) -> int:
-        data = [
-            (
-                r.run_id,
-                r.ts,
-                r.name,
-                r.step,
-                r.trace_id,
-                r.span_id,
-                _dumps(r.labels),
-                _dumps(r.matrix),
-            )
-            for r in rows
-        ]
-        return self._insert_many(
-            "INSERT INTO confusion_matrices (run_id, ts, name, step, trace_id, span_id, "
-            "labels, matrix) VALUES (?,?,?,?,?,?,?,?)",
-            data,
-        )
+        w = Writes()
+        n = w.confusion(rows)
+        self.write(w)
+        return n
 
     def confusion_matrices(self, run_id: str) -> list[ConfusionRow]:
         with self._lock:
@@ -812,11 +1018,10 @@ class Store:
 
     def write_logs(self, rows: Iterable[tuple[Any, ...]]) -> int:
         """Rows of (run_id, ts, severity, body, trace_id, span_id, service, attributes)."""
-        return self._insert_many(
-            "INSERT INTO logs (run_id, ts, severity, body, trace_id, span_id, service, "
-            "attributes) VALUES (?,?,?,?,?,?,?,?)",
-            [(*r[:7], _dumps(r[7])) for r in rows],
-        )
+        w = Writes()
+        n = w.logs(rows)
+        self.write(w)
+        return n
 
     def logs(self, run_id: str) -> list[tuple[Any, ...]]:
         with self._lock:
