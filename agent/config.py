@@ -161,6 +161,13 @@ SCHEMA: dict[str, dict[str, tuple[Check, Any]]] = {
     },
     "collectors.rapl": {"enabled": (_bool, True), "root": (_str, "/sys/class/powercap")},
     "collectors.nvml": {"enabled": (_bool, True), "interval": (_opt_interval, None)},
+    "collectors.node_processes": {
+        "enabled": (_bool, True),
+        # Each costs one /proc/PID/stat read a tick and up to a point per tick of history.
+        "max_processes": (_within(0, 1_000_000, integer=True), 4096),
+        # Processes named in process_energy per tick (the rest are summed as "other"); 0: off.
+        "top_n": (_within(0, 10_000, integer=True, zero=True), 10),
+    },
     "collectors.power_model": {
         "enabled": (_choice("auto", "always", "never"), "auto"),
         "tdp_watts": (_opt_watts, None),

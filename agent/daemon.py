@@ -23,6 +23,7 @@ from wattspan.agent.receiver import OtlpReceiver
 from wattspan.agent.scheduler import Scheduler
 from wattspan.agent.sinks import Sink
 from wattspan.agent.store import Run, Store, default_store_path
+from wattspan.collectors.node_processes import NodeProcessCollector
 from wattspan.collectors.process import ProcessCollector
 from wattspan.collectors.registry import build_collectors
 
@@ -63,6 +64,9 @@ class Agent:
         self.process_collector = next(
             (c for c in self.collectors if isinstance(c, ProcessCollector)), None
         )
+        self.node_processes = next(
+            (c for c in self.collectors if isinstance(c, NodeProcessCollector)), None
+        )
         self.store: Store | None = None
         sinks: list[Sink] = []
         self.run = run
@@ -97,6 +101,7 @@ class Agent:
             run_id=self.run.id if self.run else None,
             interval=self.interval,
             process_collector=self.process_collector,
+            node_processes=self.node_processes,
             flush_samples=store_sink.flush if store_sink is not None else None,
             limits=IngestLimits.from_config(config["otlp"]),
             calibration=Calibration.load(config.state_dir, config.host),
@@ -105,6 +110,23 @@ class Agent:
         )
         # First in line: attribution sees each tick's samples before exporters are called.
         self.pipeline.add_sink(self.ingest, first=True)
+        top_n = config.sections.get("collectors.node_processes", {}).get("top_n", 0)
+        if self.node_processes is not None and top_n > 0:
+            # Last in line: the process_energy samples it emits reach every other sink after
+            # the tick's own samples did.
+            from wattspan.agent.process_energy import ProcessEnergySink
+
+            calibration = self.ingest.calibration
+            own_run = self.run.id if self.run else None
+            self.pipeline.add_sink(
+                ProcessEnergySink(
+                    self.node_processes,
+                    self.pipeline,
+                    top_n=top_n,
+                    idle=lambda: e.watts if (e := self.ingest.idle_of(own_run)) else None,
+                    calibration_watts=calibration.idle_watts if calibration else None,
+                )
+            )
         self.receiver: OtlpReceiver | None = None
         if config["otlp"]["enabled"] if otlp is None else otlp:
             o = config["otlp"]

@@ -1,6 +1,7 @@
 """Resident memory of the ``wattspan agent`` daemon over time, scraped like Prometheus would.
 
-Run: ``python bench/bench_agent_rss.py [--duration S] [--scrape-every S] [--interval S]``
+Run: ``python bench/bench_agent_rss.py [--duration S] [--scrape-every S] [--interval S]
+[--extra-procs N] [--spans-every S]``
 
 Target (the issue): steady RSS of ``wattspan agent`` with the default collectors is at most
 60 MB. The agent runs as
@@ -14,6 +15,11 @@ results in bench/README.md were taken), so RSS only plateaus after about 300 s
 anonymous/file split of the last reading are reported too: file pages (shared libraries:
 numpy's OpenBLAS, grpc's core...) are shared and reclaimable, anonymous pages (the Python
 heap) are the agent's own.
+
+``--extra-procs N`` starts N sleeping processes first (the agent keeps a CPU history of
+every process on the node); ``--spans-every S`` runs a plain OpenTelemetry SDK client that
+sends the agent one span every S seconds (the first span loads numpy for attribution). The
+issue's case is ``--extra-procs 500 --spans-every 1``.
 
 For comparison the same is read for ``prometheus-node-exporter`` when installed, and for a
 bare ``python3 -c`` that sleeps (the interpreter's floor).
@@ -49,12 +55,39 @@ from _util import (
 TARGET_BYTES = 60 * 1000 * 1000  # 60 MB (decimal; 57.2 MiB): the stricter reading
 MIB = 1024 * 1024
 _PORT = re.compile(rb"serving Prometheus metrics on http://[^:]+:(\d+)/metrics")
+_OTLP_PORT = re.compile(rb"receiving OTLP/gRPC on http://[^:]+:(\d+)")
+
+# A light client: one short span every argv[2] seconds to the agent at argv[1].
+SENDER = r"""
+import sys, time
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+provider = TracerProvider(resource=Resource({"service.name": "bench-sender"}))
+provider.add_span_processor(
+    BatchSpanProcessor(OTLPSpanExporter(endpoint=sys.argv[1], insecure=True),
+                       schedule_delay_millis=500)
+)
+tracer = provider.get_tracer("bench")
+every = float(sys.argv[2])
+i = 0
+while True:
+    with tracer.start_as_current_span("step") as span:
+        span.set_attribute("wattspan.items", 100)
+        sum(range(20000))
+    i += 1
+    time.sleep(every)
+"""
 
 
-def _find_port(log: Path, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> int:
+def _find_port(
+    log: Path, proc: subprocess.Popen[bytes], timeout: float = 30.0, pattern: re.Pattern = _PORT
+) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        m = _PORT.search(log.read_bytes())
+        m = pattern.search(log.read_bytes())
         if m:
             return int(m.group(1))
         if proc.poll() is not None:
@@ -88,9 +121,20 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=60.0, help="seconds to run the agent (60)")
     ap.add_argument("--scrape-every", type=float, default=5.0, help="scrape period, s (5)")
     ap.add_argument("--interval", type=float, default=1.0, help="agent --interval, s (1)")
+    ap.add_argument("--extra-procs", type=int, default=0, help="sleeping processes to start (0)")
+    ap.add_argument(
+        "--spans-every", type=float, default=0.0, help="send a span every S s (0: no sender)"
+    )
     args = ap.parse_args()
 
     print(f"machine: {machine()}")
+    extra = [
+        subprocess.Popen(["sleep", "86400"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        for _ in range(args.extra_procs)
+    ]
+    sender: subprocess.Popen[bytes] | None = None
+    nprocs = sum(1 for d in os.listdir("/proc") if d.isdigit())
+    print(f"processes on the node: {nprocs}")
     with tempfile.TemporaryDirectory(prefix="wattspan-bench-") as tmp:
         env = {k: v for k, v in os.environ.items() if not k.startswith("WATTSPAN_")}
         env.update(XDG_DATA_HOME=f"{tmp}/data", XDG_STATE_HOME=f"{tmp}/state")
@@ -113,6 +157,20 @@ def main() -> int:
         try:
             port = _find_port(log, proc)
             url = f"http://127.0.0.1:{port}/metrics"
+            if args.spans_every > 0:
+                otlp = _find_port(log, proc, pattern=_OTLP_PORT)
+                sender = subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-c",
+                        SENDER,
+                        f"http://127.0.0.1:{otlp}",
+                        str(args.spans_every),
+                    ],
+                    env={k: v for k, v in env.items() if not k.startswith("OTEL_")},
+                    stdout=subprocess.DEVNULL,
+                )
+                print(f"span sender: one span every {args.spans_every} s")
             t0 = time.monotonic()
             readings: list[tuple[float, int]] = []
             next_scrape = 0.0
@@ -134,7 +192,13 @@ def main() -> int:
                 time.sleep(1.0)
             rss, hwm = proc_rss_bytes(proc.pid)
             parts = proc_rss_breakdown(proc.pid)
+            spans = re.search(
+                r"^wattspan_ingest_spans_attributed_total\{[^}]*\} (\S+)$", body.decode(), re.M
+            )
         finally:
+            for p in ([sender] if sender is not None else []) + extra:
+                p.kill()
+                p.wait()
             proc.terminate()
             proc.wait(15)
         agent_exit = proc.returncode
@@ -148,6 +212,8 @@ def main() -> int:
     print(
         f"scrapes: {scrapes} (last: {series} series, {len(body)} B); agent exit code {agent_exit}"
     )
+    if args.spans_every > 0:
+        print(f"spans attributed by the last scrape: {spans.group(1) if spans else 'none'}")
     print(f"first reading:        {first / MIB:7.1f} MiB")
     print(f"steady (median, last quarter): {steady / MIB:7.1f} MiB = {steady / 1e6:.1f} MB")
     print(f"max over run:         {max(r for _, r in readings) / MIB:7.1f} MiB")

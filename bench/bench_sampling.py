@@ -10,7 +10,8 @@ What is measured, all in ONE run of this script, on the same machine, one after 
 
   collectors tick  ``Scheduler.tick(force=True)`` over the collectors ``build_collectors``
                makes from the default config (cpu with per-core, memory, process watching this
-               process, rapl/nvml when present, the power model when RAPL is absent), emitting
+               process, node_processes reading every process on the node, rapl/nvml when
+               present, the power model when RAPL is absent), emitting
                into a ``Pipeline`` with no sinks. CPU = ``time.process_time()`` of this
                process (no other thread runs while measuring) / N.
   agent tick   the daemon's real tick: an ``Agent`` from the default config (store sink in a

@@ -40,6 +40,15 @@ def build_collectors(
         else:
             roots = list(conf("process").get("pids") or [os.getpid()])
         out.append(process.create(roots, per_process=conf("process").get("per_process", True)))
+    # ``wattspan run`` (explicit roots) watches its child from its first instant and samples
+    # 10 times a second: reading every process on the node as often would cost more than its
+    # overhead budget for nothing it lacks.
+    if conf("node_processes").get("enabled", True) and process_roots is None:
+        from wattspan.collectors import node_processes
+
+        out.append(
+            node_processes.create(max_processes=conf("node_processes").get("max_processes", 4096))
+        )
     have_rapl = False
     if conf("rapl").get("enabled", True):
         from wattspan.collectors import rapl
