@@ -111,6 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--interval", type=_interval, default=0.5, help="sampling interval, s")
     cal.add_argument("--config", metavar="FILE", help="agent TOML config (state_dir, rapl root)")
 
+    from wattspan.cli.dashboards_cmd import add_parser as add_dashboards_parser
+
+    add_dashboards_parser(sub, common)
+
     from wattspan.cli.analysis_parsers import add_analysis_parsers
 
     add_analysis_parsers(sub)
@@ -148,6 +152,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from wattspan.cli.calibrate_cmd import cmd_calibrate
 
         return cmd_calibrate(args)
+    if args.command == "dashboards":
+        from wattspan.cli.dashboards_cmd import cmd_dashboards
+
+        return cmd_dashboards(args)
     if args.command == "status":
         from wattspan.cli.status_cmd import cmd_status
 
