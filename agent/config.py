@@ -126,6 +126,9 @@ SCHEMA: dict[str, dict[str, tuple[Check, Any]]] = {
         "tls_client_ca_file": (_str, ""),
         "bearer_token_file": (_str, ""),
         "bearer_token_env": (_str, ""),
+        # (service, span name) series of the span counters; later pairs are counted under
+        # span_name="other". 0: no span counters (and no per-span work for them).
+        "max_span_series": (_within(0, 100_000, integer=True, zero=True), 500),
     },
     "otlp": {
         "enabled": (_bool, True),

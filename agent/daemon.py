@@ -29,6 +29,7 @@ from wattspan.collectors.registry import build_collectors
 
 if TYPE_CHECKING:
     from wattspan.agent.exporters.prometheus import MetricsServer
+    from wattspan.agent.exporters.span_metrics import SpanMetricsSink
 
 log = logging.getLogger("wattspan.agent")
 
@@ -85,6 +86,15 @@ class Agent:
             sinks.append(StoreSink(self.store, self.run.id))
         sinks.extend(build_exporters(config) if exporters is None else exporters)
         serve = config["metrics"]["enabled"] if serve_metrics is None else serve_metrics
+        self.span_metrics: SpanMetricsSink | None = None
+        if serve and config["metrics"]["max_span_series"] > 0:
+            # Only with /metrics, which is all that reads them: a span sample is built per
+            # span for the sinks that want spans, and without it an agent need not.
+            from wattspan.agent.exporters.span_metrics import SpanMetricsSink
+
+            # Fed by the ingest with each pass's rows, not through the pipeline: as a sink
+            # it would make every span build an exported sample that nothing else wants.
+            self.span_metrics = SpanMetricsSink(int(config["metrics"]["max_span_series"]))
         self.pipeline = Pipeline(
             sinks, stale_after=max(10 * self.interval, 5.0), keep_latest=bool(serve)
         )
@@ -107,6 +117,7 @@ class Agent:
             calibration=Calibration.load(config.state_dir, config.host),
             host=self.host,
             program_runs=self.run is not None and self.run.kind == "agent",
+            span_observer=None if self.span_metrics is None else self.span_metrics.observe,
         )
         # First in line: attribution sees each tick's samples before exporters are called.
         self.pipeline.add_sink(self.ingest, first=True)
@@ -162,7 +173,9 @@ class Agent:
             from wattspan.agent.exporters.prometheus import AgentCollector, MetricsServer
 
             self.metrics = MetricsServer(
-                AgentCollector(self.pipeline, self.scheduler, self.component_stats),
+                AgentCollector(
+                    self.pipeline, self.scheduler, self.component_stats, self.span_metrics
+                ),
                 host=config["metrics"]["listen"],
                 port=config["metrics"]["port"] if metrics_port is None else metrics_port,
                 tls_cert_file=config["metrics"]["tls_cert_file"] or None,

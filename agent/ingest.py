@@ -312,8 +312,11 @@ class TelemetryIngest:
         spool: bool = False,
         host: str = "",
         program_runs: bool = False,
+        span_observer: Callable[[Sequence[SpanRow]], None] | None = None,
     ) -> None:
         self.host = host
+        # Told of every attribution pass's spans (the /metrics span counters).
+        self.span_observer = span_observer
         # Daemon mode: a client that names no run gets one of its own, per (service, pid).
         self.program_runs = program_runs
         # Runs seen: None for runs the agent does not end, else a program run's metadata.
@@ -909,6 +912,8 @@ class TelemetryIngest:
             )
             for r, res in zip(rows, results, strict=True):
                 r.resources = res
+        if self.span_observer is not None:
+            self.span_observer(due)
         # Exporters first, the store's "attributed" mark second: a crash in between then
         # re-exports these spans after the restart (an exporter's receiver overwrites an
         # identical point) instead of leaving them marked done but never exported.

@@ -167,3 +167,34 @@ def verdict(ratio: float, target: float) -> str:
 
 def fmt_ms(seconds: float) -> str:
     return f"{seconds * 1e3:8.3f} ms"
+
+
+def percentile(xs: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0..100) with linear interpolation, as numpy's default."""
+    s = sorted(xs)
+    if not s:
+        raise ValueError("percentile of no values")
+    k = (len(s) - 1) * q / 100
+    lo = int(k)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+#: Grafana's ``rangeutil.roundInterval`` steps from 1 s up: (below this many ms, use this).
+_GRAFANA_STEPS_MS = (
+    (1_500, 1_000), (3_500, 2_000), (7_500, 5_000), (12_500, 10_000), (17_500, 15_000),
+    (25_000, 20_000), (45_000, 30_000), (90_000, 60_000), (210_000, 120_000),
+    (450_000, 300_000), (750_000, 600_000), (1_050_000, 900_000), (1_500_000, 1_200_000),
+    (2_700_000, 1_800_000), (5_400_000, 3_600_000), (9_000_000, 7_200_000),
+    (16_200_000, 10_800_000), (32_400_000, 21_600_000), (86_400_000, 43_200_000),
+)  # fmt: skip
+
+
+def grafana_interval(range_s: float, max_data_points: int) -> int:
+    """``$__interval`` in whole seconds as Grafana computes it for a panel: the range over
+    ``maxDataPoints``, rounded to its step (sub-second steps are not needed for a bench)."""
+    ms = range_s * 1000 / max_data_points
+    for below, step in _GRAFANA_STEPS_MS:
+        if ms < below:
+            return max(step // 1000, 1)
+    return 86_400

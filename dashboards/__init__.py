@@ -1,10 +1,11 @@
 """wattspan.dashboards: Grafana dashboards generated with grafanalib, and the provisioning
 files that load them.
 
-One module per dashboard (:mod:`.node`, :mod:`.pipelines`, :mod:`.ml_runs`, :mod:`.agent`),
-each with ``build(kind, settings) -> grafanalib Dashboard`` for the datasource kinds it has
-data in; :mod:`.panels` holds the shared helpers; :mod:`.model` is the one step that turns
-grafanalib's output into the current Grafana model; :mod:`.provisioning` writes files.
+One module per dashboard (:mod:`.node`, :mod:`.energy`, :mod:`.pipelines`, :mod:`.ml_runs`,
+:mod:`.agent`), each with ``build(kind, settings) -> grafanalib Dashboard`` for the
+datasource kinds it has data in; :mod:`.panels` holds the shared helpers; :mod:`.model` is
+the one step that turns grafanalib's output into the current Grafana model;
+:mod:`.provisioning` writes files.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 from grafanalib.core import Dashboard
 
-from . import agent, ml_runs, node, pipelines
+from . import agent, energy, ml_runs, node, pipelines
 from .model import SCHEMA_VERSION, to_grafana_json
 from .panels import KINDS, Kind, Settings
 
@@ -29,6 +30,7 @@ class Spec:
 
 DASHBOARDS: tuple[Spec, ...] = (
     Spec("node", KINDS, node.build),
+    Spec("energy", KINDS, energy.build),
     Spec("pipelines", pipelines.KINDS, pipelines.build),
     Spec("ml-runs", KINDS, ml_runs.build),
     Spec("agent", agent.KINDS, agent.build),

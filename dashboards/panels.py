@@ -130,6 +130,9 @@ def unit_override(name: str, unit: str) -> dict[str, Any]:
     }
 
 
+MAX_DATA_POINTS = 1000
+
+
 def timeseries(
     title: str,
     targets: Sequence[Any],
@@ -158,7 +161,10 @@ def timeseries(
         legendDisplayMode="table" if len(targets) > 1 or estimated else "list",
         legendCalcs=["mean", "max", "lastNotNull"],
         tooltipMode="multi",
-        maxDataPoints=None,
+        # Grafana rounds $__interval down by up to 1.75x: 1,000 keeps every series under
+        # 2,000 points at any range (bench/bench_dashboards.py), where the panel's width in
+        # pixels (the default) gave 2,881 over 24 h.
+        maxDataPoints=MAX_DATA_POINTS,
     )
     return Sized(panel, w, h)
 

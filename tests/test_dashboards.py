@@ -156,12 +156,14 @@ DASHBOARDS = build_dashboards(SETTINGS)
 
 
 def test_the_expected_dashboards_exist() -> None:
-    # Pipelines has no Prometheus variant (no span-derived counters on /metrics yet) and the
-    # agent's self-metrics exist on /metrics only.
+    # The agent's self-metrics exist on /metrics only.
     assert set(DASHBOARDS) == {
         "wattspan-node-influxdb",
         "wattspan-node-prometheus",
+        "wattspan-energy-influxdb",
+        "wattspan-energy-prometheus",
         "wattspan-pipelines-influxdb",
+        "wattspan-pipelines-prometheus",
         "wattspan-ml-runs-influxdb",
         "wattspan-ml-runs-prometheus",
         "wattspan-agent-prometheus",
@@ -294,8 +296,8 @@ def test_cli_writes_dashboards_and_provisioning(
     assert provider["type"] == "file"
     path = Path(provider["options"]["path"])
     files = sorted(p.name for p in path.glob("*.json"))
-    assert files == ["wattspan-ml-runs-influxdb.json", "wattspan-node-influxdb.json",
-                     "wattspan-pipelines-influxdb.json"]  # fmt: skip
+    assert files == ["wattspan-energy-influxdb.json", "wattspan-ml-runs-influxdb.json",
+                     "wattspan-node-influxdb.json", "wattspan-pipelines-influxdb.json"]  # fmt: skip
     ds = yaml.safe_load((out / "provisioning/datasources/wattspan.yaml").read_text())
     assert ds["apiVersion"] == 1
     (influx,) = ds["datasources"]
@@ -319,3 +321,130 @@ def test_cli_writes_dashboards_and_provisioning(
 def test_cli_rejects_a_bad_uid(tmp_path: Path) -> None:
     assert main(["dashboards", "-o", str(tmp_path), "--prometheus-uid", "has space"]) == 2
     assert not (tmp_path / "dashboards").exists()
+
+
+# -- Energy by process -------------------------------------------------------------------
+
+ENERGY = ("wattspan-energy-influxdb", "wattspan-energy-prometheus")
+
+
+def _panel(uid: str, title: str) -> dict[str, Any]:
+    (p,) = [p for p in _all_panels(DASHBOARDS[uid]) if p["title"] == title]
+    return p
+
+
+@pytest.mark.parametrize("uid", ENERGY)
+def test_energy_over_the_range_in_joules_and_kwh(uid: str) -> None:
+    joules = _panel(uid, "Process energy")
+    kwh = _panel(uid, "Process energy (kWh)")
+    assert joules["type"] == kwh["type"] == "stat"
+    assert joules["fieldConfig"]["defaults"]["unit"] == "joule"
+    assert kwh["fieldConfig"]["defaults"]["unit"] == "kwatth"
+    # The same figure, converted: kwatth is a display unit, Grafana does not scale J to it.
+    (j,) = [t.get("query") or t["expr"] for t in joules["targets"]]
+    (k,) = [t.get("query") or t["expr"] for t in kwh["targets"]]
+    assert k.replace(" / 3600000", "") == j
+
+
+@pytest.mark.parametrize("uid", ENERGY)
+def test_energy_names_other_as_the_rest(uid: str) -> None:
+    for title in ("Power by process", "CPU share by process"):
+        p = _panel(uid, title)
+        (rename,) = [t for t in p["transformations"] if t["id"] == "renameByRegex"]
+        legend = p["targets"][0].get("alias") or p["targets"][0]["legendFormat"]
+        # Grafana's legend for the other series, the way either datasource fills it in.
+        shown = (
+            legend.replace("$tag_host", "node-a").replace("{{instance}}", "node-a")
+            .replace("$tag_name", "other").replace("{{name}}", "other")
+            .replace("$tag_pid", "other").replace("{{pid}}", "other")
+        )  # fmt: skip
+        renamed = re.sub(rename["options"]["regex"], rename["options"]["renamePattern"], shown)
+        assert renamed == "node-a: other (rest of the active power)"
+        grey = [o for o in p["fieldConfig"]["overrides"] if o["matcher"]["id"] == "byRegexp"]
+        assert any(re.fullmatch(o["matcher"]["options"], renamed) for o in grey)
+        # A process is left as it is.
+        process = shown.replace("other (other)", "python (1234)")
+        assert re.sub(rename["options"]["regex"], "x", process) == process
+
+
+@pytest.mark.parametrize("uid", ENERGY)
+def test_energy_idle_and_estimated_series_are_distinct(uid: str) -> None:
+    p = _panel(uid, "Node, active and idle power")
+    legends = [t.get("alias") or t["legendFormat"] for t in p["targets"]]
+    shown = [s.replace("$tag_host", "h").replace("{{instance}}", "h") for s in legends]
+    assert shown == ["node h", "node h (estimated)", "active h", "idle h (estimated)"]
+    (dashed,) = [o for o in p["fieldConfig"]["overrides"] if o["matcher"]["id"] == "byRegexp"]
+    pattern = re.compile(dashed["matcher"]["options"])
+    assert [bool(pattern.match(s)) for s in shown] == [False, True, False, True]
+
+
+def test_energy_prometheus_table_columns_are_its_targets() -> None:
+    p = _panel("wattspan-energy-prometheus", "Top processes")
+    rename = next(t for t in p["transformations"] if t["id"] == "organize")["options"][
+        "renameByName"
+    ]
+    assert p["transformations"][0]["id"] == "merge"
+    assert sorted(rename) == [f"Value #{t['refId']}" for t in p["targets"]]
+    assert all(t["instant"] and t["format"] == "table" for t in p["targets"])
+    units = {o["matcher"]["options"] for o in p["fieldConfig"]["overrides"]}
+    assert set(rename.values()) == units
+
+
+def test_energy_reads_process_energy_only_through_documented_fields() -> None:
+    influx_fields = set()
+    for t in (t for p in _all_panels(DASHBOARDS[ENERGY[0]]) for t in p.get("targets", [])):
+        if '"process_energy"' in t["query"]:
+            influx_fields |= set(re.findall(r'"(\w+)"', t["query"])) & {
+                "power_watts", "joules_total", "cpu_share_ratio", "energy_joules"}  # fmt: skip
+    assert influx_fields == {"power_watts", "joules_total", "cpu_share_ratio"}
+    exprs = " ".join(t["expr"] for p in _all_panels(DASHBOARDS[ENERGY[1]]) for t in
+                     p.get("targets", []))  # fmt: skip
+    assert set(re.findall(r"wattspan_process_energy_\w+", exprs)) == {
+        "wattspan_process_energy_power_watts",
+        "wattspan_process_energy_joules_total",
+        "wattspan_process_energy_cpu_share_ratio",
+    }
+
+
+# -- the checked-in provisioning set -----------------------------------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+DEPLOY_GRAFANA = REPO / "deploy" / "grafana"
+#: Where the checked-in provider tells Grafana to read the JSON (the default would be an
+#: absolute path of the machine that generated it).
+DEPLOY_DASHBOARDS_PATH = "/var/lib/grafana/dashboards/wattspan"
+#: Files in deploy/grafana that the generator does not write.
+DEPLOY_GRAFANA_OWN = {"kustomization.yaml", "README.md"}
+
+
+def test_deploy_grafana_is_the_generated_set(tmp_path: Path) -> None:
+    """deploy/grafana is what ``wattspan dashboards -o deploy/grafana --dashboards-path
+    /var/lib/grafana/dashboards/wattspan`` writes today, byte for byte; regenerate it with
+    that command when this fails."""
+    out = tmp_path / "grafana"
+    rc = main(["dashboards", "-o", str(out), "--datasource", "both",
+               "--dashboards-path", DEPLOY_DASHBOARDS_PATH])  # fmt: skip
+    assert rc == 0
+
+    def files(root: Path) -> dict[str, bytes]:
+        return {
+            str(p.relative_to(root)): p.read_bytes()
+            for p in sorted(root.rglob("*"))
+            if p.is_file() and str(p.relative_to(root)) not in DEPLOY_GRAFANA_OWN
+        }
+
+    want, have = files(out), files(DEPLOY_GRAFANA)
+    assert sorted(have) == sorted(want), "regenerate deploy/grafana"
+    stale = [name for name in want if have[name] != want[name]]
+    assert not stale, f"stale, regenerate deploy/grafana: {stale}"
+
+
+def test_generated_output_is_deterministic(tmp_path: Path) -> None:
+    # Two runs in different directories write the same bytes: nothing depends on dict order,
+    # time or the output path but the provider's path, which the option fixes.
+    for name in ("a", "b"):
+        assert main(["dashboards", "-o", str(tmp_path / name),
+                     "--dashboards-path", DEPLOY_DASHBOARDS_PATH]) == 0  # fmt: skip
+    a = {p.relative_to(tmp_path / "a"): p.read_bytes() for p in (tmp_path / "a").rglob("*.*")}
+    b = {p.relative_to(tmp_path / "b"): p.read_bytes() for p in (tmp_path / "b").rglob("*.*")}
+    assert a == b and a

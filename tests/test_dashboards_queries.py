@@ -1,11 +1,11 @@
 """Every query of every generated panel returns data from a real agent's output.
 
 One real ``wattspan agent`` with ``[exporters.influxdb]`` receives the spans and loss/accuracy
-of an instrumented program (``PLAIN_OTEL``) and writes into a real influxd, while a real
-Prometheus scrapes its ``/metrics``. Each panel target then runs the way Grafana would send
-it: variables replaced by values present in the data (regex-escaped, as Grafana formats a
-variable inside ``/.../`` or ``=~``), macros expanded. A target that errors, or that returns
-no non-null value, fails.
+of an instrumented program (``PLAIN_OTEL``), run twice (the second time its spans count
+items), and writes into a real influxd, while a real Prometheus scrapes its ``/metrics``.
+Each panel target then runs the way Grafana would send it: variables replaced by values
+present in the data (regex-escaped, as Grafana formats a variable inside ``/.../`` or
+``=~``), macros expanded. A target that errors, or that returns no non-null value, fails.
 
 This host has no RAPL and no GPU, so for the ``rapl``/``gpu`` panels the test adds points and
 series in the documented schema (docs/influxdb.md, README's Metrics table) when, and only
@@ -19,6 +19,7 @@ import math
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -33,6 +34,7 @@ from tests.procs import free_port, http_get, wait_for
 from tests.prometheus_server import PrometheusServer
 from tests.servers import InfluxD
 from tests.test_agent_influx import _config, _send_plain_otel, _start
+from tests.test_pipeline_e2e import PLAIN_OTEL
 from wattspan.dashboards import build_dashboards
 
 pytest_plugins = ["tests.fixtures_influx"]
@@ -80,6 +82,27 @@ class _FakeHardware(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
+
+
+#: PLAIN_OTEL whose inner spans count items (``wattspan.items``, what ``count_items`` sets).
+WITH_ITEMS = PLAIN_OTEL.replace(
+    'attributes={"i": i}', 'attributes={"i": i, "wattspan.items": 100 * (i + 1)}'
+)
+assert WITH_ITEMS != PLAIN_OTEL
+
+
+def _send_with_items(otlp: int) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", WITH_ITEMS, f"http://127.0.0.1:{otlp}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def _prom_value(prom: PrometheusServer, expr: str) -> float:
+    result = prom.query(expr)
+    return float(result[0]["value"][1]) if result else math.nan
 
 
 def _hardware_lines(influx: InfluxD) -> None:
@@ -130,6 +153,17 @@ def world(tmp_path_factory: pytest.TempPathFactory, influxd_server: InfluxD) -> 
             lambda: influxd_server.count(DB, "spans", "cpu_seconds") == 4, 60, "attributed spans"
         )
         wait_for(lambda: influxd_server.count(DB, "ml", "value") >= 6, 60, "loss and accuracy")
+        # The span counters must grow while Prometheus watches: increase() and rate() see
+        # nothing of what a series held at its first scrape. Once it has scraped the first
+        # run's spans, a second run adds spans (and items).
+        inner = 'wattspan_spans_total{span_name="inner"}'
+        wait_for(lambda: _prom_value(prom, inner) == 3, 60, "span counters scraped")
+        p = _send_with_items(otlp)
+        assert p.returncode == 0, p.stderr
+        wait_for(
+            lambda: influxd_server.count(DB, "spans", "cpu_seconds") == 8, 60, "second run's spans"
+        )
+        wait_for(lambda: _prom_value(prom, inner) == 6, 60, "second run's span counters")
         _hardware_lines(influxd_server)
         # rate()/increase() need two samples in their window; 1 s scrapes.
         wait_for(
@@ -140,8 +174,21 @@ def world(tmp_path_factory: pytest.TempPathFactory, influxd_server: InfluxD) -> 
             60,
             "a few scrapes of both targets",
         )
-        (run,) = {r["values"][0][1] for r in _series(influxd_server.query(
-            'SHOW TAG VALUES FROM "ml" WITH KEY = "run"', db=DB))}  # fmt: skip
+        # The Energy dashboard's subqueries step at $__interval (10 s) on absolute
+        # multiples of it: a series younger than one step can have no point in them.
+        wait_for(
+            lambda: (
+                prom.query('count_over_time(wattspan_process_energy_power_watts{pid="other"}[1m])')
+                and float(prom.query(
+                    'count_over_time(wattspan_process_energy_power_watts{pid="other"}[1m])'
+                )[0]["value"][1]) >= 12
+            ),
+            60,
+            "12 s of process_energy samples",
+        )  # fmt: skip
+        # Two program runs (one per client process); either has loss and accuracy.
+        run = min(r["values"][0][1] for r in _series(influxd_server.query(
+            'SHOW TAG VALUES FROM "ml" WITH KEY = "run"', db=DB)))  # fmt: skip
         yield World(influxd_server, prom, instances, run)
     finally:
         prom.stop()
@@ -203,6 +250,8 @@ def _prom_values(w: World) -> dict[str, str]:
     return {
         "host": "(" + "|".join(_prom_regex(i) for i in w.instances) + ")",
         "run": _prom_regex(w.run),
+        "service": _prom_regex("plain-otel"),
+        "span_name": _prom_regex("inner"),
     }
 
 
@@ -273,3 +322,39 @@ def test_prometheus_target_returns_data(
         result = _prom_get(world, "/api/v1/query_range", params)
         values = [float(v[1]) for r in result for v in r["values"]]
     assert any(not math.isnan(v) for v in values), f"{where}: no value for {expr}"
+
+
+def test_energy_dashboard_targets_are_run() -> None:
+    # The Energy dashboard's targets are in the parametrised lists above, so each one runs.
+    for kind, targets in (("influxdb", INFLUX_TARGETS), ("prometheus", PROM_TARGETS)):
+        mine = [w for w, _, _ in targets if w.startswith(f"wattspan-energy-{kind}/")]
+        assert len(mine) >= 12, mine
+
+
+def test_energy_active_power_is_node_power_minus_idle(world: World) -> None:
+    """This host runs the power model, whose idle figure is what the agent charges as idle:
+    the dashboard's active power must then be the model's node power minus that figure, in
+    every interval whose ticks all have a ``process_energy`` interval (the first tick has
+    none, and a tick that missed its neighbour is left out by the agent)."""
+    d = DASHBOARDS["wattspan-energy-influxdb"]
+    (panel,) = [p for p in d["panels"] if p["title"] == "Node, active and idle power"]
+    queries = {t["alias"]: t["query"] for t in panel["targets"]}
+    values = _influx_values(world)
+
+    def per_interval(q: str) -> dict[int, float]:
+        (s,) = _series(world.influx.query(_expand(q, values), db=DB, epoch="ms"))
+        return {row[0]: row[1] for row in s["values"] if row[1] is not None}
+
+    node = per_interval(queries["node $tag_host (estimated)"])
+    idle = per_interval(queries["idle $tag_host (estimated)"])
+    active = per_interval(queries["active $tag_host"])
+    where = "\"host\" = 'node-a' AND time > now() - 1h GROUP BY time(10s)"
+    model_ticks = per_interval(f'SELECT count("power_watts") FROM "power_model" WHERE {where}')
+    energy_ticks = per_interval(
+        f'SELECT count("power_watts") FROM "process_energy" WHERE "pid" = \'other\' AND {where}'
+    )
+    # Intervals still being written are left out too: their counts can be caught apart.
+    whole = [t for t, n in energy_ticks.items() if n > 0 and model_ticks.get(t) == n]
+    assert whole, (model_ticks, energy_ticks)
+    for t in whole:
+        assert active[t] == pytest.approx(node[t] - idle[t], rel=1e-6, abs=1e-9), t

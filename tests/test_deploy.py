@@ -9,6 +9,7 @@ it, has the keys that matter), the example and ConfigMap configs load with the a
 from __future__ import annotations
 
 import configparser
+import json
 import shutil
 import subprocess
 import sys
@@ -231,7 +232,9 @@ def test_kustomize_builds() -> None:
     )
     assert out.returncode == 0, out.stderr
     kinds = sorted(d["kind"] for d in yaml.safe_load_all(out.stdout) if d)
-    assert kinds == ["ConfigMap", "DaemonSet", "Namespace", "Service", "ServiceAccount"]
+    # Two ConfigMaps: the agent's config and the Grafana dashboards (deploy/grafana).
+    assert kinds == ["ConfigMap", "ConfigMap", "DaemonSet", "Namespace", "Service",
+                     "ServiceAccount"]  # fmt: skip
     for doc in yaml.safe_load_all(out.stdout):
         if doc and doc["kind"] != "Namespace":
             assert doc["metadata"]["namespace"] == "wattspan"
@@ -473,3 +476,60 @@ def test_distribution_lists_every_subpackage() -> None:
             expected.add(".".join([name, *rel.parts]))
     missing = sorted(expected - set(packages))
     assert missing == [], f"add to [tool.setuptools] packages in pyproject.toml: {missing}"
+
+
+# --- Grafana dashboards ConfigMap ------------------------------------------------------------
+
+GRAFANA = ROOT / "deploy" / "grafana"
+DASHBOARDS_CONFIGMAP = "grafana-dashboards"
+#: kubectl's client-side apply keeps the whole object in one annotation, at most this long.
+LAST_APPLIED_LIMIT = 262_144
+#: What the API server stores of one object (etcd's request limit is a little above).
+OBJECT_LIMIT = 1_048_576
+
+
+def _dashboard_files() -> list[str]:
+    return sorted(f"dashboards/{p.name}" for p in (GRAFANA / "dashboards").glob("*.json"))
+
+
+def test_kustomization_generates_the_dashboards_configmap() -> None:
+    kust = yaml.safe_load((K8S / "kustomization.yaml").read_text(encoding="utf-8"))
+    assert kust["components"] == ["../grafana"]
+    comp = yaml.safe_load((GRAFANA / "kustomization.yaml").read_text(encoding="utf-8"))
+    assert comp["kind"] == "Component"
+    (gen,) = comp["configMapGenerator"]
+    assert gen["name"] == DASHBOARDS_CONFIGMAP
+    # Every generated dashboard and nothing else: a new dashboard must be added here.
+    assert sorted(gen["files"]) == _dashboard_files() and len(gen["files"]) >= 8
+    opts = comp["generatorOptions"]
+    # The sidecar matches the label's value as a string; a fixed name lets it be replaced.
+    assert opts["labels"] == {"grafana_dashboard": "1"}
+    assert opts["disableNameSuffixHash"] is True
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="no kubectl")
+def test_kustomize_builds_the_dashboards_configmap() -> None:
+    out = subprocess.run(
+        ["kubectl", "kustomize", str(K8S)], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    (cm,) = [
+        d
+        for d in yaml.safe_load_all(out.stdout)
+        if d and d["kind"] == "ConfigMap" and d["metadata"]["name"] == DASHBOARDS_CONFIGMAP
+    ]
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert cm["metadata"]["namespace"] == "wattspan"
+    files = _dashboard_files()
+    assert sorted(cm["data"]) == [f.removeprefix("dashboards/") for f in files]
+    for f in files:
+        text = (GRAFANA / f).read_text(encoding="utf-8")
+        assert cm["data"][f.removeprefix("dashboards/")] == text
+        assert json.loads(text)["uid"] == Path(f).stem
+    size = len(json.dumps(cm, separators=(",", ":")))
+    assert size < OBJECT_LIMIT
+    if size >= LAST_APPLIED_LIMIT:
+        # Too big for client-side apply's annotation: the documented command must be
+        # server-side apply, which keeps no such annotation.
+        readme = (ROOT / "deploy" / "README.md").read_text(encoding="utf-8")
+        assert "kubectl apply --server-side -k deploy/kubernetes" in readme

@@ -20,10 +20,16 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from wattspan import __version__
+from wattspan.agent.exporters.span_metrics import BUCKETS, MAX_OVERFLOW_SERVICES, SpanMetricsSink
 from wattspan.agent.logthrottle import LogThrottle
 from wattspan.agent.pipeline import Pipeline
 from wattspan.agent.receiver import security
@@ -83,6 +89,10 @@ def _families(samples: list[Sample]) -> Iterator[Metric]:
     families: dict[str, Metric] = {}
     client_series = dropped = 0
     for s in samples:
+        if s.source == "spans":
+            # The latest span of a series says nothing a dashboard can use; the span
+            # counters (_span_families) are what /metrics has of spans.
+            continue
         if s.source in _CLIENT_SOURCES:
             client_series += 1
             if client_series > MAX_CLIENT_SERIES:
@@ -128,10 +138,12 @@ class AgentCollector(Collector):
         pipeline: Pipeline,
         scheduler: Scheduler | None = None,
         stats: Callable[[], dict[str, dict[str, Any]]] | None = None,
+        span_metrics: SpanMetricsSink | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.scheduler = scheduler
         self.stats = stats
+        self.span_metrics = span_metrics
 
     def collect(self) -> Iterator[Metric]:
         yield from _families(self.pipeline.latest())
@@ -174,6 +186,70 @@ class AgentCollector(Collector):
         yield sink_err
         if self.stats is not None:
             yield from _component_families(self.stats())
+        if self.span_metrics is not None:
+            yield from _span_families(self.span_metrics)
+
+
+_SPAN_LABELS = ["service", "span_name"]
+_LE = [*(format(b, "g") for b in BUCKETS), "+Inf"]
+
+
+def _span_families(sink: SpanMetricsSink) -> Iterator[Metric]:
+    """The span counters of :class:`SpanMetricsSink`, per ``service`` and ``span_name``.
+
+    The duration total is the histogram's ``_sum`` (and the span count its ``_count``): a
+    counter ``wattspan_span_duration_seconds_total`` beside the histogram would be a second
+    family named ``wattspan_span_duration_seconds`` in the OpenMetrics format Prometheus
+    asks for, and the scrape would fail.
+    """
+    counters = {
+        "spans": CounterMetricFamily("wattspan_spans", "Attributed spans.", labels=_SPAN_LABELS),
+        "cpu_seconds": CounterMetricFamily(
+            "wattspan_span_cpu_seconds",
+            "CPU seconds of the spans' processes during the spans.",
+            labels=_SPAN_LABELS,
+        ),
+        "process_energy_joules": CounterMetricFamily(
+            "wattspan_span_process_energy_joules",
+            "Energy attributed to the spans' processes (their CPU share of active energy).",
+            labels=_SPAN_LABELS,
+        ),
+        "node_energy_joules": CounterMetricFamily(
+            "wattspan_span_node_energy_joules",
+            "Node energy over the spans' lifetimes (overlapping spans count it twice).",
+            labels=_SPAN_LABELS,
+        ),
+        "items": CounterMetricFamily(
+            "wattspan_span_items", "Items the spans reported processing.", labels=_SPAN_LABELS
+        ),
+    }
+    duration = HistogramMetricFamily(
+        "wattspan_span_duration_seconds",
+        "Span durations (end - start); _sum is the seconds, _count the spans.",
+        labels=_SPAN_LABELS,
+    )
+    for s in sink.snapshot():
+        labels = [s.service, s.span_name]
+        counters["spans"].add_metric(labels, s.spans)
+        counters["cpu_seconds"].add_metric(labels, s.cpu_seconds)
+        counters["process_energy_joules"].add_metric(labels, s.process_energy_joules)
+        counters["node_energy_joules"].add_metric(labels, s.node_energy_joules)
+        counters["items"].add_metric(labels, s.items)
+        duration.add_metric(labels, list(zip(_LE, s.buckets, strict=True)), s.duration_seconds)
+    yield from counters.values()
+    yield duration
+    yield CounterMetricFamily(
+        "wattspan_span_overflow_spans",
+        f'Spans counted under span_name="other" because metrics.max_span_series '
+        f"({sink.max_series}) service/span name series existed (past "
+        f'{MAX_OVERFLOW_SERVICES} such services, under service="other" too).',
+        value=sink.overflow_spans,
+    )
+    yield GaugeMetricFamily(
+        "wattspan_span_series",
+        "Service/span name series of the span counters, overflow series included.",
+        value=sink.series,
+    )
 
 
 def _component_families(stats: dict[str, dict[str, Any]]) -> Iterator[Metric]:
