@@ -169,6 +169,20 @@ def timeseries(
     return Sized(panel, w, h)
 
 
+def _common(title: str, targets: Sequence[Any], description: str) -> dict[str, Any]:
+    """What every single-value and table panel shares: one base threshold step in plain
+    form (grafanalib's ``Threshold`` writes the old graph panel's keys, ``op`` and ``yaxis``)
+    and no ``maxDataPoints`` (they reduce to one value or row per series anyway)."""
+    return {
+        "title": title,
+        "description": description or None,
+        "dataSource": ds_ref(_kind_of(targets)),
+        "targets": _ref_ids(targets),
+        "thresholds": [{"color": "green", "value": None}],
+        "maxDataPoints": None,
+    }
+
+
 def stat(
     title: str,
     targets: Sequence[Any],
@@ -180,17 +194,12 @@ def stat(
     h: int = 4,
 ) -> Sized:
     panel = Stat(
-        title=title,
-        description=description or None,
-        dataSource=ds_ref(_kind_of(targets)),
-        targets=_ref_ids(targets),
+        **_common(title, targets, description),
         format=unit,
         reduceCalc=calc,
         graphMode="none",
         noValue="no data",
         color={"mode": "thresholds"},
-        thresholds=[{"color": "green", "value": None}],
-        maxDataPoints=None,
     )
     return Sized(panel, w, h)
 
@@ -210,16 +219,11 @@ def table(
     from grafanalib.core import TableSortByField
 
     panel = Table(
-        title=title,
-        description=description or None,
-        dataSource=ds_ref(_kind_of(targets)),
-        targets=_ref_ids(targets),
+        **_common(title, targets, description),
         unit=unit,
         filterable=True,
         overrides=[unit_override(k, v) for k, v in (columns or {}).items()],
         sortBy=[TableSortByField(displayName=sort_by, desc=True)] if sort_by else [],
-        thresholds=[{"color": "green", "value": None}],
-        maxDataPoints=None,
     )
     return Sized(panel, w, h)
 
@@ -235,18 +239,12 @@ def bargauge(
     h: int = 8,
 ) -> Sized:
     panel = BarGauge(
-        title=title,
-        description=description or None,
-        dataSource=ds_ref(_kind_of(targets)),
-        targets=_ref_ids(targets),
+        **_common(title, targets, description),
         format=unit,
         calc=calc,
         displayMode="gradient",
         min=None,
         max=None,
-        # Plain steps: grafanalib's Threshold writes the old graph panel's keys (op, yaxis).
-        thresholds=[{"color": "green", "value": None}],
-        maxDataPoints=None,
     )
     return Sized(panel, w, h)
 
