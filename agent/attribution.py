@@ -39,7 +39,7 @@ import numpy as np
 from wattspan.agent.domains import primary_domains
 from wattspan.collectors.base import Sample
 from wattspan.collectors.base import number as _f
-from wattspan.collectors.cpu import BUSY_FIELDS
+from wattspan.collectors.cpu import BUSY_FIELDS, busy_seconds
 
 __all__ = [
     "BUSY_FIELDS",
@@ -140,8 +140,7 @@ def build_series(samples: Iterable[Sample]) -> NodeSeries:
                 energy[d].append((s.ts, v))
                 estimated[d] = s.tags.get("estimated") == "true"
         elif src == "cpu" and s.tags.get("cpu") == "total":
-            vals = [_f(s, k) for k in BUSY_FIELDS]
-            busy.append((s.ts, sum(v for v in vals if v is not None)))
+            busy.append((s.ts, busy_seconds(s)))
         elif src == "process_tree":
             _add_cpu_rss(s, int(s.tags["root"]), cpu, rss)
         elif src == "process":

@@ -39,7 +39,7 @@ from wattspan.agent.domains import primary_domains
 from wattspan.agent.pipeline import Pipeline
 from wattspan.agent.sinks import StatValue
 from wattspan.collectors.base import Sample, number
-from wattspan.collectors.cpu import BUSY_FIELDS
+from wattspan.collectors.cpu import busy_seconds
 from wattspan.collectors.node_processes import NodeProcessCollector
 
 log = logging.getLogger("wattspan.process_energy")
@@ -101,8 +101,7 @@ class ProcessEnergySink:
             src = s.source
             if src == "cpu":
                 if s.tags.get("cpu") == "total":
-                    vals = [number(s, k) for k in BUSY_FIELDS]
-                    busy_now = (s.ts, sum(v for v in vals if v is not None))
+                    busy_now = (s.ts, busy_seconds(s))
             elif src in _ENERGY_SOURCES:
                 e = number(s, "energy_joules_total")
                 if e is not None:

@@ -6,13 +6,19 @@ import os
 
 import psutil
 
-from wattspan.collectors.base import Sample
+from wattspan.collectors.base import Sample, number
 
 # Modes psutil reports on Linux; others (guest) are already counted inside user/nice.
 _MODES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
 _IDLE_MODES = ("idle", "iowait")
 # Cumulative fields of the ``cpu`` sample whose sum is busy CPU time (attribution's ``C``).
 BUSY_FIELDS = tuple(f"{m}_seconds_total" for m in _MODES if m not in _IDLE_MODES)
+
+
+def busy_seconds(s: Sample) -> float:
+    """Busy CPU seconds (cumulative, every core) of a ``cpu`` sample: the sum of
+    :data:`BUSY_FIELDS` it carries."""
+    return sum(v for k in BUSY_FIELDS if (v := number(s, k)) is not None)
 
 
 def _times_dict(t: object) -> dict[str, float]:

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wattspan.agent.attribution import BUSY_FIELDS, primary_domains
+from wattspan.agent.attribution import primary_domains
 from wattspan.agent.store import Run, Store
 from wattspan.analysis import (
     Comparison,
@@ -54,6 +54,7 @@ from wattspan.analysis._common import run_samples
 from wattspan.analysis.report._template import CSS, ERROR_RECORDER_JS, RENDER_JS
 from wattspan.collectors.base import Sample
 from wattspan.collectors.base import number as _num
+from wattspan.collectors.cpu import busy_seconds
 
 MAX_POINTS = 2000  # per series; more points than pixels only bloat the file
 MAX_TIMELINE_RUNS = 6
@@ -251,9 +252,7 @@ def timeline_figure(store: Store, run: Run, ctx: _Ctx, fid: str) -> Figure | Non
     # so "my job used 3 of the 5 busy cores" reads straight off the plot.
     cpu: list[dict[str, Any]] = []
     busy = [
-        (s.ts - t0, sum(v for k in BUSY_FIELDS if (v := _num(s, k)) is not None))
-        for s in by_src.get("cpu", [])
-        if s.tags.get("cpu") == "total"
+        (s.ts - t0, busy_seconds(s)) for s in by_src.get("cpu", []) if s.tags.get("cpu") == "total"
     ]
     if len(busy) >= 2:
         cpu.append(_line("node", _rate(busy), "#555"))
