@@ -9,6 +9,7 @@ import contextlib
 import gzip as _gzip
 import os
 import platform
+import re
 import resource
 import shutil
 import socket
@@ -198,3 +199,19 @@ def grafana_interval(range_s: float, max_data_points: int) -> int:
         if ms < below:
             return max(step // 1000, 1)
     return 86_400
+
+
+def logged_port(
+    log: Path, proc: subprocess.Popen[bytes], pattern: re.Pattern[bytes], timeout: float = 60.0
+) -> int:
+    """The port an agent started with port 0 logged (``pattern``'s group 1), read from its
+    log file; raises with the log's tail if the agent exits or says nothing in time."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        m = pattern.search(log.read_bytes())
+        if m:
+            return int(m.group(1))
+        if proc.poll() is not None:
+            raise RuntimeError(f"agent exited with {proc.returncode}: {log.read_text()[-2000:]}")
+        time.sleep(0.05)
+    raise RuntimeError(f"agent did not log its ports: {log.read_text()[-2000:]}")

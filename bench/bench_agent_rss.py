@@ -43,6 +43,7 @@ from _util import (
     count_series,
     free_port,
     http_get,
+    logged_port,
     machine,
     median,
     proc_rss_breakdown,
@@ -80,20 +81,6 @@ while True:
     i += 1
     time.sleep(every)
 """
-
-
-def _find_port(
-    log: Path, proc: subprocess.Popen[bytes], timeout: float = 30.0, pattern: re.Pattern = _PORT
-) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        m = pattern.search(log.read_bytes())
-        if m:
-            return int(m.group(1))
-        if proc.poll() is not None:
-            raise RuntimeError(f"agent exited with {proc.returncode}: {log.read_text()[-2000:]}")
-        time.sleep(0.05)
-    raise RuntimeError(f"agent did not log its metrics port: {log.read_text()[-2000:]}")
 
 
 def _slope(points: list[tuple[float, int]]) -> float:
@@ -155,10 +142,10 @@ def main() -> int:
         with open(log, "wb") as logf:
             proc = subprocess.Popen(argv, env=env, stdout=logf, stderr=subprocess.STDOUT)
         try:
-            port = _find_port(log, proc)
+            port = logged_port(log, proc, _PORT, 30.0)
             url = f"http://127.0.0.1:{port}/metrics"
             if args.spans_every > 0:
-                otlp = _find_port(log, proc, pattern=_OTLP_PORT)
+                otlp = logged_port(log, proc, _OTLP_PORT)
                 sender = subprocess.Popen(
                     [
                         sys.executable,

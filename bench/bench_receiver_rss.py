@@ -46,7 +46,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _util import http_get, machine, proc_rss_bytes, wattspan_cmd
+from _util import http_get, logged_port, machine, proc_rss_bytes, wattspan_cmd
 
 TARGET_BYTES = 256 * 1000 * 1000  # MemoryMax=256M is 256 MiB; 256 MB is the stricter reading
 MAX_MESSAGE = 4 * 1024 * 1024
@@ -111,20 +111,6 @@ def _client(port: int, payload: bytes, stop: threading.Event, outcomes: Counter[
         ch.close()
 
 
-def _wait_port(
-    log: Path, proc: subprocess.Popen[bytes], pattern: re.Pattern[bytes], timeout: float = 60.0
-) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        m = pattern.search(log.read_bytes())
-        if m:
-            return int(m.group(1))
-        if proc.poll() is not None:
-            raise RuntimeError(f"agent exited with {proc.returncode}: {log.read_text()[-2000:]}")
-        time.sleep(0.05)
-    raise RuntimeError(f"agent did not log its ports: {log.read_text()[-2000:]}")
-
-
 def _pending_spans(metrics_port: int) -> int:
     """The ingest's spans waiting for attribution, from /metrics (0 if unreadable)."""
     try:
@@ -167,8 +153,8 @@ def measure(label: str, env_extra: dict[str, str], args: argparse.Namespace) -> 
         with open(log, "wb") as logf:
             proc = subprocess.Popen(argv, env=env, stdout=logf, stderr=subprocess.STDOUT)
         try:
-            port = _wait_port(log, proc, _OTLP)
-            metrics_port = _wait_port(log, proc, _METRICS)
+            port = logged_port(log, proc, _OTLP)
+            metrics_port = logged_port(log, proc, _METRICS)
             time.sleep(2.0)  # the first ticks load what the agent loads lazily
             idle_rss = proc_rss_bytes(proc.pid)[0]
             payloads = [build_request(args.attrs_per_span, k) for k in range(args.clients)]
