@@ -535,6 +535,7 @@ class TelemetryIngest:
         matrices: list[ConfusionRow] = []
         params: list[tuple[str | None, str, dict[str, Any]]] = []
         rejected = Rejection()
+        verdicts: dict[int, str | None] = {}
         horizon_ns = time.time_ns() + int(self.limits.max_clock_skew_seconds * 1e9)
         last_resource: object = None
         run_id = self.run_id
@@ -552,7 +553,12 @@ class TelemetryIngest:
                 run_id = self._run_of(s.resource_attributes, s.pid, s.start_ns / 1e9)
             pid = s.pid
             if pid is not None:
-                why = self._pid_refusal(pid)
+                # A request's spans nearly all share one pid: one verdict lookup per pid.
+                why = (
+                    verdicts[pid]
+                    if pid in verdicts
+                    else verdicts.setdefault(pid, self._pid_refusal(pid))
+                )
                 if why is not None:
                     rejected.warn(why)
                     pid = None
