@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import threading
 from bisect import bisect_left
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -49,11 +49,6 @@ _WIDTH = _B + len(BUCKETS) + 1
 
 #: span_sample field -> offset. ``node_energy_total_joules`` is the node's energy over the
 #: span (every domain), ``process_energy_joules`` the process's share of its active part.
-FIELDS: tuple[tuple[str, int], ...] = (
-    ("cpu_seconds", _CPU),
-    ("process_energy_joules", _PROC),
-    ("node_energy_total_joules", _NODE),
-)
 
 Key = tuple[str, str]
 
@@ -82,6 +77,17 @@ class SpanSeries:
     buckets: tuple[float, ...]
 
 
+@dataclass(slots=True)
+class _Row:
+    """What :meth:`SpanMetricsSink.observe` reads of a span, for exported samples."""
+
+    service: str
+    name: str
+    duration: float
+    resources: Mapping[str, Any]
+    span_id: str
+
+
 class SpanMetricsSink:
     """Keeps the span counters (module doc); ``snapshot`` is what ``/metrics`` renders."""
 
@@ -105,69 +111,54 @@ class SpanMetricsSink:
         only those; the agent itself calls :meth:`observe` with the rows."""
         if not samples or samples[0].source != "spans":
             return
-        self._count(
-            (
-                s.tags["service"],
-                s.tags["span_name"],
-                float(s.fields["duration_seconds"]),
-                s.fields,
-                s.fields.get("items"),
-                str(s.fields.get("span_id")),
-            )
-            for s in samples
+        self.observe(
+            [
+                _Row(
+                    s.tags["service"],
+                    s.tags["span_name"],
+                    float(s.fields["duration_seconds"]),
+                    s.fields,
+                    str(s.fields.get("span_id")),
+                )
+                for s in samples
+            ]
         )
 
-    def observe(self, rows: Sequence[SpanRow]) -> None:
+    def observe(self, rows: Sequence[SpanRow] | Sequence[_Row]) -> None:
         """An attribution pass's spans, straight from the ingest: no exported sample is
-        built for them (a few microseconds a span) when nothing else wants one."""
+        built for them. One plain loop: this runs for every span the agent attributes."""
         if not rows:
             return
-        self._count(
-            (
-                r.service,
-                r.name,
-                r.end_ts - r.start_ts,
-                r.resources,
-                r.resources.get("items"),
-                r.span_id,
-            )
-            for r in rows
-        )
-
-    def _count(self, spans: Iterable[tuple[str, str, float, Mapping[str, Any], Any, str]]) -> None:
-        items_list = list(spans)
-        if not items_list:
-            return
-        items_list = items_list[self._already_counted(items_list) :]
         acc: dict[Key, list[float]] = {}
         get = acc.get
         buckets, b = BUCKETS, _B
-        for service, name, d, f, items, _ in items_list:
-            key = (service, name)
+        for r in rows[self._already_counted(rows) :]:
+            key = (r.service, r.name)
             a = get(key)
             if a is None:
                 a = acc[key] = [0.0] * _WIDTH
+            d = r.duration
             a[_N] += 1
             a[_DUR] += d
             a[b + bisect_left(buckets, d)] += 1
-            for field, off in FIELDS:
-                v = f.get(field)
-                if isinstance(v, int | float) and not isinstance(v, bool):
-                    a[off] += v
-            if isinstance(items, int | float) and not isinstance(items, bool):
-                a[_ITEMS] += items
+            # Attribution writes floats; _merge drops what is negative or not finite.
+            res = r.resources
+            a[_CPU] += res.get("cpu_seconds", 0.0)
+            a[_PROC] += res.get("process_energy_joules", 0.0)
+            a[_NODE] += res.get("node_energy_total_joules", 0.0)
+            a[_ITEMS] += res.get("items", 0.0)
         with self._lock:
             for key, a in acc.items():
                 self._merge(key, a)
 
-    def _already_counted(self, spans: list[tuple[Any, ...]]) -> int:
+    def _already_counted(self, rows: Sequence[SpanRow] | Sequence[_Row]) -> int:
         """How many leading spans the previous pass counted (a retried pass: an exporter
         refused the spans, or the store failed after the export), else 0."""
-        last, self._last = self._last, (spans[0][5], spans[-1][5], len(spans))
-        if last is None or len(spans) < last[2]:
+        last, self._last = self._last, (rows[0].span_id, rows[-1].span_id, len(rows))
+        if last is None or len(rows) < last[2]:
             return 0
         first, end, n = last
-        if spans[0][5] != first or spans[n - 1][5] != end:
+        if rows[0].span_id != first or rows[n - 1].span_id != end:
             return 0
         self.retried_spans += n
         return n

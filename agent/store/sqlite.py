@@ -291,6 +291,11 @@ class SpanRow:
     attributes: dict[str, Any] = field(default_factory=dict)
     resources: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def duration(self) -> float:
+        """Seconds from start to end."""
+        return self.end_ts - self.start_ts
+
 
 @dataclass(slots=True)
 class MetricRow:
