@@ -1,0 +1,1 @@
+"""wattspan.engines.stream: a SABER-style windowed stream engine on columnar batches."""

@@ -1,0 +1,1 @@
+"""wattspan.experiments: experiments from one config file."""
