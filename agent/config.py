@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import os
 import socket
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,6 +97,29 @@ def _choice(*options: str) -> Check:
     return check
 
 
+def _opt_intensity(key: str, v: Any) -> float | None:
+    """g CO2e/kWh; unset (None or "auto") falls back to the country's, then the default."""
+    return None if v in (None, "auto") else _within(0.0, 2000.0, zero=True)(key, v)
+
+
+def _pue(key: str, v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not 1 <= v <= 5:
+        raise ConfigError(key, f"expected a PUE between 1 and 5, got {v!r}")
+    return float(v)
+
+
+def _country(key: str, v: Any) -> str:
+    from wattspan.agent.carbon import CarbonError, country
+
+    text = _str(key, v)
+    if text:
+        try:
+            country(text)
+        except CarbonError as exc:
+            raise ConfigError(key, str(exc)) from None
+    return text
+
+
 SCHEMA: dict[str, dict[str, tuple[Check, Any]]] = {
     "agent": {
         "interval": (INTERVAL, 1.0),
@@ -154,6 +176,13 @@ SCHEMA: dict[str, dict[str, tuple[Check, Any]]] = {
         "max_pending_spans": (_within(0, 10_000_000, integer=True), 200_000),
         # Process trees clients may ask the agent to watch (each costs a /proc walk a tick).
         "max_watched_processes": (_within(0, 100_000, integer=True), 64),
+    },
+    # CO2e of energy (agent/carbon.py): the intensity given, else the country's, else the
+    # documented world average; PUE scales energy up to what the building drew.
+    "carbon": {
+        "intensity_g_per_kwh": (_opt_intensity, None),
+        "country": (_country, ""),
+        "pue": (_pue, 1.0),
     },
     "collectors.cpu": {"enabled": (_bool, True), "percpu": (_bool, True)},
     "collectors.memory": {"enabled": (_bool, True)},
@@ -228,6 +257,8 @@ def _flatten(raw: Mapping[str, Any]) -> tuple[dict[str, dict[str, Any]], dict[st
 def _parse_env_value(text: str) -> Any:
     """TOML literal if it parses (numbers, booleans, arrays, quoted strings), else a string."""
     try:
+        import tomllib  # here: most runs have no config file and no overrides to parse
+
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         return text
@@ -260,6 +291,8 @@ def load_config(
     raw: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
+        import tomllib
+
         p = Path(path)
         try:
             raw = tomllib.loads(p.read_text(encoding="utf-8"))

@@ -30,6 +30,7 @@ from wattspan.collectors.registry import build_collectors
 if TYPE_CHECKING:
     from wattspan.agent.exporters.prometheus import MetricsServer
     from wattspan.agent.exporters.span_metrics import SpanMetricsSink
+    from wattspan.collectors.base import Collector
 
 log = logging.getLogger("wattspan.agent")
 
@@ -57,11 +58,18 @@ class Agent:
         exporters: list[Sink] | None = None,
         otlp: bool | None = None,
         otlp_port: int | None = None,
+        collectors: list[Collector] | None = None,
     ) -> None:
         self.config = config
         self.interval = interval or config["agent"]["interval"]
         self.host = config.host
-        self.collectors = build_collectors(config.sections, process_roots=process_roots)
+        # ``wattspan run`` builds its collectors (and takes their first sample) before the
+        # rest of the agent, while the command already runs (agent/runner.py).
+        self.collectors = (
+            build_collectors(config.sections, process_roots=process_roots)
+            if collectors is None
+            else collectors
+        )
         self.process_collector = next(
             (c for c in self.collectors if isinstance(c, ProcessCollector)), None
         )
@@ -170,11 +178,16 @@ class Agent:
         self.metrics: MetricsServer | None = None
         if serve:
             # Imported only when serving: ``wattspan run`` never loads prometheus_client.
+            from wattspan.agent.carbon import from_config as carbon_from_config
             from wattspan.agent.exporters.prometheus import AgentCollector, MetricsServer
 
             self.metrics = MetricsServer(
                 AgentCollector(
-                    self.pipeline, self.scheduler, self.component_stats, self.span_metrics
+                    self.pipeline,
+                    self.scheduler,
+                    self.component_stats,
+                    self.span_metrics,
+                    carbon=carbon_from_config(config["carbon"]),
                 ),
                 host=config["metrics"]["listen"],
                 port=config["metrics"]["port"] if metrics_port is None else metrics_port,

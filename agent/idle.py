@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from wattspan.agent.attribution import NodeSeries, min_interval_power
 from wattspan.agent.calibration import Calibration
+
+if TYPE_CHECKING:
+    import numpy as np
 
 MIN_INTERVALS = 10
 MIN_BUSY_RANGE = 0.5  # CPU cores
@@ -44,46 +46,74 @@ class IdleEstimate:
     r2: float | None = None
 
 
-def interval_power(
+def interval_rates(
     series: NodeSeries, domains: list[str], min_seconds: float = 0.0
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[list[float], list[float]]:
     """Per sampling interval: mean power of ``domains`` (W) and mean busy CPU cores.
 
     With ``min_seconds``, consecutive intervals are merged until each window lasts at least
     that long: the energy and CPU counters are read a moment apart and the CPU counter moves
     in 10 ms ticks, so short intervals carry noise in *both* variables, which would bias a
-    fitted slope low and its intercept (the idle figure) high.
+    fitted slope low and its intercept (the idle figure) high. Plain Python: the agent
+    estimates idle with its first span, and numpy is not loaded for that.
     """
     parts = [series.energy[d] for d in domains if d in series.energy]
-    if not parts or series.busy_cpu is None:
-        return np.empty(0), np.empty(0)
-    ts = parts[0].ts
-    energy = sum(p.at(ts) for p in parts)
-    busy = series.busy_cpu.at(ts)
+    busy_ser = series.busy_cpu
+    if not parts or busy_ser is None:
+        return [], []
+    ts = list(parts[0].ts)
+    energy = [sum(p.at1(t) for p in parts) for t in ts]
+    busy = [busy_ser.at1(t) for t in ts]
     if min_seconds > 0 and len(ts) > 1:
         keep = [0]
         for i in range(1, len(ts)):
             if ts[i] - ts[keep[-1]] >= min_seconds:
                 keep.append(i)
-        ts, energy, busy = ts[keep], energy[keep], busy[keep]
-    dt = np.diff(ts)
-    ok = dt > 0
-    return (np.diff(energy)[ok] / dt[ok]), (np.diff(busy)[ok] / dt[ok])
+        ts, energy, busy = [ts[i] for i in keep], [energy[i] for i in keep], [busy[i] for i in keep]
+    power: list[float] = []
+    cores: list[float] = []
+    for i in range(1, len(ts)):
+        dt = ts[i] - ts[i - 1]
+        if dt > 0:
+            power.append((energy[i] - energy[i - 1]) / dt)
+            cores.append((busy[i] - busy[i - 1]) / dt)
+    return power, cores
+
+
+def interval_power(
+    series: NodeSeries, domains: list[str], min_seconds: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`interval_rates` as numpy arrays (for ``wattspan calibrate``)."""
+    import numpy as np
+
+    power, busy = interval_rates(series, domains, min_seconds)
+    return np.asarray(power, dtype=float), np.asarray(busy, dtype=float)
+
+
+def fit_line(x: list[float], y: list[float]) -> tuple[float, float]:
+    """Least-squares ``(slope, intercept)`` of ``y`` on ``x`` (``np.polyfit(x, y, 1)``, to
+    rounding); ``x`` must not be constant."""
+    n = len(x)
+    mx, my = sum(x) / n, sum(y) / n
+    sxx = sum((a - mx) ** 2 for a in x)
+    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y, strict=True))
+    slope = sxy / sxx
+    return slope, my - slope * mx
 
 
 def regression(series: NodeSeries, domains: list[str]) -> IdleEstimate | None:
     """The intercept of power on busy cores, when the samples pin it down (module doc)."""
-    power, busy = interval_power(series, domains, MIN_WINDOW_SECONDS)
-    if len(power) < MIN_INTERVALS or float(np.ptp(busy)) < MIN_BUSY_RANGE:
+    power, busy = interval_rates(series, domains, MIN_WINDOW_SECONDS)
+    if len(power) < MIN_INTERVALS or max(busy) - min(busy) < MIN_BUSY_RANGE:
         return None
-    slope, intercept = np.polyfit(busy, power, 1)
-    fit = intercept + slope * busy
-    ss_res = float(((power - fit) ** 2).sum())
-    ss_tot = float(((power - power.mean()) ** 2).sum())
+    slope, intercept = fit_line(busy, power)
+    mean = sum(power) / len(power)
+    ss_res = sum((p - (intercept + slope * b)) ** 2 for p, b in zip(power, busy, strict=True))
+    ss_tot = sum((p - mean) ** 2 for p in power)
     r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else 0.0
     # Idle cannot be above the quietest interval, give or take the fit's own noise.
     noise = 2.0 * (ss_res / len(power)) ** 0.5
-    if r2 < MIN_R2 or slope < 0 or not 0.0 <= intercept <= float(power.min()) + noise:
+    if r2 < MIN_R2 or slope < 0 or not 0.0 <= intercept <= min(power) + noise:
         return None
     return IdleEstimate(float(intercept), "regression", r2)
 
@@ -116,6 +146,8 @@ def calibrate(
     during calibration lifts a few intervals, not the figure. The node counts as quiet when
     its CPUs were under 5 % busy on average.
     """
+    import numpy as np
+
     order = np.argsort(busy_ratio)
     quieter = power[order[: max(1, len(order) // 2)]]
     mean_busy = float(busy_ratio.mean()) if len(busy_ratio) else 0.0

@@ -26,7 +26,9 @@ from wattspan import semconv as sc
 from wattspan.agent.calibration import Calibration
 from wattspan.agent.domains import primary_domains
 from wattspan.agent.errors import Backpressure
+from wattspan.agent.executors import ATTR_EXECUTOR_ID, ExecutorPids
 from wattspan.agent.logthrottle import LogThrottle
+from wattspan.agent.ml_export import confusion_samples, param_samples
 from wattspan.agent.pids import refusal
 from wattspan.agent.pipeline import Pipeline
 from wattspan.agent.records import (
@@ -36,6 +38,9 @@ from wattspan.agent.records import (
     Rejection,
     SpanRecord,
 )
+from wattspan.agent.span_fields import KEYS as _EXPORTED_ATTRS
+from wattspan.agent.span_fields import MARKER as _EXPORT_MARKER
+from wattspan.agent.span_fields import exported as _exported_attrs
 from wattspan.agent.store import ConfusionRow, MetricRow, Run, SpanRow, Store
 from wattspan.agent.store.sqlite import Writes
 from wattspan.collectors.base import Sample, number
@@ -149,6 +154,8 @@ def _keep_attribution_attrs(rows: Sequence[SpanRow]) -> None:
         a = r.attributes
         if a:
             r.attributes = {k: a[k] for k in _ATTRIBUTION_ATTRS if k in a}
+            if _EXPORT_MARKER in a:  # and those the exported point carries (span_fields.py)
+                r.attributes.update((k, a[k]) for k in _EXPORTED_ATTRS if k in a)
 
 
 def _step(attrs: dict[str, Any]) -> int | None:
@@ -333,6 +340,8 @@ class TelemetryIngest:
         self.run_id = run_id
         self.interval = interval
         self.process_collector = process_collector
+        # Spark task spans name the executor that ran them, not its process: found in /proc.
+        self.executor_pids = ExecutorPids()
         # Every process's recent CPU history: spans of a process first heard of after they
         # ended get their CPU figure from it (agent watching starts with the first span).
         self.node_processes = node_processes
@@ -552,6 +561,9 @@ class TelemetryIngest:
                 last_resource = s.resource_attributes
                 run_id = self._run_of(s.resource_attributes, s.pid, s.start_ns / 1e9)
             pid = s.pid
+            if ATTR_EXECUTOR_ID in s.attributes or ATTR_EXECUTOR_ID in s.resource_attributes:
+                # A task's CPU is its executor's (agent/executors.py), whoever reported it.
+                pid = self.executor_pids.pid_for_span(s.attributes, s.resource_attributes, pid)
             if pid is not None:
                 # A request's spans nearly all share one pid: one verdict lookup per pid.
                 why = (
@@ -670,8 +682,16 @@ class TelemetryIngest:
         batches = list(zip(ids, groups, strict=True))
         self.counts["spans_stored_total"] += len(rows)
         self.counts["metric_points_stored_total"] += len(metrics)
-        if metrics:
-            self.pipeline.submit([self._metric_sample(m) for m in metrics])
+        ml = [self._metric_sample(m) for m in metrics]
+        if params or matrices:
+            # Hyperparameters and confusion matrices for the dashboards (agent/ml_export.py).
+            now = time.time()
+            for run_id, span_id, p in params:
+                ml += param_samples(run_id, span_id, p, now)
+            for c in matrices:
+                ml += confusion_samples(c.run_id, c.ts, c.labels, c.matrix, c.step)
+        if ml:
+            self.pipeline.submit(ml)
         _keep_attribution_attrs(rows)
         with self._lock:
             self._pending.extend(batches)
@@ -851,8 +871,8 @@ class TelemetryIngest:
         return n
 
     def _attribute(self, batches: list[tuple[int | None, list[SpanRow]]], force: bool) -> int:
-        # numpy loads with the first span, not with the agent: a node agent that is never
-        # sent a span does not carry it.
+        # Attribution loads with the first span, and numpy only with the first batch of
+        # NUMPY_MIN_SPANS or more: a daemon sent a span now and then never carries it.
         from wattspan.agent.attribution import SpanWindow, attribute, build_series
 
         due = [r for _, rows in batches for r in rows]
@@ -947,10 +967,9 @@ def _add_node_history(
     """Gives spans whose process's sampled CPU series is missing, or begins after them, the
     process's history from the node-wide collector: a series of its own where it had none,
     else that history spliced before the first sample of the watched tree (shifted to meet
-    it: before it the tree's figure moves as the process's own)."""
-    import numpy as np
-
-    from wattspan.agent.attribution import Series
+    it: before it the tree's figure moves as the process's own). Their results carry the
+    points read (``cpu_points``), since the history is not stored."""
+    from wattspan.agent.attribution import add_history
 
     spans: dict[int, tuple[float, float]] = {}
     for r in due:
@@ -964,18 +983,8 @@ def _add_node_history(
         if have is not None and have.ts[0] <= t0:
             continue
         got = history.series(pid, t1)
-        if got is None or (have is not None and got[0][0] >= have.ts[0]):
-            continue
-        ts, vs = np.array(got[0]), np.array(got[1])
-        if have is None:
-            series.proc_cpu[pid] = Series(ts, vs)
-            continue
-        cut = have.ts[0]
-        n = int(np.searchsorted(ts, cut, side="left"))
-        offset = float(have.values[0]) - float(np.interp(cut, ts, vs))
-        series.proc_cpu[pid] = Series(
-            np.concatenate((ts[:n], have.ts)), np.concatenate((vs[:n] + offset, have.values))
-        )
+        if got is not None:
+            add_history(series, pid, *got)
 
 
 def span_sample(r: SpanRow) -> Sample:
@@ -1000,4 +1009,8 @@ def span_sample(r: SpanRow) -> Sample:
                     fields[f"{k.removesuffix('_joules')}_{sub}_joules".replace("/", "_")] = x
         elif isinstance(v, int | float | bool):
             fields[k] = v
+    if r.attributes:
+        extra_tags, extra_fields = _exported_attrs(r.attributes)
+        tags.update(extra_tags)
+        fields.update(extra_fields)
     return Sample("spans", r.end_ts, tags, fields)

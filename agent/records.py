@@ -28,7 +28,9 @@ JsonValue = Any
 #: Sources of the records the telemetry ingest produces itself (attributed spans, valued
 #: metrics): the store keeps them in tables of their own, so neither the store's sample sink
 #: nor the ingest's takes them as node samples.
-TELEMETRY_SOURCES = frozenset({"spans", "ml", "metrics"})
+#: ``ml_param``/``ml_confusion``: hyperparameters and confusion matrices (agent/ml_export.py),
+#: already in the store beside the spans.
+TELEMETRY_SOURCES = frozenset({"spans", "ml", "metrics", "ml_param", "ml_confusion"})
 
 SpanKind = Literal["unspecified", "internal", "server", "client", "producer", "consumer"]
 StatusCode = Literal["unset", "ok", "error"]

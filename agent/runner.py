@@ -1,4 +1,17 @@
-"""``wattspan run``: one command under an embedded agent, summarised when it ends."""
+"""``wattspan run``: one command under an embedded agent, summarised when it ends.
+
+Start-up order: the command starts first and the agent comes up beside it, so that
+wattspan's own start-up (imports of grpc, the store, the collectors: 0.2-0.3 s) is not added
+to the command's wall time. Before the spawn only what the command's environment needs is
+done: the run id, and a port for the OTLP receiver reserved by binding a socket
+(``SO_REUSEADDR``, not listening) that the receiver binds over once it is built. The
+command's spans wait for it: ``WATTSPAN_OTLP_READY_BY`` tells :mod:`wattspan.instrument`
+that an agent is coming up at the endpoint, so its first export waits for the port instead
+of counting the agent unreachable. The first sample is taken right after the collectors are
+built (tens of ms after the spawn; the stored samples show when); CPU seconds
+and wall time come from wait4 and the spawn and are exact regardless. A hook that needs the
+agent before the command exists (``on_start``, the Spark engine's) gets the old order.
+"""
 
 from __future__ import annotations
 
@@ -8,24 +21,24 @@ import logging
 import os
 import resource
 import signal
-import sqlite3
 import subprocess
 import sys
+import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
 
-import psutil
+if TYPE_CHECKING:
+    import socket
 
-from wattspan.agent.config import Config
-from wattspan.agent.daemon import Agent, tune_gc
-from wattspan.agent.receiver.security import load_bearer_token
-from wattspan.agent.store import Run
-from wattspan.agent.summary import RunSummary
-from wattspan.collectors.base import Sample
+    from wattspan.agent.carbon import Intensity
+    from wattspan.agent.config import Config
+    from wattspan.agent.daemon import Agent
+    from wattspan.agent.store import Run
+    from wattspan.agent.summary import RunSummary
+    from wattspan.collectors.base import Sample
 
 log = logging.getLogger("wattspan.run")
 
@@ -113,6 +126,8 @@ def _child_pids() -> frozenset[int]:
         return frozenset(kids)
     except (OSError, ValueError):
         pass
+    import psutil
+
     try:
         return frozenset(p.pid for p in psutil.Process().children())
     except psutil.Error:
@@ -224,6 +239,8 @@ def _outlived(theirs: frozenset[int]) -> list[_Outlived]:
     that of the descendants it reaped, which no wait4 of ours will see; its live
     descendants are listed on their own, and a zombie is no one's reaped child yet.
     """
+    import psutil
+
     out: list[_Outlived] = []
     for pid in sorted(_child_pids() - theirs):
         try:
@@ -257,6 +274,8 @@ def _usage_samples(
 ) -> list[Sample]:
     """The ``run`` sample (the tree's CPU seconds, and their parts) and one ``run_outlived``
     sample per process that outlived the command (the largest few)."""
+    from wattspan.collectors.base import Sample
+
     # ru_maxrss is left out on purpose: it counts the forked copy of this agent before
     # exec, so it overstates a small child. Per-process VmHWM is exact.
     user, system = ru.ru_utime, ru.ru_stime
@@ -297,6 +316,218 @@ def _usage_samples(
     return out
 
 
+#: How long the command's instrumentation waits, at most, for the embedded receiver to listen
+#: (it takes 0.1-0.3 s; a loaded node can take seconds).
+_READY_WITHIN_S = 15.0
+
+
+def _reserve_port(host: str) -> socket.socket | None:
+    """A socket bound to a free port of ``host`` and not listening: the port is ours until
+    the receiver binds it too (grpc sets ``SO_REUSEADDR``, as this socket does, so it may
+    while nothing listens here; anyone else is refused)."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((host, 0))
+    except OSError as exc:
+        s.close()
+        log.warning("cannot reserve an OTLP port on %s (%s); no spans will be received", host, exc)
+        return None
+    return s
+
+
+def _endpoint(config: Config, port: int) -> str:
+    """``OTEL_EXPORTER_OTLP_ENDPOINT`` of the embedded receiver (as
+    :attr:`wattspan.agent.daemon.Agent.otlp_endpoint` says once it runs)."""
+    host = config["otlp"]["listen"]
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    elif ":" in host:
+        host = f"[{host}]"
+    scheme = "https" if config["otlp"]["tls_cert_file"] else "http"
+    return f"{scheme}://{host}:{port}"
+
+
+def _otlp_env(env: dict[str, str], config: Config, endpoint: str) -> None:
+    env["OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoint
+    o = config["otlp"]
+    if o["bearer_token_file"] or o["bearer_token_env"]:
+        from wattspan.agent.receiver.security import load_bearer_token
+
+        token = load_bearer_token(
+            "otlp", o["bearer_token_file"] or None, o["bearer_token_env"] or None
+        )
+        if token is not None:
+            # The embedded receiver asks for the configured token: hand it to the child the
+            # way every OTel SDK reads headers (W3C baggage-style, the space %-encoded).
+            header = "authorization=Bearer%20" + token.decode()
+            prior = env.get("OTEL_EXPORTER_OTLP_HEADERS")
+            env["OTEL_EXPORTER_OTLP_HEADERS"] = f"{prior},{header}" if prior else header
+    env.pop("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", None)
+    env.pop("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", None)
+    env.pop("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", None)
+
+
+def _check_store_path(config: Config, store_path: str | None) -> None:
+    """The store errors a path shows without opening it (the store module and SQLite load
+    after the spawn): a directory, or a path under a file. Raises ``StoreError``."""
+    if not config["store"]["enabled"]:
+        return
+    path = store_path or config["store"]["path"]
+    if not path:
+        return
+    path = os.path.expanduser(str(path))
+    cause = None
+    if os.path.isdir(path):
+        cause = "is a directory"
+    else:
+        parent = os.path.dirname(os.path.abspath(path))
+        while parent and not os.path.exists(parent):
+            parent = os.path.dirname(parent) if os.path.dirname(parent) != parent else ""
+        if parent and not os.path.isdir(parent):
+            cause = f"{parent} is not a directory"
+    if cause is not None:
+        import errno
+
+        from wattspan.agent.store import StoreError
+
+        raise StoreError(path, cause, errno.EISDIR if "is a" in cause else errno.ENOTDIR)
+
+
+def _uuid4() -> str:
+    """A random (version 4) UUID as text, without the uuid module (it loads platform)."""
+    b = bytearray(os.urandom(16))
+    b[6] = (b[6] & 0x0F) | 0x40
+    b[8] = (b[8] & 0x3F) | 0x80
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def _new_run(run_id: str, name: str, config: Config, cmd: Sequence[str], description: str) -> Run:
+    from wattspan.agent.store import Run
+
+    return Run(
+        id=run_id,
+        name=name,
+        host=config.host,
+        start_ts=time.time(),
+        kind="run",
+        description=description,
+        command=list(cmd),
+    )
+
+
+def _new_agent(
+    config: Config,
+    run: Run,
+    *,
+    interval: float,
+    store_path: str | None,
+    otlp_port: int,
+    collectors: list[Any] | None = None,
+) -> tuple[Agent, RunSummary]:
+    from wattspan.agent.daemon import Agent
+    from wattspan.agent.store import StoreError
+    from wattspan.agent.summary import RunSummary
+
+    def build(cfg: Config) -> Agent:
+        return Agent(
+            cfg,
+            interval=interval,
+            store_path=store_path,
+            process_roots=[],
+            run=run,
+            serve_metrics=False,
+            otlp_port=otlp_port,
+            collectors=collectors,
+        )
+
+    try:
+        agent = build(config)
+    except StoreError as exc:
+        if collectors is None:
+            raise  # before the command started: nothing ran, the caller stops here
+        # The command already runs: measure it all the same, and say the run is not stored.
+        log.warning("%s; the command already runs: it is measured but not stored", exc)
+        from dataclasses import replace
+
+        sections = dict(config.sections)
+        sections["store"] = dict(sections["store"], enabled=False)
+        agent = build(replace(config, sections=sections))
+    measured = RunSummary()
+    agent.pipeline.add_sink(measured)
+    return agent, measured
+
+
+def _start_receiver(agent: Agent) -> None:
+    try:
+        agent.start_receiver()
+    except OSError as exc:
+        log.warning("%s; the command's spans will not be received", exc)
+
+
+class _ExitClock:
+    """When the child exited, seen by a thread waiting with ``WNOWAIT`` (the child stays a
+    zombie for the main thread's wait4 and its rusage): the agent may still be coming up
+    when a short command ends, and its end must not wait for that."""
+
+    def __init__(self, pid: int) -> None:
+        self.at: float | None = None
+        self._pid = pid
+        threading.Thread(target=self._watch, name="wattspan-exit", daemon=True).start()
+
+    def _watch(self) -> None:
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitid(os.P_PID, self._pid, os.WEXITED | os.WNOWAIT)
+            self.at = time.time()
+
+
+def _agent_beside(
+    config: Config,
+    run: Run,
+    pid: int,
+    *,
+    interval: float,
+    store_path: str | None,
+    placeholder: socket.socket | None,
+    adopt: frozenset[int] | None,
+) -> tuple[Agent, RunSummary, float]:
+    """The agent for a command that already runs as ``pid``: collectors first and their
+    first sample at once (the energy counters' start), then the rest, then the receiver on
+    the reserved port. Returns the agent, its summary sink and when the first sample was
+    taken."""
+    from wattspan.agent.scheduler import Scheduler
+    from wattspan.collectors.process import ProcessCollector
+    from wattspan.collectors.registry import build_collectors
+
+    collectors = build_collectors(config.sections, process_roots=[pid])
+    process = next((c for c in collectors if isinstance(c, ProcessCollector)), None)
+    if process is not None and adopt is not None:
+        process.adopt_orphans(pid, os.getpid(), adopt)
+    first: list[Sample] = []
+    first_ts = time.time()
+    Scheduler(collectors, interval, first.extend).tick(force=True)
+    try:
+        agent, measured = _new_agent(
+            config,
+            run,
+            interval=interval,
+            store_path=store_path,
+            otlp_port=placeholder.getsockname()[1] if placeholder is not None else 0,
+            collectors=collectors,
+        )
+        agent.pipeline.emit(first)
+        if placeholder is not None:
+            _start_receiver(agent)
+    finally:
+        if placeholder is not None:
+            placeholder.close()
+    return agent, measured, first_ts
+
+
 def run_command(
     cmd: Sequence[str],
     config: Config,
@@ -307,72 +538,71 @@ def run_command(
     description: str = "",
     env_extra: dict[str, str] | None = None,
     on_start: Callable[[Agent], dict[str, str]] | None = None,
+    on_exit: Callable[[], object] | None = None,
+    on_running: Callable[[], object] | None = None,
+    carbon: Intensity | None = None,
+    tags: dict[str, str] | None = None,
+    child_stdout: IO[Any] | None = None,
 ) -> RunResult:
     """Runs ``cmd`` to completion while sampling it and the node; stores and summarises.
+
+    ``carbon`` is the intensity the summary's CO2e is computed with (default: the config's
+    ``[carbon]`` section, see :mod:`wattspan.agent.carbon`); ``tags`` are stored in the
+    summary (``tags``); ``child_stdout`` replaces the command's stdout (``--json`` sends it
+    to stderr so that stdout carries only the summary).
+
+    The command starts before the agent is built (the module doc says why). ``on_start``
+    is called with the agent before the command starts, and returns variables for its
+    environment: with it the agent comes first. ``on_running`` is called once the agent is
+    up, while the command may still run (the CLI loads its table code then).
 
     While ``cmd`` runs this process is a child subreaper (the note above
     ``_PR_SET_CHILD_SUBREAPER`` says why) and reaps every child of its own that ends, not
     only ``cmd``: a program calling this in-process must not spawn children of its own
     meanwhile, or their exit status is lost to it (the CLI spawns none). Descendants still
     running when ``cmd`` ends stay children of this process until it exits.
+
+    ``on_exit`` is called once ``cmd`` ended, while the agent still samples and receives
+    (the Spark engine's tailer sends the command's last spans then).
     """
-    host = config.host
-    run = Run(
-        id=str(uuid.uuid4()),
-        name=name or os.path.basename(cmd[0]),
-        host=host,
-        start_ts=time.time(),
-        kind="run",
-        description=description,
-        command=list(cmd),
-    )
-    # The embedded receiver takes a free loopback port: runs may go on side by side, and a
-    # daemon agent may already hold 4317.
-    agent = Agent(
-        config,
-        interval=interval,
-        store_path=store_path,
-        process_roots=[],
-        run=run,
-        serve_metrics=False,
-        otlp_port=0,
-    )
-    measured = RunSummary()
-    agent.pipeline.add_sink(measured)
+    run_id = _uuid4()
+    run_name = name or os.path.basename(cmd[0])
     env = dict(os.environ)
-    env["WATTSPAN_RUN_ID"] = run.id
-    try:
-        agent.start_receiver()
-    except OSError as exc:
-        log.warning("%s; the command's spans will not be received", exc)
-    if agent.otlp_endpoint:
-        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = agent.otlp_endpoint
-        o = config["otlp"]
-        token = load_bearer_token(
-            "otlp", o["bearer_token_file"] or None, o["bearer_token_env"] or None
-        )
-        if token is not None:
-            # The embedded receiver asks for the configured token: hand it to the child the
-            # way every OTel SDK reads headers (W3C baggage-style, the space %-encoded).
-            header = "authorization=Bearer%20" + token.decode()
-            prior = env.get("OTEL_EXPORTER_OTLP_HEADERS")
-            env["OTEL_EXPORTER_OTLP_HEADERS"] = f"{prior},{header}" if prior else header
-        env.pop("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", None)
-        env.pop("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", None)
-        env.pop("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", None)
+    env["WATTSPAN_RUN_ID"] = run_id
+    agent: Agent | None = None
+    measured: RunSummary | None = None
+    run: Run | None = None
+    placeholder: socket.socket | None = None
+    endpoint: str | None = None
     if on_start is not None:
+        run = _new_run(run_id, run_name, config, cmd, description)
+        agent, measured = _new_agent(
+            config, run, interval=interval, store_path=store_path, otlp_port=0
+        )
+        _start_receiver(agent)
+        endpoint = agent.otlp_endpoint
+    else:
+        _check_store_path(config, store_path)
+        if config["otlp"]["enabled"]:
+            placeholder = _reserve_port(config["otlp"]["listen"])
+            if placeholder is not None:
+                endpoint = _endpoint(config, placeholder.getsockname()[1])
+                env["WATTSPAN_OTLP_READY_BY"] = f"{time.time() + _READY_WITHIN_S:.3f}"
+    if endpoint:
+        _otlp_env(env, config, endpoint)
+    if on_start is not None and agent is not None:
         env.update(on_start(agent))
     if env_extra:
         env.update(env_extra)
 
-    agent.scheduler.tick(force=True)  # baseline: counters at the start of the run
+    if agent is not None:
+        agent.scheduler.tick(force=True)  # baseline: counters at the start of the run
     was_subreaper = _is_subreaper()
     subreaper = was_subreaper or _set_subreaper(True)
     if not subreaper:
         log.info("not a child subreaper: CPU of orphaned descendants will not be counted")
     orphans = _Reaped() if subreaper else None
     theirs = _child_pids() if subreaper else frozenset()
-    start = time.time()
     # Handlers go in before the child exists: a signal sent once the child is up (it may
     # already have said it is ready) must be forwarded, not kill us with the default action.
     # One that comes before the child exists is held and sent to it once it does.
@@ -390,44 +620,88 @@ def run_command(
 
     previous = {s: signal.signal(s, forward) for s in _FORWARDED}
     outlived: list[_Outlived] = []
+    first_ts: float | None = None
+    start = time.time()
     try:
         try:
-            proc = subprocess.Popen(list(cmd), env=env)
-        except FileNotFoundError:
-            print(f"wattspan: {cmd[0]}: command not found", file=sys.stderr)
-            return _finish(agent, measured, run, start, 127)
-        except PermissionError:
-            print(f"wattspan: {cmd[0]}: Permission denied", file=sys.stderr)
-            return _finish(agent, measured, run, start, 126)
+            proc = subprocess.Popen(list(cmd), env=env, stdout=child_stdout)
+        except (FileNotFoundError, PermissionError) as exc:
+            failed = time.time()
+            not_found = isinstance(exc, FileNotFoundError)
+            why = "command not found" if not_found else "Permission denied"
+            print(f"wattspan: {cmd[0]}: {why}", file=sys.stderr)
+            if agent is None:
+                if placeholder is not None:
+                    placeholder.close()
+                run = _new_run(run_id, run_name, config, cmd, description)
+                agent, measured = _new_agent(
+                    config, run, interval=interval, store_path=store_path, otlp_port=0
+                )
+                agent.scheduler.tick(force=True)
+            assert run is not None and measured is not None
+            code = 127 if not_found else 126
+            return _finish(agent, measured, run, start, code, failed, carbon=carbon, tags=tags)
         child.append(proc)
         for signum in held:
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signum)
+        exit_clock = _ExitClock(proc.pid)
 
-        if agent.process_collector is not None:
+        if agent is None:
+            run = _new_run(run_id, run_name, config, cmd, description)
+            try:
+                agent, measured, first_ts = _agent_beside(
+                    config,
+                    run,
+                    proc.pid,
+                    interval=interval,
+                    store_path=store_path,
+                    placeholder=placeholder,
+                    adopt=theirs if subreaper else None,
+                )
+            except BaseException:
+                # The command runs and must not be left behind: wait for it, then fail.
+                _wait(proc.pid, orphans, theirs)
+                proc.returncode = 0
+                raise
+        elif agent.process_collector is not None:
             agent.process_collector.add_root(proc.pid)
             if subreaper:
                 agent.process_collector.adopt_orphans(proc.pid, os.getpid(), theirs)
         agent.start()
+        # Loaded now, while the command runs, rather than by the summary at its end.
+        import wattspan.agent.attribution
+        import wattspan.agent.idle  # noqa: F401
+        from wattspan.agent.daemon import tune_gc
+
         tune_gc()
+        if on_running is not None:
+            on_running()
         status, ru = _wait(proc.pid, orphans, theirs)
         proc.returncode = status  # the Popen object must not try to reap the pid again
-        end = time.time()
+        end = time.time() if exit_clock.at is None else min(exit_clock.at, time.time())
         if orphans is not None:
             _reap_orphans(orphans, theirs)
             _reap_dying(orphans, theirs)
             outlived = _outlived(theirs)
+        if on_exit is not None:
+            on_exit()
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
         if subreaper and not was_subreaper:
             _set_subreaper(False)
+    assert run is not None and measured is not None
     code = os.waitstatus_to_exitcode(status)
     if code < 0:
         code = 128 - code  # killed by a signal: the shell's convention
     agent.scheduler.stop()
     agent.pipeline.emit(_usage_samples(ru, orphans, outlived, end))
-    return _finish(agent, measured, run, start, code, end)
+    if first_ts is not None:
+        # How long after the spawn the energy counters started (the module doc says why);
+        # the stored samples say it too (the first one's ts against the run's start).
+        log.debug("first sample %.3f s after the command started", first_ts - start)
+    return _finish(agent, measured, run, start, code, end, carbon=carbon, tags=tags)
 
 
 def _store_trouble(agent: Agent) -> int:
@@ -448,18 +722,28 @@ def _finish(
     start: float,
     code: int,
     end: float | None = None,
+    carbon: Intensity | None = None,
+    tags: dict[str, str] | None = None,
 ) -> RunResult:
+    import sqlite3
+
+    from wattspan.agent.carbon import annotate, from_config
+
     end = time.time() if end is None else end
     agent.scheduler.tick(force=True)  # final counters, so energy covers the whole run
     agent.stop()
     # The table comes from what this process measured (wait4, samples folded in as they
     # were taken), never from reading the store back: a store that failed mid-run would
     # otherwise shrink the figures without a word.
-    summary = measured.result(start, end)
-    idle = agent.ingest.idle_of(run.id)
-    if idle is not None:
-        summary["idle_power_watts"] = idle.watts
-        summary["idle_method"] = idle.method
+    # The idle figure the run's spans were charged, else the best one for the samples held:
+    # the run's own process share needs one even when no span came.
+    idle = agent.ingest.idle_of(run.id) or agent.ingest.estimate_idle()
+    summary = measured.result(
+        start, end, idle.watts if idle else None, idle.method if idle else None
+    )
+    annotate(summary, carbon or from_config(agent.config["carbon"]))
+    if tags:
+        summary["tags"] = dict(tags)
     if agent.store is not None:
         trouble = _store_trouble(agent)
         if trouble:

@@ -12,8 +12,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from wattspan.agent.domains import primary_domains
 from wattspan.collectors.base import Sample
 from wattspan.collectors.base import number as _num
+from wattspan.collectors.cpu import busy_seconds
 
 _CPU = ("cpu_user_seconds_total", "cpu_system_seconds_total")
 
@@ -85,6 +87,7 @@ class RunSummary:
         self._cpu_peak: float | None = None
         self._peak_rss: float | None = None
         self._util = _Mean()
+        self._busy = _Counter()  # the node's busy CPU seconds, every core (/proc/stat)
         self._energy: dict[tuple[str, str], _Energy] = {}
         self._gpus: dict[str, _Gpu] = {}
 
@@ -116,6 +119,7 @@ class RunSummary:
             elif src == "cpu":
                 if s.tags.get("cpu") == "total":
                     self._util.add(_num(s, "utilization_ratio"))
+                    self._busy.add(s.ts, busy_seconds(s))
             elif src in ("rapl", "power_model"):
                 e = self._energy.get((src, s.tags.get("domain", "?")))
                 if e is None:
@@ -191,9 +195,19 @@ class RunSummary:
             ],
         }
 
-    def result(self, start: float, end: float) -> dict[str, Any]:
+    def result(
+        self,
+        start: float,
+        end: float,
+        idle_watts: float | None = None,
+        idle_method: str | None = None,
+    ) -> dict[str, Any]:
         """Figures for the run table. Units: seconds, bytes, joules, watts, percent (of one
-        core for CPU %, so 200 means two cores busy)."""
+        core for CPU %, so 200 means two cores busy).
+
+        With ``idle_watts`` the node's energy is split as a span's is (README, "How
+        attribution works"): idle, and the active rest shared by CPU time between the run's
+        process tree and everything else on the node (:meth:`_shares`)."""
         out: dict[str, Any] = {"wall_seconds": end - start}
         final = self._final
         if final is not None:
@@ -250,11 +264,55 @@ class RunSummary:
             row["memory_total_bytes"] = int(g.mem_total) if g.mem_total is not None else None
             gpus.append(row)
         out["gpus"] = gpus
+        self._shares(out, idle_watts, idle_method)
         return out
 
+    def _shares(
+        self, out: dict[str, Any], idle_watts: float | None, idle_method: str | None
+    ) -> None:
+        """Node energy of the primary domains, and its split into idle, the run's process
+        share and other processes: ``s = min(c / C, 1)`` with ``c`` the tree's CPU seconds
+        and ``C`` the node's busy CPU seconds over the sampled interval, ``process = s *
+        active``. On a shared node this is the run's own figure; node energy is not."""
+        energy = {e["domain"]: e for e in out["energy"]}
+        primary = primary_domains(energy)
+        if not primary:
+            return
+        node = sum(energy[d]["joules"] for d in primary)
+        out["node_energy_joules"] = node
+        out["energy_estimated"] = any(energy[d]["estimated"] for d in primary)
+        if idle_watts is None:
+            return
+        counted = self._energy.get((energy[primary[0]]["source"], primary[0]))
+        d = counted.counter.delta() if counted is not None else None
+        secs = d[1] if d is not None else out["wall_seconds"]
+        idle = min(max(idle_watts, 0.0) * secs, node)
+        active = max(node - idle, 0.0)
+        out["idle_power_watts"] = idle_watts
+        if idle_method is not None:
+            out["idle_method"] = idle_method
+        out["idle_energy_joules"] = idle
+        out["active_energy_joules"] = active
+        busy = self._busy.delta()
+        cpu = out.get("cpu_seconds")
+        if busy is None or cpu is None:
+            return
+        node_busy = busy[0]
+        share = min(cpu / node_busy, 1.0) if node_busy > 0 else 0.0
+        out["node_busy_cpu_seconds"] = node_busy
+        out["process_cpu_share"] = share
+        out["process_energy_joules"] = share * active
+        out["other_energy_joules"] = (1.0 - share) * active
 
-def summarize(samples: Iterable[Sample], start: float, end: float) -> dict[str, Any]:
+
+def summarize(
+    samples: Iterable[Sample],
+    start: float,
+    end: float,
+    idle_watts: float | None = None,
+    idle_method: str | None = None,
+) -> dict[str, Any]:
     """The run table's figures from a run's samples in time order (see :class:`RunSummary`)."""
     acc = RunSummary()
     acc.add(samples)
-    return acc.result(start, end)
+    return acc.result(start, end, idle_watts, idle_method)

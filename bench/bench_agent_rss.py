@@ -18,8 +18,11 @@ heap) are the agent's own.
 
 ``--extra-procs N`` starts N sleeping processes first (the agent keeps a CPU history of
 every process on the node); ``--spans-every S`` runs a plain OpenTelemetry SDK client that
-sends the agent one span every S seconds (the first span loads numpy for attribution). The
-issue's case is ``--extra-procs 500 --spans-every 1``.
+sends the agent one span every S seconds (the first span loads attribution; numpy only comes
+with batches of ``NUMPY_MIN_SPANS`` spans or more, which a span a second never makes). The
+issue's case is ``--extra-procs 500 --spans-every 1``; ``--duration 600`` or more shows the
+plateau (the attribution ring and the node-wide process history keep 5 minutes, SQLite's page
+cache fills to its 1 MiB).
 
 For comparison the same is read for ``prometheus-node-exporter`` when installed, and for a
 bare ``python3 -c`` that sleeps (the interpreter's floor).
@@ -92,6 +95,15 @@ def _slope(points: list[tuple[float, int]]) -> float:
     mr = sum(r for _, r in points) / n
     var = sum((t - mt) ** 2 for t, _ in points)
     return sum((t - mt) * (r - mr) for t, r in points) / var if var else 0.0
+
+
+def _maps_numpy(pid: int) -> bool | None:
+    """Whether numpy's compiled core is mapped into process ``pid`` (None: unreadable)."""
+    try:
+        with open(f"/proc/{pid}/maps", "rb") as f:
+            return b"_multiarray_umath" in f.read()
+    except OSError:
+        return None
 
 
 def _floor_rss(argv: list[str], settle: float = 2.0, url: str | None = None) -> int:
@@ -179,6 +191,7 @@ def main() -> int:
                 time.sleep(1.0)
             rss, hwm = proc_rss_bytes(proc.pid)
             parts = proc_rss_breakdown(proc.pid)
+            numpy_loaded = _maps_numpy(proc.pid)
             spans = re.search(
                 r"^wattspan_ingest_spans_attributed_total\{[^}]*\} (\S+)$", body.decode(), re.M
             )
@@ -212,6 +225,8 @@ def main() -> int:
             "(TelemetryIngest ring_seconds=300); run with --duration 600 to see the plateau"
         )
     print(f"VmHWM (peak):         {hwm / MIB:7.1f} MiB")
+    if numpy_loaded is not None:
+        print(f"numpy in the agent:   {'loaded' if numpy_loaded else 'not loaded'}")
     print(
         f"last reading split:   anon {parts.get('RssAnon', 0) / MIB:.1f} MiB, "
         f"file {parts.get('RssFile', 0) / MIB:.1f} MiB, "

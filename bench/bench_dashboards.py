@@ -9,23 +9,33 @@ Data (written once, before any query, in the schema of docs/influxdb.md): ``--ho
 of one node (``host=node-a``) at 1 s: ``cpu`` total and per core (``--cores``), ``memory``,
 ``rapl`` (package-0, dram), ``power_model`` (cpu), ``process_tree`` (3 trees), ``gpu``
 (``--gpus``); ``--spans-per-s`` (20) spans of a busy pipeline (3 services, 6 span names,
-a new run tag every 2 h, 1 % errors) with the attributed fields; ``ml`` loss and accuracy
-of each run every 5 s. Lines are built from numpy arrays (values formatted by ``orjson``,
-as the agent's template encoder does) and POSTed in chunks of ``--chunk`` seconds while the
-next chunk is built.
+a new run tag every 2 h, 1 % errors) with the attributed fields; their one-minute rollups
+``spans_1m``, ``spans_top`` and ``runs_1m``, built by the exporter's own ``SpanRollup`` and
+``LineEncoder`` (one write per chunk; an agent writes one per attribution pass, re-emitting
+more often, but influxd keeps the same points); ``ml`` loss and accuracy of each run
+every 5 s with their ``ml_progress`` points, hyperparameters (``ml_param``) and a 10-class
+confusion matrix every 10 minutes (``ml_confusion``). Lines are built from numpy arrays
+(values formatted by ``orjson``, as the agent's template encoder does) and POSTed in chunks
+of ``--chunk`` seconds while the next chunk is built.
 
 Queries: every target of every ``influxdb`` dashboard from ``build_dashboards()``, with
 variables set to *All* the way Grafana sends them to InfluxDB (each value regex-escaped,
 joined into ``(a|b|c)``, values from the dashboards' own variable queries) and macros
 expanded for a relative 24 h range: ``$timeFilter`` = ``time >= now() - 24h``,
 ``$__interval`` = 24 h / max data points rounded by Grafana's ``roundInterval``
-(1,000 and 1,500 -> 1m; 2,000 -> 30s). A panel's time is its targets run one after another
+(1,000 and 1,500 -> 1m; 2,000 -> 30s), or from the panel's own ``maxDataPoints`` where it
+sets one, and never below the panel's minimum ``interval``, as Grafana does (time series:
+1,000 -> 1m; the heatmap: 100 -> 15m). A panel's time is its targets run one after another
 (``epoch=ms``, the full body read); its points are the rows of every series it returns.
 "Points per series" is what ``maxDataPoints`` bounds; "points" is the panel's total, which
 grows with the number of series a query groups by (cores, span names).
 
+Raw vs rollup: every Pipelines panel that reads ``spans_1m`` or ``spans_top`` is also run
+in its raw-spans form (what it was before the rollup: ``count``/``percentile()``/``sum``/
+``top()`` over every span), p50/p95 side by side with the ratio.
+
     python bench/bench_dashboards.py [--hours 24] [--cores 8] [--spans-per-s 20] [--reps 5]
-        [--max-data-points 1500 2000] [--no-baseline]
+        [--max-data-points 1500 2000] [--no-baseline] [--no-raw-spans]
 """
 
 from __future__ import annotations
@@ -51,6 +61,9 @@ import orjson
 from _util import grafana_interval, machine, percentile
 
 from tests.servers import InfluxD, http
+from wattspan.agent.exporters.influxdb.lineprotocol import LineEncoder
+from wattspan.agent.exporters.influxdb.rollup import SpanRollup
+from wattspan.collectors.base import Sample
 from wattspan.dashboards import build_dashboards
 
 DB = "wattspan"
@@ -235,7 +248,12 @@ def _hex(rng: np.random.Generator, n: int, nbytes: int) -> list[bytes]:
 
 
 def spans_chunk(
-    rng: np.random.Generator, t0: int, seconds: int, per_s: int, first_ts: int
+    rng: np.random.Generator,
+    t0: int,
+    seconds: int,
+    per_s: int,
+    first_ts: int,
+    rollup: list[Sample] | None = None,
 ) -> bytes:
     """``per_s`` attributed spans a second ending in [t0, t0 + seconds) (precision ns)."""
     n = seconds * per_s
@@ -275,7 +293,39 @@ def spans_chunk(
     d, c, sh, pe, oe, ne = toks
     rows = zip(heads, trace, span, parent, d, start, pid, c, sh, pe, oe, ne, rss, tsk, strict=True)
     out = [tmpl % row for row in rows]
+    if rollup is not None:
+        rollup.extend(
+            _span_samples(end / 1e9, dur, cpu, proc_e, node, stage, run, err, trace, span)
+        )
     return b"".join(out)
+
+
+def _span_samples(
+    end: np.ndarray, dur: np.ndarray, cpu: np.ndarray, proc_e: np.ndarray,
+    node: np.ndarray, stage: np.ndarray, run: np.ndarray, err: np.ndarray,
+    trace: list[bytes], span: list[bytes],
+) -> list[Sample]:  # fmt: skip
+    """The same spans as the agent's exporter sees them (``span_sample``'s fields that the
+    rollup reads), for :class:`SpanRollup`."""
+    out = []
+    cols = zip(
+        end.tolist(), dur.tolist(), cpu.tolist(), proc_e.tolist(), node.tolist(),
+        stage.tolist(), run.tolist(), err.tolist(), trace, span, strict=True,
+    )  # fmt: skip
+    for e, d, c, pe, ne, st, r, er, t, sp in cols:
+        svc, name, _ = STAGES[st]
+        out.append(
+            Sample(
+                "spans",
+                e,
+                {"span_name": name, "service": svc, "status": "ERROR" if er else "OK",
+                 "run": f"run-{r:02d}"},
+                {"trace_id": t.decode(), "span_id": sp.decode(), "duration_seconds": d,
+                 "cpu_seconds": c, "process_energy_joules": pe,
+                 "node_energy_total_joules": ne},
+            )
+        )  # fmt: skip
+    return out
 
 
 def ml_chunk(rng: np.random.Generator, t: np.ndarray, first_ts: int) -> bytes:
@@ -289,14 +339,40 @@ def ml_chunk(rng: np.random.Generator, t: np.ndarray, first_ts: int) -> bytes:
     loss = 2.5 * np.exp(-4 * progress) + 0.05 * rng.random(len(t))
     acc = np.clip(0.97 - 0.87 * np.exp(-5 * progress) + 0.01 * rng.standard_normal(len(t)), 0, 1)
     sid, tid = _hex(rng, len(t), 8), _hex(rng, len(t), 16)
+    # ml_progress as the exporter derives it: seconds and (a node at ~150 W) joules since
+    # the run's first point.
+    elapsed = rel % RUN_SECONDS
+    energy = 150.0 * elapsed + rng.random(len(t))
     out = []
     for name, val in (("ml.loss", loss), ("ml.accuracy", acc)):
-        vt = _tokens(val)
+        vt, et, jt = _tokens(val), _tokens(elapsed.astype(float)), _tokens(energy)
         for k, (r, s, ts) in enumerate(zip(run.tolist(), step.tolist(), t.tolist(), strict=True)):
             out.append(
                 b'ml,host=%s,name=%s,run=run-%02d value=%s,step=%di,span_id="%s",trace_id="%s" %d\n'
                 % (HOST.encode(), name.encode(), r, vt[k], s, sid[k], tid[k], ts)
             )
+            out.append(
+                b"ml_progress,host=%s,name=%s,run=run-%02d value=%s,step=%di,elapsed_seconds=%s,"
+                b"node_energy_joules=%s,energy_joules=%s %d\n"
+                % (HOST.encode(), name.encode(), r, vt[k], s, et[k], jt[k], jt[k], ts)
+            )
+    # Each run logs its hyperparameters when it starts and a 10-class confusion matrix
+    # every 10 minutes.
+    for r, s_, ts in zip(run.tolist(), step.tolist(), t.tolist(), strict=True):
+        if s_ == 0:
+            for k, v in (("lr", "0.001"), ("batch_size", "64"), ("optimizer", "adam")):
+                out.append(
+                    b'ml_param,host=%s,param=%s,run=run-%02d value="%s",info=1i %d\n'
+                    % (HOST.encode(), k.encode(), r, v.encode(), ts)
+                )
+        if s_ % 120 == 0:
+            for a in range(10):
+                for p in range(10):
+                    n = 900 * (s_ + 1) // 1440 if a == p else rng.integers(0, 20)
+                    out.append(
+                        b"ml_confusion,actual=c%d,host=%s,predicted=c%d,run=run-%02d "
+                        b"value=%d,step=%di %d\n" % (a, HOST.encode(), p, r, n, s_, ts)
+                    )
     return b"".join(out)
 
 
@@ -322,6 +398,21 @@ def load(
                 errors.append(f"HTTP {status} {resp[:300]!r}")
             return
 
+    rollup = SpanRollup(generation=1)
+    encoder = LineEncoder(global_tags={"host": HOST})
+    stats["rollup_points"] = 0.0
+
+    def rolled(spans: list[Sample]) -> bytes:
+        """The chunk's spans_1m points, as the exporter writes them (one write per chunk)."""
+        out: list[bytes] = []
+
+        def append(points: list[Sample]) -> None:
+            frames, _ = encoder.encode_frames(points, 5000)
+            out.extend(body for body, _ in frames)
+
+        stats["rollup_points"] += rollup.write(spans, append)
+        return b"".join(out)
+
     t_start = time.monotonic()
     # One POST in flight while the next chunk is built: influxd and this script share the CPUs.
     pending: list[Future[None]] = []
@@ -330,10 +421,14 @@ def load(
             t1 = min(t0 + chunk, end)
             b0 = time.monotonic()
             t = np.arange(t0, t1, dtype=np.int64)
+            spans: list[Sample] = []
             bodies = [
                 (node.chunk(t) + ml_chunk(rng, t, first), "s"),
-                (spans_chunk(rng, t0, t1 - t0, per_s, first), "ns"),
+                (spans_chunk(rng, t0, t1 - t0, per_s, first, spans), "ns"),
             ]
+            r0 = time.monotonic()
+            bodies.append((rolled(spans), "ns"))
+            stats["rollup_s"] = stats.get("rollup_s", 0.0) + time.monotonic() - r0
             stats["build_s"] += time.monotonic() - b0
             for body, precision in bodies:
                 stats["lines"] += body.count(b"\n")
@@ -348,6 +443,7 @@ def load(
     if errors:
         raise RuntimeError(errors[0])
     stats["load_s"] = time.monotonic() - t_start
+    stats["top_points"] = float(rollup.top_points_total)
     return stats
 
 
@@ -361,6 +457,44 @@ class Panel:
     ptype: str
     queries: list[str]  # Grafana-expanded, one per target
     baseline: list[str]
+    #: the same panel over the raw spans (what it read before spans_1m), if it reads the rollup
+    raw_spans: list[str] = field(default_factory=list)
+    #: its ``$__interval`` (its own maxDataPoints and minimum interval applied)
+    interval: str = ""
+
+
+#: The Stages table as it was over the raw spans: percentile() of every span in the range.
+_RAW_STAGES = """SELECT count("duration_seconds") AS "count",
+    percentile("duration_seconds", 50) AS "p50", percentile("duration_seconds", 95) AS "p95",
+    sum("cpu_seconds") AS "CPU", sum("process_energy_joules") AS "energy",
+    sum("node_energy_total_joules") AS "node energy", sum("items") AS "items",
+    sum("process_energy_joules") / sum("items") AS "J/item"
+    FROM "spans" WHERE {where} GROUP BY "service", "span_name" """
+_ROLLUP_TO_RAW = (
+    ('sum("count")', 'count("duration_seconds")'),
+    ('max("p50_seconds")', 'percentile("duration_seconds", 50)'),
+    ('max("p95_seconds")', 'percentile("duration_seconds", 95)'),
+    ('"spans_1m"', '"spans"'),
+)
+
+
+_TOP_BY = re.compile(r'FROM "spans_top"\s+WHERE "by" = \'\w+\' AND ')
+
+
+def raw_spans(query: str) -> str | None:
+    """A spans_1m or spans_top query rewritten over the raw spans (None: it has no raw
+    form)."""
+    if '"spans_top"' in query:
+        return _TOP_BY.sub('FROM "spans" WHERE ', query)
+    if '"spans_1m"' not in query or ('"le_' in query and "EXP(" not in query):
+        return None  # the heatmap: the raw spans have no buckets
+    if "EXP(" in query:
+        m = _WHERE.search(query)
+        assert m is not None
+        return " ".join(_RAW_STAGES.format(where=m.group(2)).split())
+    for a, b in _ROLLUP_TO_RAW:
+        query = query.replace(a, b)
+    return query
 
 
 def _walk(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
@@ -404,17 +538,21 @@ def _all_values(server: InfluxD, dash: dict[str, Any], macros: dict[str, str]) -
         data = server.query(_expand(q, macros, values), db=DB)
         found = sorted({row[1] for s in _series(data) for row in s["values"]})
         values[v["name"]] = "(" + "|".join(re.escape(x) for x in found) + ")"
+    for v in dash["templating"]["list"]:
+        if v["type"] == "custom":  # one value, as picked: not escaped
+            values[v["name"]] = v["current"]["value"]
     return values
 
 
 _WHERE = re.compile(r'FROM\s+("(?:[^"\\]|\\.)+")\s+WHERE\s+(.*?\$timeFilter)', re.S)
 
 
-def naive(query: str) -> str:
-    """The raw select of the same fields and rows: innermost FROM and WHERE, no aggregation."""
+def naive(query: str) -> str | None:
+    """The raw select of the same fields and rows: innermost FROM and WHERE, no aggregation
+    (None for a query without a time filter: hyperparameters and matrices, read whole)."""
     m = _WHERE.search(query)
     if not m:
-        raise ValueError(f"no FROM ... WHERE ... $timeFilter in {query!r}")
+        return None
     select = query[query[: m.start()].rindex("SELECT") + 6 : m.start()]
     fields = list(dict.fromkeys(re.findall(r'\w+\(\s*"([^"]+)"', select)))
     if not fields:
@@ -423,22 +561,46 @@ def naive(query: str) -> str:
     return f"SELECT {cols} FROM {m.group(1)} WHERE {m.group(2)}"
 
 
-def panels(server: InfluxD, macros: dict[str, str]) -> list[Panel]:
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def panel_interval(panel: dict[str, Any], max_data_points: int) -> int:
+    """``$__interval`` (s) of ``panel`` over 24 h as Grafana computes it: the panel's own
+    ``maxDataPoints`` if it sets one (else ``max_data_points``, the panel's width), rounded,
+    and never below the panel's minimum ``interval``."""
+    iv = grafana_interval(24 * 3600, panel.get("maxDataPoints") or max_data_points)
+    low = panel.get("interval") or ""
+    m = re.fullmatch(r"(\d+)([smhd])", low)
+    return max(iv, int(m.group(1)) * _UNITS[m.group(2)]) if m else iv
+
+
+def panels(server: InfluxD, max_data_points: int) -> list[Panel]:
     out = []
+    plain = _macros(grafana_interval(24 * 3600, max_data_points))
     for uid, d in build_dashboards(kinds=("influxdb",)).items():
-        values = _all_values(server, d, macros)
-        for p in _walk(d["panels"]):
-            qs = [t["query"] for t in p.get("targets", []) if "query" in t]
-            if qs:
-                out.append(
-                    Panel(
-                        uid.removeprefix("wattspan-").removesuffix("-influxdb"),
-                        p["title"],
-                        p["type"],
-                        [_expand(q, macros, values) for q in qs],
-                        [_expand(naive(q), macros, values) for q in qs],
-                    )
+        values = _all_values(server, d, plain)
+        name = uid.removeprefix("wattspan-").removesuffix("-influxdb")
+        items = [(p["title"], p["type"], [t["query"] for t in p.get("targets", [])],
+                  _macros(panel_interval(p, max_data_points)))
+                 for p in _walk(d["panels"])]  # fmt: skip
+        items += [(f"annotation {a['name']}", "annotation", [a["query"]], plain)
+                  for a in d["annotations"]["list"]]  # fmt: skip
+        for title, ptype, qs, macros in items:
+            if not qs:
+                continue
+            base = [naive(q) for q in qs]
+            raws = [raw_spans(q) for q in qs] if ptype != "annotation" else []
+            out.append(
+                Panel(
+                    name,
+                    title,
+                    ptype,
+                    [_expand(q, macros, values) for q in qs],
+                    [_expand(b, macros, values) for b in base if b is not None],
+                    [_expand(r, macros, values) for r in raws if r is not None],
+                    macros["$__interval"],
                 )
+            )
     return out
 
 
@@ -514,6 +676,10 @@ def main() -> None:
         help="Grafana maxDataPoints to expand $__interval for (several: one pass each)",
     )  # fmt: skip
     ap.add_argument("--no-baseline", action="store_true")
+    ap.add_argument(
+        "--no-raw-spans", action="store_true",
+        help="skip the spans_1m panels' raw-spans form (percentile() over every span)",
+    )  # fmt: skip
     args = ap.parse_args()
 
     print(f"machine: {machine()}")
@@ -527,13 +693,19 @@ def main() -> None:
                 f"loaded {args.hours:g} h: {st['lines'] / 1e6:.2f} M lines, "
                 f"{st['bytes'] / 2**20:.0f} MiB of line protocol in {st['load_s']:.0f} s "
                 f"(building {st['build_s']:.0f} s); {args.cores} cores, {args.gpus} GPUs, "
-                f"{args.spans_per_s} spans/s"
+                f"{args.spans_per_s} spans/s; spans_1m and spans_top built by the exporter's "
+                f"SpanRollup in "
+                f"{st['rollup_s']:.1f} s ({st['rollup_points']:,.0f} points written, "
+                f"{st['top_points']:,.0f} of them spans_top seats)"
             )
             counts = {
                 m: server.count(DB, m, f)
                 for m, f in (
                     ("cpu", "utilization_ratio"),
                     ("spans", "duration_seconds"),
+                    ("spans_1m", "count"),
+                    ("spans_top", "duration_seconds"),
+                    ("runs_1m", "count"),
                     ("ml", "value"),
                 )
             }
@@ -550,10 +722,12 @@ def main() -> None:
 def report(server: InfluxD, mdp: int, args: argparse.Namespace) -> None:
     interval = grafana_interval(24 * 3600, mdp)
     macros = _macros(interval)
-    ps = panels(server, macros)
+    ps = panels(server, mdp)
+    own = sorted({f"{p.title} {p.interval}" for p in ps if p.interval != macros["$__interval"]})
     print(
         f"\nmaxDataPoints {mdp}: $__interval = {macros['$__interval']} "
-        f"({24 * 3600 // interval} buckets per series); {len(ps)} panels, "
+        f"({24 * 3600 // interval} buckets per series; panels with their own maxDataPoints or "
+        f"minimum interval: {', '.join(own) or 'none'}); {len(ps)} panels, "
         f"{sum(len(p.queries) for p in ps)} targets, {args.reps} reps "
         f"(baseline {args.baseline_reps})"
     )
@@ -574,7 +748,7 @@ def report(server: InfluxD, mdp: int, args: argparse.Namespace) -> None:
         r = measure(server, p.queries, args.reps, True)
         p50, p95 = percentile(r.times, 50), percentile(r.times, 95)
         raw = ""
-        if not args.no_baseline:
+        if not args.no_baseline and p.baseline:
             key = tuple(p.baseline)
             if key not in cache:
                 cache[key] = measure(server, p.baseline, args.baseline_reps, False)
@@ -612,6 +786,25 @@ def report(server: InfluxD, mdp: int, args: argparse.Namespace) -> None:
     if fanout:
         # maxDataPoints bounds each series; a panel's total grows with its GROUP BY tags.
         print("over 2,000 points per panel in total (series fan-out):\n  " + "\n  ".join(fanout))
+    rolled = [p for p in ps if p.raw_spans]
+    if rolled and not args.no_raw_spans:
+        print(
+            f"\nspans_1m vs the same panels over the raw spans ({args.baseline_reps} reps of the "
+            "raw form)"
+        )
+        print(
+            f"{'panel':<44}{'rollup p50':>11}{'p95 ms':>9}{'points':>8}"
+            f"{'raw p50':>10}{'p95 ms':>9}{'points':>8}{'x time':>8}"
+        )
+        for p in rolled:
+            r = measure(server, p.queries, args.reps, True)
+            b = measure(server, p.raw_spans, args.baseline_reps, True)
+            p50, bp50 = percentile(r.times, 50), percentile(b.times, 50)
+            print(
+                f"{(p.dashboard + ' / ' + p.title)[:43]:<44}{p50 * 1e3:>11.1f}"
+                f"{percentile(r.times, 95) * 1e3:>9.1f}{r.points:>8,}{bp50 * 1e3:>10.1f}"
+                f"{percentile(b.times, 95) * 1e3:>9.1f}{b.points:>8,}{bp50 / p50:>8.1f}"
+            )
 
 
 if __name__ == "__main__":

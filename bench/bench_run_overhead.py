@@ -1,9 +1,16 @@
 """``wattspan run`` overhead on a CPU-bound child: bare child vs the same child under wattspan.
 
-Run: ``python bench/bench_run_overhead.py [--reps N] [--seconds S] [--parallel K] [--interval S]``
+Run: ``python bench/bench_run_overhead.py [--reps N] [--seconds S] [--parallel K] [--interval S]
+[--fixed-reps N]``
 
-Target (the issue): the child's wall time under ``wattspan run`` (default 0.1 s sampling
-interval, ``--store`` in a temporary directory) is at most 1.01x its bare wall time.
+Targets: the child's wall time under ``wattspan run`` (default 0.1 s sampling interval,
+``--store`` in a temporary directory) is at most 1.01x its bare wall time; ``wattspan run``
+end to end at most 1.02x the bare child on a 3 s child, with a fixed cost (end-to-end minus
+the child's wall time: wattspan's start-up before the spawn and its end after the child
+exited) under 50 ms (issue 15: the child starts first and the agent comes up beside it).
+The fixed cost is also shown for ``wattspan run -- true`` against bare ``true`` (there the
+whole agent start-up follows the child's end), as min and median of ``--fixed-reps`` runs:
+on a loaded machine the min is the figure to compare.
 
 The child is ``python3 -c <busy loop>`` with a fixed amount of work, calibrated once so that
 the bare child takes about ``--seconds``; with ``--parallel K`` it forks K-1 copies so K
@@ -44,6 +51,8 @@ from _util import (
 )
 
 TARGET = 1.01
+E2E_TARGET = 1.02
+FIXED_TARGET_S = 0.050
 
 CHILD = r"""
 import os, sys, time
@@ -121,7 +130,8 @@ def run_wrapped(
         raise RuntimeError(f"wattspan run failed ({out.returncode}): {out.stderr[-2000:]}")
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     return {
-        "loop": _loop_seconds(out.stdout) if "LOOP " in out.stdout else 0.0,
+        # --json sends the child's stdout to stderr, so that stdout is the summary alone.
+        "loop": _loop_seconds(out.stderr) if "LOOP " in out.stderr else 0.0,
         "child": float(summary["wall_seconds"]),
         "end_to_end": wall,
         "other_load": load.cores,
@@ -129,6 +139,12 @@ def run_wrapped(
         # (the summary's cpu_seconds, exact from wait4).
         "agent_cpu": load.children_cpu - float(summary["cpu_seconds"]),
     }
+
+
+def run_bare_plain(cmd: list[str], env: dict[str, str]) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(cmd, env=env, capture_output=True, check=True)
+    return time.perf_counter() - t0
 
 
 def calibrate(python: str, seconds: float, env: dict[str, str]) -> int:
@@ -163,6 +179,9 @@ def main() -> int:
     ap.add_argument("--parallel", type=int, default=1, help="busy processes in the child (1)")
     ap.add_argument(
         "--interval", type=float, default=None, help="wattspan run --interval (its default 0.1)"
+    )
+    ap.add_argument(
+        "--fixed-reps", type=int, default=20, help="runs of `wattspan run -- true` (20)"
     )
     ap.add_argument("--python", default="python3", help="interpreter for the child (python3)")
     ap.add_argument(
@@ -199,9 +218,9 @@ def main() -> int:
         run_wrapped(cmd, env, store, args.interval)
         # wattspan's fixed CPU (start-up, baseline and final samples, summary) around a child
         # that does nothing: the rest of its CPU in the real runs is sampling.
-        fixed_cpu = median(
-            [run_wrapped(["true"], env, store, args.interval)["agent_cpu"] for _ in range(3)]
-        )
+        trues = [run_wrapped(["true"], env, store, args.interval) for _ in range(args.fixed_reps)]
+        fixed_cpu = median([r["agent_cpu"] for r in trues])
+        bare_true = [run_bare_plain(["true"], env) for _ in range(args.fixed_reps)]
         bare: list[dict[str, float]] = []
         wrapped: list[dict[str, float]] = []
         for i in range(args.reps):
@@ -232,8 +251,20 @@ def main() -> int:
         ratios = _table([b for b, _ in quiet], [w for _, w in quiet])
     else:
         print("no quiet pair: the machine was busy with other work throughout; ratios are noisy")
-    fixed = median([r["end_to_end"] - r["child"] for r in wrapped])
-    print(f"wattspan's fixed start-up + summary cost (end-to-end minus child): {fixed:.3f} s")
+    fixed_all = [r["end_to_end"] - r["child"] for r in wrapped]
+    fixed, fixed_min = median(fixed_all), min(fixed_all)
+    print(
+        f"wattspan's fixed cost on the {args.seconds:g} s child (end-to-end minus child): "
+        f"min {fixed_min * 1e3:.1f} ms, median {fixed * 1e3:.1f} ms "
+        f"(target < {FIXED_TARGET_S * 1e3:.0f} ms: min {verdict(fixed_min, FIXED_TARGET_S)}, "
+        f"median {verdict(fixed, FIXED_TARGET_S)})"
+    )
+    true_cost = [t["end_to_end"] - b for t, b in zip(trues, bare_true, strict=True)]
+    print(
+        f"`wattspan run -- true` minus bare `true`, {len(trues)} runs: "
+        f"min {min(true_cost) * 1e3:.1f} ms, median {median(true_cost) * 1e3:.1f} ms "
+        "(the agent's whole start-up follows the child's end here; no target)"
+    )
     agent_cpu = median([r["agent_cpu"] for r in wrapped])
     child_wall = median([r["child"] for r in wrapped])
     sampling = max(agent_cpu - fixed_cpu, 0.0)
@@ -255,7 +286,7 @@ def main() -> int:
     )
     print(
         f"ratio end-to-end / bare:           {ratios['end_to_end']:.4f}x "
-        f"(target <= {TARGET}x: {verdict(ratios['end_to_end'], TARGET)})"
+        f"(target <= {E2E_TARGET}x: {verdict(ratios['end_to_end'], E2E_TARGET)})"
     )
     return 0
 

@@ -59,6 +59,9 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _util import machine
+
 
 class _DiscardExporter(SpanExporter):
     """Accepts and forgets batches: the pipeline cost without a network."""
@@ -314,6 +317,34 @@ def burst(n: int, sink: str) -> int:
     return 0
 
 
+#: A ``wattspan.measure()`` window (two synchronous reads of the energy counters) should
+#: cost no more than this, so that a loop can measure every step of a few milliseconds.
+MEASURE_TARGET_US = 100.0
+
+
+def measure_window(calls: int, repeat: int, none_ns: float) -> None:
+    """Per-window cost of ``with wattspan.measure(): work(i)``: what an energy-aware loop
+    pays to know each step's energy (Zeus's ``begin_window``/``end_window``)."""
+    import wattspan
+
+    with wattspan.measure() as probe:  # opens the collectors: not part of a window's cost
+        pass
+    source = "power model (estimated)" if probe.energy_estimated else "RAPL"
+    gpus = "NVML" if probe.gpu_energy_joules is not None else "no GPU"
+
+    def call(i: int) -> int:
+        with wattspan.measure():
+            return work(i)
+
+    ns = _time(call, calls, repeat)
+    over_us = (ns - none_ns) / 1e3
+    verdict = "target met" if over_us <= MEASURE_TARGET_US else "target missed"
+    print(
+        f"measure     {ns:>12.0f}   window cost {over_us:.1f} us ({source}, {gpus}); "
+        f"target <= {MEASURE_TARGET_US:.0f} us: {verdict}"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=50_000, help="calls per run (default 50000)")
@@ -325,6 +356,12 @@ def main(argv: list[str] | None = None) -> int:
         "--burst", type=int, metavar="N", help="instead of the table: a burst of N spans"
     )
     parser.add_argument("--burst-sink", choices=("receiver", "run"), default="receiver")
+    parser.add_argument(
+        "--measure-calls",
+        type=int,
+        default=5000,
+        help="windows for the wattspan.measure() column (0: skip it)",
+    )
     args = parser.parse_args(argv)
     if args.burst:
         return burst(args.burst, args.burst_sink)
@@ -404,6 +441,7 @@ def main(argv: list[str] | None = None) -> int:
 
     base = results["otel-with"]
     none = results["none"]
+    print(f"{time.strftime('%Y-%m-%d')} on {machine()}")
     print(
         f"python {sys.version.split()[0]}, pipeline={args.pipeline}, calls={args.calls}, "
         f"repeat={args.repeat}, pid={os.getpid()}"
@@ -417,6 +455,8 @@ def main(argv: list[str] | None = None) -> int:
     ratio = results["track"] / base
     verdict = "target met" if ratio <= 1.3 else "target missed"
     print(f"track <= 1.3x otel-with: {ratio:.2f}x, {verdict}")
+    if args.measure_calls:
+        measure_window(args.measure_calls, args.repeat, none)
 
     provider.shutdown()
     if receiver is not None:

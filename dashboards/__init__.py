@@ -2,7 +2,7 @@
 files that load them.
 
 One module per dashboard (:mod:`.node`, :mod:`.energy`, :mod:`.pipelines`, :mod:`.ml_runs`,
-:mod:`.agent`), each with ``build(kind, settings) -> grafanalib Dashboard`` for the
+:mod:`.agent`, :mod:`.spark`), each with ``build(kind, settings) -> grafanalib Dashboard`` for the
 datasource kinds it has data in; :mod:`.panels` holds the shared helpers; :mod:`.model` is
 the one step that turns grafanalib's output into the current Grafana model;
 :mod:`.provisioning` writes files.
@@ -16,7 +16,7 @@ from typing import Any
 
 from grafanalib.core import Dashboard
 
-from . import agent, energy, ml_runs, node, pipelines
+from . import agent, energy, ml_runs, node, pipelines, spark
 from .model import SCHEMA_VERSION, to_grafana_json
 from .panels import KINDS, Kind, Settings
 
@@ -34,6 +34,7 @@ DASHBOARDS: tuple[Spec, ...] = (
     Spec("pipelines", pipelines.KINDS, pipelines.build),
     Spec("ml-runs", KINDS, ml_runs.build),
     Spec("agent", agent.KINDS, agent.build),
+    Spec("spark", spark.KINDS, spark.build),
 )
 
 

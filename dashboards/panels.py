@@ -14,11 +14,13 @@ from typing import Any, Literal
 
 import attr
 from grafanalib.core import (
+    Annotations,
     BarGauge,
     Dashboard,
     DashboardLink,
     GridPos,
     Panel,
+    Repeat,
     RowPanel,
     Stat,
     Table,
@@ -89,12 +91,21 @@ def influx(query: str, alias: str = "", *, table: bool = False) -> InfluxDBTarge
     )
 
 
-def prom(expr: str, legend: str = "", *, instant: bool = False, table: bool = False) -> Target:
+def prom(
+    expr: str,
+    legend: str = "",
+    *,
+    instant: bool = False,
+    table: bool = False,
+    heatmap: bool = False,
+) -> Target:
+    """``heatmap``: Grafana's ``format: heatmap``, which turns cumulative ``le`` buckets
+    into counts per bucket."""
     return Target(
         expr=" ".join(expr.split()),
         legendFormat=legend,
         instant=instant,
-        format="table" if table else "time_series",
+        format="heatmap" if heatmap else ("table" if table else "time_series"),
         datasource=ds_ref("prometheus"),
     )
 
@@ -144,7 +155,10 @@ def timeseries(
     estimated: bool = False,
     w: int = 12,
     h: int = 8,
+    interval: str | None = None,
 ) -> Sized:
+    """``interval``: the panel's minimum ``$__interval`` (``1m`` for the one-minute
+    rollups, which have nothing finer to show)."""
     overrides = [_estimated_override()] if estimated else []
     panel = TimeSeries(
         title=title,
@@ -165,6 +179,7 @@ def timeseries(
         # 2,000 points at any range (bench/bench_dashboards.py), where the panel's width in
         # pixels (the default) gave 2,881 over 24 h.
         maxDataPoints=MAX_DATA_POINTS,
+        interval=interval,
     )
     return Sized(panel, w, h)
 
@@ -249,6 +264,104 @@ def bargauge(
     return Sized(panel, w, h)
 
 
+@attr.s
+class Heatmap(Panel):
+    """Grafana's heatmap panel (7.x's ``heatmap`` with the 9+ options): buckets the data
+    already has (``calculate: false``), one series per upper bound."""
+
+    unit: str = attr.ib(default="short")
+    yUnit: str = attr.ib(default="s")
+    scheme: str = attr.ib(default="Oranges")
+
+    def to_json_data(self) -> dict[str, Any]:
+        return self.panel_json(
+            {
+                "type": "heatmap",
+                "fieldConfig": {
+                    "defaults": {
+                        "unit": self.unit,
+                        "custom": {
+                            "hideFrom": {"legend": False, "tooltip": False, "viz": False},
+                            "scaleDistribution": {"type": "linear"},
+                        },
+                    },
+                    "overrides": [],
+                },
+                "options": {
+                    "calculate": False,
+                    "cellGap": 1,
+                    "color": {
+                        "mode": "scheme",
+                        "scheme": self.scheme,
+                        "scale": "exponential",
+                        "exponent": 0.5,
+                        "steps": 64,
+                        "reverse": False,
+                        "fill": "dark-orange",
+                    },
+                    "filterValues": {"le": 1e-9},
+                    "legend": {"show": True},
+                    "rowsFrame": {"layout": "le"},
+                    "showValue": "never",
+                    "tooltip": {"mode": "single", "yHistogram": False, "showColorScale": False},
+                    "yAxis": {"axisPlacement": "left", "reverse": False, "unit": self.yUnit},
+                },
+            }
+        )
+
+
+def heatmap(
+    title: str,
+    targets: Sequence[Any],
+    *,
+    description: str = "",
+    interval: str | None = None,
+    max_data_points: int = MAX_DATA_POINTS,
+    w: int = 24,
+    h: int = 9,
+) -> Sized:
+    """Span counts per duration bucket over time (the Y axis in seconds)."""
+    panel = Heatmap(
+        title=title,
+        description=description or None,
+        dataSource=ds_ref(_kind_of(targets)),
+        targets=_ref_ids(targets),
+        maxDataPoints=max_data_points,
+        interval=interval,
+    )
+    return Sized(panel, w, h)
+
+
+def matrix(
+    title: str,
+    targets: Sequence[Any],
+    *,
+    rows: str,
+    columns: str,
+    value: str,
+    unit: str = "short",
+    description: str = "",
+    repeat: str | None = None,
+    w: int = 12,
+    h: int = 9,
+) -> Sized:
+    """A table with one row per value of ``rows`` and a column per value of ``columns``
+    (Grafana's *grouping to matrix* of the long form the queries return)."""
+    s = table(title, targets, unit, description=description, w=w, h=h)
+    extra: dict[str, Any] = {
+        "transformations": [
+            {
+                "id": "groupingToMatrix",
+                "options": {"columnField": columns, "rowField": rows, "valueField": value},
+            }
+        ]
+    }
+    if repeat:
+        extra["repeat"] = Repeat(direction="h", variable=repeat, maxPerRow=2)
+    s.panel = attr.evolve(s.panel, **extra)
+    return s
+
+
 def layout(sections: Iterable[tuple[str, Sequence[Sized]]]) -> list[Panel]:
     """Row panels and their panels, placed left to right, wrapping at 24 columns."""
     out: list[Panel] = []
@@ -307,6 +420,44 @@ def query_var(kind: Kind, name: str, label: str, query: str, *, multi: bool = Tr
     return t
 
 
+def custom_var(name: str, label: str, values: Sequence[str], default: str) -> Template:
+    """A variable the user picks from fixed values (no query)."""
+    return Template(name=name, label=label, query=",".join(values), type="custom", default=default)
+
+
+def influx_annotation(name: str, query: str, *, tags: str, color: str = "purple") -> dict[str, Any]:
+    """An annotation query: one event per row, ``tags`` the tag column shown on it."""
+    q = " ".join(query.split())
+    return {
+        "name": name,
+        "datasource": ds_ref("influxdb"),
+        "enable": True,
+        "iconColor": color,
+        "query": q,
+        "tagsColumn": tags,
+        "target": {"query": q, "rawQuery": True, "refId": "Anno"},
+    }
+
+
+def prom_annotation(
+    name: str, expr: str, *, title: str, tags: str, color: str = "purple"
+) -> dict[str, Any]:
+    """An annotation query: a region wherever a series of ``expr`` exists."""
+    e = " ".join(expr.split())
+    return {
+        "name": name,
+        "datasource": ds_ref("prometheus"),
+        "enable": True,
+        "iconColor": color,
+        "expr": e,
+        "step": "60s",
+        "titleFormat": title,
+        "tagKeys": tags,
+        "useValueForTime": False,
+        "target": {"expr": e, "refId": "Anno"},
+    }
+
+
 def prom_selector(settings: Settings, extra: str = "") -> str:
     """The label matchers every PromQL query of a node dashboard starts with."""
     parts = ['instance=~"$host"']
@@ -333,8 +484,10 @@ def dashboard(
     description: str,
     variables: Sequence[Template],
     sections: Iterable[tuple[str, Sequence[Sized]]],
+    annotations: Sequence[dict[str, Any]] = (),
 ) -> Dashboard:
     return Dashboard(
+        annotations=Annotations(list=list(annotations)),
         title=title,
         uid=uid,
         description=description,

@@ -1,11 +1,16 @@
 """A small numpy training pipeline instrumented with wattspan.
 
-Run it under the agent:
+Run it under the agent, then ask how long and how much energy it took to reach 90 %:
 
-    wattspan run --name logreg -- python examples/pipeline.py --epochs 20
+    wattspan run --name logreg -- python examples/pipeline.py --epochs 10
+    wattspan show logreg --target-metric accuracy --target 0.9
 
 Stages (load, preprocess, train, evaluate) become spans with their CPU time, memory and
-energy; loss and accuracy are logged per epoch, the confusion matrix at the end.
+energy; loss and accuracy are logged per epoch, the confusion matrix at the end. The task
+is learnable but not at once: the label depends on directions in which the features vary
+little (correlated features, condition number 16), so minibatch gradient descent climbs
+from about 87 % after the first epoch past 90 % in the third (defaults: 200,000 samples,
+10 epochs, learning rate 0.05) and levels off near 92 %. About a second of numpy work.
 """
 
 from __future__ import annotations
@@ -19,11 +24,17 @@ import wattspan
 
 @wattspan.track
 def load(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Two Gaussian blobs in 20 dimensions: a task logistic regression can learn."""
+    """``n`` points in 20 correlated dimensions and labels from a noisy linear rule."""
     rng = np.random.default_rng(seed)
-    y = rng.integers(0, 2, n)
-    centers = np.where(y[:, None] == 1, 0.12, -0.12)
-    x = rng.normal(centers, 1.0, size=(n, 20))
+    dims = 20
+    rotation, _ = np.linalg.qr(rng.normal(size=(dims, dims)))
+    # Feature variances spread over a factor 16**2: gradient descent learns the
+    # high-variance directions first and the low-variance ones the label needs slowly.
+    x = (rng.normal(size=(n, dims)) * np.geomspace(1.0, 1 / 16, dims)) @ rotation.T
+    rule = rotation[:, -4:] @ rng.normal(size=4)
+    margin = x @ rule
+    margin /= margin.std()
+    y = (rng.random(n) < 1.0 / (1.0 + np.exp(-8.0 * margin))).astype(int)
     wattspan.count_items(n)
     return x, y
 
@@ -55,6 +66,7 @@ def train(x: np.ndarray, y: np.ndarray, epochs: int, lr: float, batch: int) -> n
             acc = float(np.mean((p > 0.5) == y))
             wattspan.log_metric("loss", loss, step=epoch)
             wattspan.log_metric("accuracy", acc, step=epoch)
+            print(f"epoch {epoch}: loss {loss:.4f}, accuracy {acc:.3f}", flush=True)
     return w
 
 

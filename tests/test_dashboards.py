@@ -43,7 +43,15 @@ OPTIONS_KEYS = {
     "bargauge": {"displayMode", "orientation", "showThresholdLabels", "showThresholdMarkers",
                  "reduceOptions", "valueMode", "namePlacement", "showUnfilled", "sizing",
                  "minVizWidth", "minVizHeight", "maxVizHeight", "text", "legend"},
+    "heatmap": {"calculate", "calculation", "cellGap", "cellValues", "color", "exemplars",
+                "filterValues", "legend", "rowsFrame", "showValue", "tooltip", "yAxis",
+                "selectionMode", "showColorScale"},
 }  # fmt: skip
+#: Keys of an annotation query (``annotations.list[]``) of either datasource.
+ANNOTATION_KEYS = {"name", "datasource", "enable", "hide", "iconColor", "query", "target",
+                   "textColumn", "tagsColumn", "titleColumn", "timeEndColumn", "expr", "step",
+                   "titleFormat", "textFormat", "tagKeys", "useValueForTime", "builtIn",
+                   "type"}  # fmt: skip
 REDUCE_CALCS = {"lastNotNull", "last", "first", "firstNotNull", "min", "max", "mean", "sum",
                 "count", "range", "delta", "step", "diff"}  # fmt: skip
 THRESHOLD_STEP_KEYS = {"color", "value"}
@@ -123,6 +131,12 @@ def validate(d: dict[str, Any]) -> list[str]:
             keys = PROM_TARGET_KEYS if "expr" in tg else INFLUX_TARGET_KEYS
             errs += [f"{where} target {tg.get('refId')}: unknown key {k}" for k in set(tg) - keys]
             errs += _ds_errors(f"{where} target", tg.get("datasource"), kind)
+    for a in d.get("annotations", {}).get("list", []):
+        where = f"annotation {a.get('name')!r}"
+        errs += [f"{where}: unknown key {k}" for k in set(a) - ANNOTATION_KEYS]
+        errs += _ds_errors(where, a.get("datasource"), kind)
+        if not (a.get("query") or a.get("expr")):
+            errs.append(f"{where}: no query")
     for v in d.get("templating", {}).get("list", []):
         errs += [f"variable {v.get('name')}: unknown key {k}" for k in set(v) - TEMPLATE_KEYS]
         if "datasource" in v:
@@ -167,6 +181,7 @@ def test_the_expected_dashboards_exist() -> None:
         "wattspan-ml-runs-influxdb",
         "wattspan-ml-runs-prometheus",
         "wattspan-agent-prometheus",
+        "wattspan-spark-influxdb",
     }
 
 
@@ -297,7 +312,8 @@ def test_cli_writes_dashboards_and_provisioning(
     path = Path(provider["options"]["path"])
     files = sorted(p.name for p in path.glob("*.json"))
     assert files == ["wattspan-energy-influxdb.json", "wattspan-ml-runs-influxdb.json",
-                     "wattspan-node-influxdb.json", "wattspan-pipelines-influxdb.json"]  # fmt: skip
+                     "wattspan-node-influxdb.json", "wattspan-pipelines-influxdb.json",
+                     "wattspan-spark-influxdb.json"]  # fmt: skip
     ds = yaml.safe_load((out / "provisioning/datasources/wattspan.yaml").read_text())
     assert ds["apiVersion"] == 1
     (influx,) = ds["datasources"]

@@ -42,6 +42,9 @@ pytestmark = pytest.mark.server
 
 DB = "dashboards"
 DASHBOARDS = build_dashboards()
+#: Dashboards proven against a world of their own: the Spark dashboard against a real Spark
+#: application's spans (tests/test_dashboards_spark.py).
+OWN_WORLD = {"wattspan-spark-influxdb"}
 
 #: Grafana's expansion of its built-in macros for a 1 h range at a 10 s interval.
 MACROS = {
@@ -89,6 +92,20 @@ WITH_ITEMS = PLAIN_OTEL.replace(
     'attributes={"i": i}', 'attributes={"i": i, "wattspan.items": 100 * (i + 1)}'
 )
 assert WITH_ITEMS != PLAIN_OTEL
+#: ... and whose outer span carries hyperparameters and a confusion matrix, the way
+#: ``wattspan.log_params`` and ``log_confusion_matrix`` send them.
+_OUTER = 'with tracer.start_as_current_span("outer") as outer:'
+WITH_ITEMS = WITH_ITEMS.replace(
+    _OUTER,
+    'with tracer.start_as_current_span("outer", attributes={"ml.hyperparameters": '
+    '\'{"lr": 0.01, "batch_size": 32}\', "ml.param.optimizer": "adam"}) as outer:\n'
+    '    outer.add_event("ml.confusion_matrix", {"ml.confusion_matrix.matrix": '
+    '"[[5, 1], [2, 7]]", "ml.confusion_matrix.labels": \'["cat", "dog"]\', "ml.step": 2})',
+)
+assert "ml.confusion_matrix" in WITH_ITEMS
+#: The accuracy target of the ML dashboard's time/energy-to-accuracy panels: the client's
+#: accuracy goes 0.5, 0.6, 0.7.
+ACC_TARGET = "0.6"
 
 
 def _send_with_items(otlp: int) -> subprocess.CompletedProcess[str]:
@@ -134,6 +151,8 @@ class World:
     prom: PrometheusServer
     instances: list[str]
     run: str
+    #: every run (program) the clients made: only the second logs hyperparameters
+    runs: list[str]
 
 
 @pytest.fixture(scope="module")
@@ -164,6 +183,16 @@ def world(tmp_path_factory: pytest.TempPathFactory, influxd_server: InfluxD) -> 
             lambda: influxd_server.count(DB, "spans", "cpu_seconds") == 8, 60, "second run's spans"
         )
         wait_for(lambda: _prom_value(prom, inner) == 6, 60, "second run's span counters")
+        wait_for(lambda: influxd_server.count(DB, "ml_param", "value") >= 3, 60, "ml_param")
+        wait_for(lambda: influxd_server.count(DB, "ml_confusion", "value") == 4, 60, "cells")
+        wait_for(
+            lambda: (
+                _prom_value(prom, "count(wattspan_ml_confusion_value)") == 4
+                and _prom_value(prom, "count(wattspan_ml_param_info)") == 3
+            ),
+            60,
+            "hyperparameters and confusion cells scraped",
+        )
         _hardware_lines(influxd_server)
         # rate()/increase() need two samples in their window; 1 s scrapes.
         wait_for(
@@ -187,9 +216,9 @@ def world(tmp_path_factory: pytest.TempPathFactory, influxd_server: InfluxD) -> 
             "12 s of process_energy samples",
         )  # fmt: skip
         # Two program runs (one per client process); either has loss and accuracy.
-        run = min(r["values"][0][1] for r in _series(influxd_server.query(
-            'SHOW TAG VALUES FROM "ml" WITH KEY = "run"', db=DB)))  # fmt: skip
-        yield World(influxd_server, prom, instances, run)
+        runs = sorted(v[1] for r in _series(influxd_server.query(
+            'SHOW TAG VALUES FROM "ml" WITH KEY = "run"', db=DB)) for v in r["values"])  # fmt: skip
+        yield World(influxd_server, prom, instances, runs[0], runs)
     finally:
         prom.stop()
         fake.shutdown()
@@ -216,7 +245,7 @@ def _expand(text: str, values: dict[str, str]) -> str:
 def _targets(kind: str) -> list[tuple[str, str, dict[str, Any]]]:
     out = []
     for uid, d in DASHBOARDS.items():
-        if kind not in d["tags"]:
+        if kind not in d["tags"] or uid in OWN_WORLD:
             continue
         for p in d["panels"]:
             for t in p.get("targets", []):
@@ -227,7 +256,7 @@ def _targets(kind: str) -> list[tuple[str, str, dict[str, Any]]]:
 def _variable_queries(kind: str) -> list[tuple[str, str]]:
     out = []
     for uid, d in DASHBOARDS.items():
-        if kind in d["tags"]:
+        if kind in d["tags"] and uid not in OWN_WORLD:
             for v in d["templating"]["list"]:
                 if v["type"] == "query":
                     q = v["query"] if isinstance(v["query"], str) else v["query"]["query"]
@@ -236,8 +265,12 @@ def _variable_queries(kind: str) -> list[tuple[str, str]]:
 
 
 def _influx_values(w: World) -> dict[str, str]:
-    raw = {"host": "node-a", "service": "plain-otel", "span_name": "inner", "run": w.run}
-    return {k: re.escape(v) for k, v in raw.items()}
+    raw = {"host": "node-a", "service": "plain-otel", "span_name": "inner"}
+    values = {k: re.escape(v) for k, v in raw.items()}
+    # Both runs selected (a multi-value variable: (a|b)); a custom variable is not escaped.
+    values["run"] = "(" + "|".join(re.escape(r) for r in w.runs) + ")"
+    values["acc_target"] = ACC_TARGET
+    return values
 
 
 def _prom_regex(value: str) -> str:
@@ -249,7 +282,8 @@ def _prom_values(w: World) -> dict[str, str]:
     # Two hosts selected: Grafana sends a multi-value variable as (a|b).
     return {
         "host": "(" + "|".join(_prom_regex(i) for i in w.instances) + ")",
-        "run": _prom_regex(w.run),
+        "run": "(" + "|".join(_prom_regex(r) for r in w.runs) + ")",
+        "acc_target": ACC_TARGET,
         "service": _prom_regex("plain-otel"),
         "span_name": _prom_regex("inner"),
     }
@@ -358,3 +392,122 @@ def test_energy_active_power_is_node_power_minus_idle(world: World) -> None:
     assert whole, (model_ticks, energy_ticks)
     for t in whole:
         assert active[t] == pytest.approx(node[t] - idle[t], rel=1e-6, abs=1e-9), t
+
+
+# -- annotations, the rollup and the derived ML measurements -------------------------------
+
+
+def _annotations(kind: str) -> list[tuple[str, dict[str, Any]]]:
+    return [
+        (f"{uid}/{a['name']}", a)
+        for uid, d in DASHBOARDS.items()
+        if kind in d["tags"] and uid not in OWN_WORLD
+        for a in d["annotations"]["list"]
+    ]
+
+
+def test_pipelines_and_ml_dashboards_annotate_runs() -> None:
+    for kind in ("influxdb", "prometheus"):
+        where = {w.split("/")[0] for w, _ in _annotations(kind)}
+        assert where == {f"wattspan-pipelines-{kind}", f"wattspan-ml-runs-{kind}"}
+
+
+@pytest.mark.parametrize(("where", "ann"), _annotations("influxdb"))
+def test_influx_annotation_returns_runs(world: World, where: str, ann: dict[str, Any]) -> None:
+    data = world.influx.query(_expand(ann["query"], _influx_values(world)), db=DB, epoch="ms")
+    tags = {s["tags"][ann["tagsColumn"]] for s in _series(data) if s["values"][0][1] is not None}
+    assert tags and tags <= set(world.runs), where
+
+
+@pytest.mark.parametrize(("where", "ann"), _annotations("prometheus"))
+def test_prometheus_annotation_returns_runs(world: World, where: str, ann: dict[str, Any]) -> None:
+    expr = _expand(ann["expr"], _prom_values(world))
+    now = time.time()
+    params = {"query": expr, "start": str(now - 300), "end": str(now), "step": "1"}
+    result = _prom_get(world, "/api/v1/query_range", params)
+    assert {r["metric"]["run"] for r in result} == set(world.runs), where
+
+
+def test_rollup_matches_the_raw_spans(world: World) -> None:
+    """spans_1m holds what the raw spans hold, summed per stage: counts, CPU seconds, energy."""
+    where = 'time > now() - 1h GROUP BY "service", "span_name"'
+    raw = world.influx.query(
+        'SELECT count("duration_seconds"), sum("cpu_seconds"), sum("process_energy_joules"), '
+        f'max("duration_seconds") FROM "spans" WHERE {where}',
+        db=DB,
+    )
+    rolled = world.influx.query(
+        'SELECT sum("count"), sum("cpu_seconds"), sum("process_energy_joules"), '
+        f'max("duration_max_seconds") FROM "spans_1m" WHERE {where}',
+        db=DB,
+    )
+
+    def by_stage(data: dict[str, Any]) -> dict[tuple[str, str], list[float]]:
+        return {
+            (s["tags"]["service"], s["tags"]["span_name"]): s["values"][0][1:]
+            for s in _series(data)
+        }
+
+    want, got = by_stage(raw), by_stage(rolled)
+    assert set(want) == set(got) == {("plain-otel", "outer"), ("plain-otel", "inner")}
+    for k, w in want.items():
+        assert got[k][0] == w[0] == (2 if k[1] == "outer" else 6)
+        assert got[k][1:] == pytest.approx(w[1:], rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("title", "field"),
+    [("Slowest spans", "duration_seconds"), ("Costliest spans", "process_energy_joules")],
+)
+def test_top_span_tables_match_the_raw_spans(world: World, title: str, field: str) -> None:
+    """The tables read spans_top, written by the agent; their rows are the spans top()
+    over the raw spans returns, with the same trace and span ids."""
+    d = DASHBOARDS["wattspan-pipelines-influxdb"]
+    (panel,) = [p for p in d["panels"] if p["title"] == title]
+    values = _influx_values(world)
+    del values["span_name"]  # every stage: the table lists outer and inner spans
+    query = _expand(panel["targets"][0]["query"].replace("$span_name", ".*"), values)
+    assert '"spans_top"' in query
+    got = _series(world.influx.query(query, db=DB))
+    want = _series(world.influx.query(
+        f'SELECT top("{field}", 20), "trace_id", "span_id" FROM "spans" '
+        "WHERE time > now() - 1h", db=DB))  # fmt: skip
+    assert len(got) == len(want) == 1
+
+    def rows(s: dict[str, Any], *cols: str) -> set[tuple[Any, ...]]:
+        return {tuple(r[s["columns"].index(c)] for c in cols) for r in s["values"]}
+
+    name = {"duration_seconds": "duration", "process_energy_joules": "energy"}[field]
+    expected = rows(want[0], "top", "trace_id", "span_id")
+    assert rows(got[0], name, "trace_id", "span_id") == expected
+    assert len(expected) == 8  # both runs' outer and inner spans
+
+
+def test_time_and_energy_to_accuracy(world: World) -> None:
+    """Each run reaches 0.6 at its second accuracy point: after the first inner span and
+    its 0.25 s pause, with energy spent in between."""
+    d = DASHBOARDS["wattspan-ml-runs-influxdb"]
+    got = {}
+    for title in ("Time to accuracy", "Energy to accuracy"):
+        (p,) = [p for p in d["panels"] if p["title"] == title]
+        data = world.influx.query(_expand(p["targets"][0]["query"], _influx_values(world)), db=DB)
+        got[title] = {s["tags"]["run"]: s["values"][0][1] for s in _series(data)}
+    assert set(got["Time to accuracy"]) == set(world.runs)
+    for run in world.runs:
+        # The second inner span burns 0.1 s of CPU after a 0.25 s sleep; the first record of
+        # the run is its first accuracy point.
+        assert 0.3 <= got["Time to accuracy"][run] < 5.0, got
+        assert got["Energy to accuracy"][run] > 0.0, got
+
+
+def test_hyperparameters_and_confusion_cells_arrive(world: World) -> None:
+    rows = world.influx.rows(DB, "ml_param")
+    assert {(r["param"], r["value"]) for r in rows} == {
+        ("lr", "0.01"), ("batch_size", "32"), ("optimizer", "adam")}  # fmt: skip
+    cells = {
+        (r["actual"], r["predicted"]): r["value"] for r in world.influx.rows(DB, "ml_confusion")
+    }
+    assert cells == {("cat", "cat"): 5, ("cat", "dog"): 1, ("dog", "cat"): 2, ("dog", "dog"): 7}
+    result = world.prom.query("last_over_time(wattspan_ml_param_info[1h])")
+    assert {(r["metric"]["param"], r["metric"]["value"]) for r in result} == {
+        ("lr", "0.01"), ("batch_size", "32"), ("optimizer", "adam")}  # fmt: skip

@@ -14,13 +14,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.procs import free_port, wait_for
 from tests.test_agent_daemon import AgentProc
 from tests.test_peer_pid import PLAIN, _plain_env
+from wattspan.agent.attribution import Series, SpanWindow, attribute, build_series
+from wattspan.agent.ingest import TelemetryIngest
+from wattspan.agent.pids import PID_MAX
 from wattspan.agent.pipeline import Pipeline
 from wattspan.agent.process_energy import ProcessEnergySink
+from wattspan.agent.records import SpanRecord
 from wattspan.agent.store import Store
 from wattspan.collectors.base import Sample
 from wattspan.collectors.node_processes import CLK_TCK, NodeProcessCollector
@@ -189,6 +194,109 @@ def test_an_idle_process_is_read_less_often_and_its_figure_stays_exact(fake: Fak
     assert c.cpu_seconds(50, t(0), t(30)) == pytest.approx(0.0)
 
 
+def _unused_pids(n: int) -> list[int]:
+    """Pids no process on this node has (the ingest checks a client's pid in the real
+    /proc; the fake one holds their stat files)."""
+    out = []
+    pid = min(PID_MAX, 4_000_000)
+    while len(out) < n:
+        if not Path(f"/proc/{pid}").exists():
+            out.append(pid)
+        pid -= 1
+    return out
+
+
+def _recomputed_cpu(r: dict[str, object], start: float, end: float) -> float:
+    """A span's CPU seconds from its stored ``cpu_points`` alone, by numpy's interpolation."""
+    pts = np.array(r["cpu_points"], dtype=float)
+    v = np.interp([start, end], pts[:, 0], pts[:, 1])
+    return max(float(v[1] - v[0]), 0.0)
+
+
+def test_late_spans_cpu_from_the_history_is_recomputed_from_the_store(
+    fake: FakeProc, tmp_path: Path
+) -> None:
+    """Spans of a process the agent never watched (``late``) and of one it began watching
+    during the span (``spliced``) take their CPU from the node-wide history, which is not
+    stored; their stored results hold the points read, and the figure and the whole
+    attribution are recomputed from the store alone."""
+    late, spliced = _unused_pids(2)
+    c = collector(fake)
+    store = Store(tmp_path / "s.db")
+    ingest = TelemetryIngest(
+        store=store, pipeline=Pipeline(), run_id="run", interval=1.0, node_processes=c
+    )
+    # CPU seconds at t(k): late uses 0.3 s per second, spliced 0.1 then 0.6.
+    for k in range(8):
+        fake.set(late, cpu=ticks(2.0 + 0.3 * k), start=ticks(10.0))
+        own = 5.0 + (0.1 * k if k < 3 else 0.3 + 0.6 * (k - 3))
+        fake.set(spliced, cpu=ticks(own), start=ticks(10.0))
+        c.sample(t(k))
+        node = [
+            Sample(
+                "power_model",
+                t(k),
+                {"domain": "cpu", "estimated": "true"},
+                {"energy_joules_total": 40.0 * k, "idle_power_watts": 10.0},
+            ),
+            Sample("cpu", t(k), {"cpu": "total"}, {"user_seconds_total": 1.5 * k}),
+        ]
+        if k >= 3:  # the agent watches spliced's tree from t(3) on (its children: +4 s)
+            node.append(
+                Sample(
+                    "process_tree",
+                    t(k),
+                    {"root": str(spliced)},
+                    {"cpu_user_seconds_total": own + 4.0, "cpu_system_seconds_total": 0.0},
+                )
+            )
+        store.write_samples("run", node)
+        ingest.write(node)
+
+    def span(i: int, pid: int, a: float, b: float) -> SpanRecord:
+        return SpanRecord(
+            f"{1:032x}", f"{i:016x}", None, f"s{i}", "internal", int(a * 1e9), int(b * 1e9), pid=pid
+        )
+
+    spans = [span(1, late, t(0.5), t(2.25)), span(2, spliced, t(1.5), t(4.5))]
+    assert ingest.on_spans(spans) is None  # no pid refused
+    ingest.write([])  # nothing new: the spans are covered already
+    assert ingest.attribute_due(force=True) == 2
+    by_name = {row.name: row for row in store.spans()}
+    stored = store.samples("run")
+    for name, pid, expected in (("s1", late, 0.3 * 1.75), ("s2", spliced, 0.15 + 0.9)):
+        row = by_name[name]
+        r = row.resources
+        assert r["cpu_source"] == "sampled"
+        assert r["cpu_seconds"] == pytest.approx(expected, abs=2.0 / CLK_TCK)
+        # The figure from the stored points alone.
+        assert _recomputed_cpu(r, row.start_ts, row.end_ts) == pytest.approx(
+            r["cpu_seconds"], rel=1e-12
+        )
+        # And the whole attribution from the stored samples plus those points.
+        series = build_series(stored)
+        pts = r["cpu_points"]
+        series.proc_cpu[pid] = Series([p[0] for p in pts], [p[1] for p in pts])
+        (again,) = attribute(
+            [SpanWindow(row.start_ts, row.end_ts, row.pid)],
+            series,
+            r["idle_power_watts"],
+            r["idle_method"],
+        )
+        assert again == {k: v for k, v in r.items() if k != "cpu_points"}
+        assert 0.0 < r["process_energy_joules"] < r["active_energy_joules"]
+    # Before the watched tree's first sample the history moves as the process's own and is
+    # shifted to meet the tree's figure (+4 s of children).
+    pts = by_name["s2"].resources["cpu_points"]
+    assert pts[0][0] == pytest.approx(t(1)) and pts[0][1] == pytest.approx(5.1 + 4.0)
+    assert [p[0] for p in pts[-2:]] == [pytest.approx(t(4)), pytest.approx(t(5))]
+    # The history alone agrees for the process never watched.
+    assert by_name["s1"].resources["cpu_seconds"] == pytest.approx(
+        c.cpu_seconds(late, t(0.5), t(2.25)), rel=1e-12
+    )
+    store.close()
+
+
 def test_process_energy_sums_to_the_active_energy_of_each_interval(fake: FakeProc) -> None:
     c = collector(fake)
     got: list[Sample] = []
@@ -327,4 +435,6 @@ def test_a_process_the_agent_never_watched_gets_its_cpu_and_the_node_its_top_n(
     r = span.resources
     assert r["cpu_source"] == "sampled"
     assert r["cpu_seconds"] == pytest.approx(burn_cpu, rel=0.10)
+    # Read from the node-wide history, which the store does not hold: the points are.
+    assert _recomputed_cpu(r, span.start_ts, span.end_ts) == pytest.approx(r["cpu_seconds"])
     assert 0.0 < r["process_cpu_share"] <= 1.0

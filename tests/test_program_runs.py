@@ -79,7 +79,7 @@ def test_two_programs_are_two_runs_with_their_own_metrics(tmp_path: Path) -> Non
     assert store.metrics(store.runs(kind="agent")[0].id) == []
     # The agent session's own table reports what the agent measured.
     assert show.returncode == 0, show.stderr
-    assert "energy cpu" in show.stdout and "None" not in show.stdout
+    assert "energy node cpu" in show.stdout and "None" not in show.stdout
 
 
 def test_a_program_that_dies_of_an_exception_ends_its_run_with_status_1(tmp_path: Path) -> None:

@@ -100,7 +100,7 @@ def test_figures_cover_the_umlaut_views(store: Store) -> None:
     assert cm["x"] == ["cat", "dog", "bird"] and cm["z"][0] == [50, 3, 2]
     par = figs["fig-params"].data[0]
     labels = [d["label"] for d in par["dimensions"]]
-    assert labels[:4] == ["augment", "batch_size", "lr", "optimizer"]
+    assert labels[:4] == ["augment", "batch_size", "lr (log)", "optimizer"]
     assert par["line"]["color"] == [0.95, 0.93]  # coloured by final accuracy
     opt = par["dimensions"][3]
     assert opt["ticktext"] == ["adam", "sgd"] and opt["values"] == [1, 0]

@@ -3,7 +3,8 @@
 The instrumentation API (``span``, ``track``, ``log_metric``, ``log_params``,
 ``log_confusion_matrix``, ``count_items``, ``flush``, ``dropped_spans``) lives in
 :mod:`wattspan.instrument` and is loaded on first use, so that the agent and CLI never pay
-for the OpenTelemetry SDK import they do not need.
+for the OpenTelemetry SDK import they do not need. ``measure`` (in-process measurement
+windows, :mod:`wattspan.measurement`) needs no SDK at all.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
         span,
         track,
     )
+    from wattspan.measurement import measure
 
 __all__ = [  # noqa: RUF022 (the API names, then the version)
     "count_items",
@@ -31,6 +33,7 @@ __all__ = [  # noqa: RUF022 (the API names, then the version)
     "log_confusion_matrix",
     "log_metric",
     "log_params",
+    "measure",
     "span",
     "track",
     "__version__",
@@ -40,6 +43,11 @@ _API = frozenset(__all__) - {"__version__"}
 
 
 def __getattr__(name: str) -> Any:
+    if name == "measure":
+        from wattspan.measurement import measure
+
+        globals()[name] = measure
+        return measure
     if name in _API:
         from wattspan import instrument
 

@@ -242,6 +242,39 @@ class _QuietFilter(logging.Filter):
         return False
 
 
+def _await_embedded_agent(exporter: _GuardedExporter) -> None:
+    """Under ``wattspan run`` the program starts before the embedded agent listens (its
+    start-up is not the program's: agent/runner.py), and ``WATTSPAN_OTLP_READY_BY`` says
+    until when (Unix time) it may take. Waits, before the first export, until the
+    endpoint's port takes a connection or that time (or the exit budget) has passed, so that
+    an agent still coming up is not counted unreachable and its first batch is not lost.
+    Producers meanwhile see a reachable agent: a full queue makes them wait, as for a slow
+    one."""
+    raw = os.environ.get("WATTSPAN_OTLP_READY_BY", "")
+    try:
+        ready_by = float(raw)
+    except ValueError:
+        return
+    import socket
+    from urllib.parse import urlsplit
+
+    try:
+        url = urlsplit(_endpoint() if "://" in _endpoint() else f"http://{_endpoint()}")
+        host, port = url.hostname, url.port
+    except ValueError:
+        return
+    if not host or not port:
+        return
+    while time.time() < ready_by and not exporter._shut:
+        if exporter.drop_after is not None and _monotonic() > exporter.drop_after:
+            return
+        try:
+            socket.create_connection((host, port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.01)
+
+
 class _GuardedExporter:
     """Wraps the OTLP span exporter: quiet logs, a never-raising send, bounded work at exit."""
 
@@ -252,6 +285,7 @@ class _GuardedExporter:
         self._success = SpanExportResult.SUCCESS
         self.drop_after: float | None = None  # monotonic deadline set at exit
         self._shut = False
+        self._awaited = False  # the first export looked for an embedded agent coming up
         self._lock = threading.Lock()
 
     def send(self, spans: list[Any]) -> str | None:
@@ -259,6 +293,9 @@ class _GuardedExporter:
         global _LAST_EXPORT_ERROR
         if self._shut or (self.drop_after is not None and _monotonic() > self.drop_after):
             return "exit"
+        if not self._awaited:
+            self._awaited = True
+            _await_embedded_agent(self)
         _QUIET.active = True
         try:
             result = self._inner.export(spans)

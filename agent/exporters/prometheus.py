@@ -29,6 +29,8 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from wattspan import __version__
+from wattspan.agent.carbon import Intensity
+from wattspan.agent.domains import primary_domains
 from wattspan.agent.exporters.span_metrics import BUCKETS, MAX_OVERFLOW_SERVICES, SpanMetricsSink
 from wattspan.agent.logthrottle import LogThrottle
 from wattspan.agent.pipeline import Pipeline
@@ -82,7 +84,7 @@ def _label(key: str) -> str:
 #: senders' attributes) exposed per scrape; the rest are counted, not shown, so one client
 #: cannot make the liveness probe's answer unbounded.
 MAX_CLIENT_SERIES = 2000
-_CLIENT_SOURCES = frozenset({"ml", "metrics"})
+_CLIENT_SOURCES = frozenset({"ml", "metrics", "ml_param", "ml_confusion"})
 
 
 def _families(samples: list[Sample]) -> Iterator[Metric]:
@@ -99,6 +101,9 @@ def _families(samples: list[Sample]) -> Iterator[Metric]:
                 dropped += 1
                 continue
         labels = {_label(k): v for k, v in s.tags.items()}
+        if s.source == "ml_param":
+            # A hyperparameter's value is text: a label of wattspan_ml_param_info (= 1).
+            labels["value"] = str(s.fields.get("value", ""))
         keys = sorted(labels)
         for fname, value in s.fields.items():
             if isinstance(value, str):
@@ -139,14 +144,19 @@ class AgentCollector(Collector):
         scheduler: Scheduler | None = None,
         stats: Callable[[], dict[str, dict[str, Any]]] | None = None,
         span_metrics: SpanMetricsSink | None = None,
+        carbon: Intensity | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.scheduler = scheduler
         self.stats = stats
         self.span_metrics = span_metrics
+        self.carbon = carbon
 
     def collect(self) -> Iterator[Metric]:
-        yield from _families(self.pipeline.latest())
+        latest = self.pipeline.latest()
+        yield from _families(latest)
+        if self.carbon is not None:
+            yield from _carbon_families(latest, self.carbon)
         info = GaugeMetricFamily("wattspan_build_info", "wattspan version", labels=["version"])
         info.add_metric([__version__], 1.0)
         yield info
@@ -188,6 +198,42 @@ class AgentCollector(Collector):
             yield from _component_families(self.stats())
         if self.span_metrics is not None:
             yield from _span_families(self.span_metrics)
+
+
+def _carbon_families(samples: list[Sample], carbon: Intensity) -> Iterator[Metric]:
+    """CO2e of the energy counters since the agent started, at the configured intensity:
+    the primary CPU-side domains (which add up to the node, sub-domains would count twice)
+    and each GPU, with the intensity beside them so no figure goes unlabelled."""
+    info = GaugeMetricFamily(
+        "wattspan_carbon_intensity_grams_per_kwh",
+        "Carbon intensity the CO2e figures use (g CO2e per kWh); PUE applied on top.",
+        labels=["source", "country"],
+    )
+    info.add_metric([carbon.source, carbon.country], carbon.g_per_kwh)
+    yield info
+    yield GaugeMetricFamily(
+        "wattspan_carbon_pue", "Power usage effectiveness applied to energy.", value=carbon.pue
+    )
+    co2 = CounterMetricFamily(
+        "wattspan_co2e_grams",
+        "CO2e of the energy counted since the agent started (wattspan_*_energy_joules_total "
+        "x PUE x intensity).",
+        labels=["source", "domain", "estimated"],
+    )
+    cpu = {
+        s.tags.get("domain", ""): s
+        for s in samples
+        if s.source in ("rapl", "power_model") and "energy_joules_total" in s.fields
+    }
+    for domain in primary_domains(cpu):
+        s = cpu[domain]
+        grams = carbon.grams(float(s.fields["energy_joules_total"]))  # type: ignore[arg-type]
+        co2.add_metric([s.source, domain, s.tags.get("estimated", "false")], grams or 0.0)
+    for s in samples:
+        if s.source == "gpu" and "energy_joules_total" in s.fields:
+            grams = carbon.grams(float(s.fields["energy_joules_total"]))  # type: ignore[arg-type]
+            co2.add_metric(["gpu", "gpu" + s.tags.get("gpu", "?"), "false"], grams or 0.0)
+    yield co2
 
 
 _SPAN_LABELS = ["service", "span_name"]

@@ -168,6 +168,8 @@ _VACUUM_PAGES = 2048
 SIZE_TARGET = 0.9
 #: The WAL is cut back to this after each checkpoint (one large delete can grow it by GBs).
 WAL_LIMIT_BYTES = 64 * 1024 * 1024
+#: SQLite's page cache per connection, KiB (its default is 2000).
+CACHE_KIB = 1024
 
 
 class StoreError(OSError):
@@ -536,6 +538,11 @@ class Store:
             # fsync per transaction; the durable delivery queues carry the stronger promise.
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
+            # The agent appends: its hot pages are the ends of a few tables and indexes. At
+            # SQLite's default 2000 KiB the cache had filled with cold pages after about five
+            # minutes, 1 MiB of the daemon's RSS (bench/bench_agent_rss.py); reads beyond it
+            # come from the OS page cache.
+            self._db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
             self._migrate()
             if not memory and _read_only_fs(self.path):
                 # SQLite opens a WAL store on a read-only mount for reading; the agent would
@@ -1172,6 +1179,13 @@ class Store:
                 (horizon,),
             ).rowcount
             self._count("runs", n, deleted)
+
+    def delete_run(self, run_id: str) -> int:
+        """Deletes one run (by its full id) with its rows in every table (``wattspan rm``);
+        returns the rows deleted, the run's own row included."""
+        deleted = dict.fromkeys(self.deleted_rows_total, 0)
+        self._delete_run(run_id, float("inf"), deleted)
+        return sum(deleted.values())
 
     def _delete_run(self, run_id: str, deadline: float, deleted: dict[str, int]) -> bool:
         """All of one run: its rows in every table, then the run itself."""

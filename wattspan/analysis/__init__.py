@@ -32,7 +32,14 @@ from wattspan.analysis.metrics import (
     metric_summaries,
     metrics_by_name,
 )
-from wattspan.analysis.runs import CompareRow, Comparison, compare_runs, run_figures, run_summary
+from wattspan.analysis.runs import (
+    CompareRow,
+    Comparison,
+    compare_runs,
+    run_carbon,
+    run_figures,
+    run_summary,
+)
 from wattspan.analysis.spans import SpanNode, iter_tree, span_tree
 from wattspan.analysis.targets import EnergyWindow, energy_between, time_to_target
 
@@ -58,6 +65,7 @@ __all__ = [
     "metric_mode",
     "metric_summaries",
     "metrics_by_name",
+    "run_carbon",
     "run_figures",
     "run_summary",
     "span_tree",

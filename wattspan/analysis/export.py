@@ -10,13 +10,13 @@ from collections.abc import Iterable, Sequence
 from typing import IO, Any, Literal
 
 from wattspan.agent.store import Run, Store
-from wattspan.analysis._common import as_run
+from wattspan.analysis._common import as_run, run_samples
 from wattspan.analysis.metrics import metric_summaries
 from wattspan.analysis.runs import run_figures, run_summary
 from wattspan.analysis.spans import iter_tree, span_tree
 
-ExportKind = Literal["runs", "spans", "metrics"]
-EXPORT_KINDS: tuple[str, ...] = ("runs", "spans", "metrics")
+ExportKind = Literal["runs", "spans", "metrics", "samples", "confusion-matrices"]
+EXPORT_KINDS: tuple[str, ...] = ("runs", "spans", "metrics", "samples", "confusion-matrices")
 
 
 def export_rows(
@@ -27,7 +27,11 @@ def export_rows(
     ``runs``: one row per run with its summary, headline figures (see :func:`run_figures`),
     hyperparameters and per-metric final/best. ``spans``: one row per span with its depth in
     the tree, ``offset_seconds`` from the run start, attributes and attributed resources.
-    ``metrics``: one row per metric point with ``offset_seconds``.
+    ``metrics``: one row per metric point with ``offset_seconds``. ``samples``: one row per
+    stored sample (``source``, ``ts``, ``offset_seconds``, ``tags``, ``fields``): the node,
+    process, RAPL, power model and GPU series the figures are computed from.
+    ``confusion-matrices``: one row per logged matrix (``labels``, ``matrix`` as a list of
+    rows: true class by row, predicted by column, ``step``).
     Flatten with :func:`flatten_row` for CSV.
     """
     if what not in EXPORT_KINDS:
@@ -74,6 +78,31 @@ def export_rows(
                         "pid": s.pid,
                         "attributes": s.attributes,
                         "resources": s.resources,
+                    }
+                )
+        elif what == "samples":
+            for smp in run_samples(store, run):
+                out.append(
+                    {
+                        "run_id": run.id,
+                        "source": smp.source,
+                        "ts": smp.ts,
+                        "offset_seconds": smp.ts - run.start_ts,
+                        "tags": dict(smp.tags),
+                        "fields": dict(smp.fields),
+                    }
+                )
+        elif what == "confusion-matrices":
+            for cm in store.confusion_matrices(run.id):
+                out.append(
+                    {
+                        "run_id": run.id,
+                        "name": cm.name,
+                        "ts": cm.ts,
+                        "offset_seconds": cm.ts - run.start_ts,
+                        "step": cm.step,
+                        "labels": list(cm.labels),
+                        "matrix": [list(r) for r in cm.matrix],
                     }
                 )
         else:

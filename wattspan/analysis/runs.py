@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from wattspan.agent.attribution import primary_domains
+from wattspan.agent.carbon import Intensity, resolve
 from wattspan.agent.store import Run, Store
 from wattspan.agent.summary import summarize
 from wattspan.analysis._common import Mode, as_run, finite, run_samples
@@ -21,8 +22,28 @@ def run_summary(store: Store, run: Run) -> dict[str, Any]:
         return run.summary
     samples = run_samples(store, run)
     end = run.end_ts or (samples[-1].ts if samples else run.start_ts)
+    idle, method = _idle_of(store, run)
     # A program run's stored summary only says which process it was.
-    return {**(run.summary or {}), **summarize(samples, run.start_ts, end)}
+    return {**(run.summary or {}), **summarize(samples, run.start_ts, end, idle, method)}
+
+
+def _idle_of(store: Store, run: Run) -> tuple[float | None, str | None]:
+    """The idle figure a run was charged: stored with its summary, else with its spans
+    (every span of a run carries the same one)."""
+    s = run.summary or {}
+    if s.get("idle_power_watts") is not None:
+        return float(s["idle_power_watts"]), s.get("idle_method")
+    for span in store.spans(run.id):
+        res = span.resources or {}
+        if res.get("idle_power_watts") is not None:
+            return float(res["idle_power_watts"]), res.get("idle_method")
+    return None, None
+
+
+def run_carbon(run: Run) -> Intensity | None:
+    """The intensity stored with a run's summary (what ``wattspan run`` computed with)."""
+    c = (run.summary or {}).get("carbon")
+    return Intensity.from_dict(c) if isinstance(c, dict) else None
 
 
 def run_figures(store: Store, run: Run) -> dict[str, Any]:
@@ -40,11 +61,14 @@ def run_figures(store: Store, run: Run) -> dict[str, Any]:
     wall = s.get("wall_seconds")
     if wall is None and run.end_ts is not None:
         wall = run.end_ts - run.start_ts
+    proc = s.get("process_energy_joules")
     return {
         "wall_seconds": wall,
         "cpu_seconds": s.get("cpu_seconds"),
         "cpu_percent_avg": s.get("cpu_percent_avg"),
         "peak_rss_bytes": s.get("peak_rss_bytes"),
+        "process_energy_joules": proc,
+        "process_total_energy_joules": None if proc is None else proc + (gpu or 0.0),
         "energy_joules": node,
         "energy_estimated": any(by_domain[d].get("estimated") for d in primary)
         if primary
@@ -77,6 +101,7 @@ class Comparison:
     runs: list[Run]
     rows: list[CompareRow]
     target: dict[str, Any] | None = None
+    carbon: Intensity | None = None
 
     def row(self, key: str) -> CompareRow:
         for r in self.rows:
@@ -92,6 +117,7 @@ class Comparison:
                 for r in self.runs
             ],
             "target": self.target,
+            "carbon": self.carbon.to_dict() if self.carbon else None,
             "rows": [asdict(r) for r in self.rows],
         }
 
@@ -126,12 +152,18 @@ def compare_runs(
     target_metric: str = "ml.accuracy",
     target: float | None = None,
     mode: Mode = "auto",
+    carbon: Intensity | None = None,
 ) -> Comparison:
     """Side-by-side figures of runs, with differences against the first run.
 
-    Rows: resources (wall time, CPU seconds, peak RSS, node energy of the primary domains,
-    GPU energy, their total), per metric the final and best value, time- and
-    energy-to-target for ``target_metric``, and every hyperparameter.
+    Rows: resources (wall time, CPU seconds, peak RSS, the run's process energy first, then
+    node energy of the primary domains, GPU energy, their total, CO2e), the runs' rank by
+    process energy (node energy where a run has no process share), per metric the final and
+    best value, time- and energy-to-target for ``target_metric``, and every hyperparameter.
+
+    CO2e of every run is computed with one intensity, so the runs compare on energy alone:
+    ``carbon`` if given, else the one stored with the first run that has one, else the
+    default (:func:`wattspan.agent.carbon.resolve`). ``Comparison.carbon`` says which.
 
     Without ``target`` the target is the best value that *every* run reached (the lowest
     of the runs' best accuracies, or the highest of their best losses), so each run gets a
@@ -141,18 +173,32 @@ def compare_runs(
     runs = [as_run(store, r) for r in run_ids]
     rows: list[CompareRow] = []
     figs = [run_figures(store, r) for r in runs]
+    if carbon is None:
+        carbon = next((c for r in runs if (c := run_carbon(r)) is not None), None) or resolve()
+    for f in figs:
+        f["process_co2e_grams"] = carbon.grams(f["process_total_energy_joules"])
+        f["co2e_grams"] = carbon.grams(f["total_energy_joules"])
     for key, label, unit, better in (
         ("wall_seconds", "wall time", "s", "min"),
         ("cpu_seconds", "CPU time", "s", "min"),
         ("cpu_percent_avg", "CPU avg", "%", None),
         ("peak_rss_bytes", "peak RSS", "B", "min"),
+        ("process_energy_joules", "process energy", "J", "min"),
         ("energy_joules", "node energy", "J", "min"),
         ("gpu_energy_joules", "GPU energy", "J", "min"),
-        ("total_energy_joules", "total energy", "J", "min"),
+        ("total_energy_joules", "total energy (node + GPU)", "J", "min"),
+        ("process_co2e_grams", "CO2e process (+ GPU)", "g", "min"),
+        ("co2e_grams", "CO2e node (+ GPU)", "g", "min"),
     ):
         values = [f[key] for f in figs]
         if any(v is not None for v in values):
             rows.append(_row(key, label, unit, "resources", values, better))
+    ranked = _rank(figs)
+    if ranked is not None:
+        none: list[float | None] = [None] * len(runs)  # a rank's difference means nothing
+        rows.append(
+            CompareRow("energy_rank", ranked[0], "", "resources", ranked[1], none, none, "min")
+        )
     if any(f["energy_estimated"] for f in figs):
         rows.append(
             _row(
@@ -222,4 +268,18 @@ def compare_runs(
     params = [store.params(r.id) for r in runs]
     for key in sorted({k for p in params for k in p}):
         rows.append(_row(f"param.{key}", key, "", "params", [p.get(key) for p in params], None))
-    return Comparison(runs, rows, target_info)
+    return Comparison(runs, rows, target_info, carbon)
+
+
+def _rank(figs: Sequence[dict[str, Any]]) -> tuple[str, list[int | None]] | None:
+    """1 for the run that used the least energy: its process share (+ GPU) when every run
+    has one, else node + GPU. Ties share a rank."""
+    key = "process_total_energy_joules"
+    label = "rank by process energy"
+    if not all(f[key] is not None for f in figs):
+        key, label = "total_energy_joules", "rank by node energy"
+    values = [f[key] for f in figs]
+    known = sorted({v for v in values if v is not None})
+    if len(known) < 1:
+        return None
+    return label, [None if v is None else 1 + sum(1 for k in known if k < v) for v in values]

@@ -38,28 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--log-level", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
-    r = sub.add_parser(
-        "run",
-        parents=[common],
-        help="run a command and report its time, CPU, memory, energy and GPU use",
-        description="Run CMD under an embedded agent, print a summary table when it ends, "
-        "store the run, and exit with CMD's exit code.",
-    )
-    r.add_argument("--interval", type=_interval, default=0.1, help="sampling interval, s (0.1)")
-    r.add_argument(
-        "--store",
-        metavar="PATH",
-        help="SQLite store (default: $WATTSPAN_STORE or $XDG_DATA_HOME/wattspan/wattspan.db)",
-    )
-    r.add_argument("--name", help="run name (default: the command's name)")
-    r.add_argument("--description", default="", help="free text stored with the run")
-    r.add_argument("--config", metavar="FILE", help="agent TOML config (collectors section)")
-    r.add_argument(
-        "--json",
-        action="store_true",
-        help="print the summary as one JSON object on stdout instead of the table",
-    )
-    r.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ARGS...")
+    from wattspan.cli.run_parser import STORE_HELP, add_run_parser
+
+    add_run_parser(sub, common, _interval)
 
     a = sub.add_parser(
         "agent",
@@ -77,28 +58,17 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--metrics-listen", help="address for /metrics (default 127.0.0.1)")
     a.add_argument("--otlp-port", type=int, help="OTLP/gRPC receiver port (default 4317)")
     a.add_argument("--interval", type=_interval, help="sampling interval, s (default 1)")
-    a.add_argument("--store", metavar="PATH", help="SQLite store path")
+    a.add_argument("--store", metavar="PATH", help=STORE_HELP)
     a.add_argument("--no-store", action="store_true", help="do not write the embedded store")
 
     st = sub.add_parser("status", help="show a running agent's delivery and ingest counters")
     st.add_argument("--config", metavar="FILE", help="the agent's config (for its metrics port)")
     st.add_argument("--metrics-port", type=int, help="the agent's metrics port")
-    st.add_argument("--json", action="store_true")
+    st.add_argument("--json", action="store_true", help="print one JSON object instead")
 
-    ls = sub.add_parser("runs", help="list stored runs")
-    ls.add_argument("--store", metavar="PATH")
-    ls.add_argument("-n", "--limit", type=int, default=20)
-    ls.add_argument(
-        "--kind",
-        choices=["run", "agent", "program"],
-        help="only runs of this kind (program: a process that sent spans to a daemon agent)",
-    )
-    ls.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    from wattspan.cli.analysis_parsers import add_store_parsers
 
-    sh = sub.add_parser("show", help="show one stored run's summary")
-    sh.add_argument("run", help="run id, id prefix, name, or 'latest'")
-    sh.add_argument("--store", metavar="PATH")
-    sh.add_argument("--json", action="store_true")
+    add_store_parsers(sub)
 
     cal = sub.add_parser(
         "calibrate",
@@ -115,6 +85,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_dashboards_parser(sub, common)
 
+    from wattspan.cli.spark_cmd import add_parser as add_spark_parser
+
+    add_spark_parser(sub, common)
+
+    from wattspan.cli.experiment_cmd import add_parser as add_experiment_parser
+
+    add_experiment_parser(sub, common)
+
+    from wattspan.cli.stream_cmd import add_parser as add_stream_parser
+
+    add_stream_parser(sub, common)
+
     from wattspan.cli.analysis_parsers import add_analysis_parsers
 
     add_analysis_parsers(sub)
@@ -130,6 +112,26 @@ def _setup_logging(level: str | None, default: str = "warning") -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # `wattspan runs | head`: the reader left. Point stdout at /dev/null so the flush at
+        # exit does not raise again, and exit as a process killed by SIGPIPE would.
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["run"]:
+        # The whole parser loads every subcommand's module: `wattspan run` starts its
+        # command sooner without them (wattspan/cli/run_cmd.py).
+        from wattspan.cli.run_cmd import main_run
+
+        return main_run(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -23,6 +23,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
+from wattspan.agent.carbon import CarbonError, Intensity, annotate, resolve
 from wattspan.agent.store import Run, Store
 from wattspan.analysis import (
     Comparison,
@@ -30,14 +31,16 @@ from wattspan.analysis import (
     compare_runs,
     export_rows,
     metric_summaries,
+    run_carbon,
     run_summary,
     span_tree,
     time_to_target,
     write_csv,
     write_jsonl,
 )
+from wattspan.cli.resolve import resolve_runs
 from wattspan.cli.store_cmds import open_store
-from wattspan.cli.tables import fmt_bytes, fmt_num, fmt_ts
+from wattspan.cli.tables import fmt_bytes, fmt_grams, fmt_num, fmt_ts
 
 PICK_LIMIT = 20  # runs offered by the interactive prompt
 
@@ -104,11 +107,7 @@ def pick_runs(
 def _select(store: Store, refs: Sequence[str], command: str, minimum: int) -> list[Run] | int:
     """Resolves ``refs``; with none, prompts on a terminal, else usage error (exit 2)."""
     if refs:
-        try:
-            return [store.resolve_run(ref) for ref in refs]
-        except KeyError as exc:
-            _err(str(exc.args[0]))
-            return 1
+        return resolve_runs(store, refs)
     if sys.stdin is not None and sys.stdin.isatty():
         runs = pick_runs(store, minimum=minimum)
         if runs is None:
@@ -151,6 +150,8 @@ def _fmt_value(v: Any, unit: str) -> str:
             return str(v)
         if unit == "B":
             return fmt_bytes(v)
+        if unit == "g":
+            return fmt_grams(v)
         if unit == "%":
             return fmt_num(v, "%", 1)
         if unit:
@@ -189,11 +190,49 @@ def comparison_table(comp: Comparison) -> Table:
                 cell.append(f"\n{'+' if d >= 0 else '-'}{mag}{ptxt}", style=style)
             cells.append(cell)
         t.add_row(row.label, *cells)
+    notes = []
     if comp.target:
         op = ">=" if comp.target["mode"] == "max" else "<="
         how = "common best of all runs" if comp.target.get("chosen") == "common best" else "given"
-        t.caption = f"target: {comp.target['metric']} {op} {comp.target['target']:g} ({how})"
+        notes.append(f"target: {comp.target['metric']} {op} {comp.target['target']:g} ({how})")
+    if comp.carbon is not None:
+        notes.append(f"CO2e at {comp.carbon.label()}")
+    notes.append("process energy: each run's CPU-time share of its node's active energy")
+    t.caption = "\n".join(notes)
     return t
+
+
+def carbon_arg(args: argparse.Namespace) -> Intensity | int | None:
+    """The intensity ``--carbon-intensity``/``--country``/``--pue`` ask for; None when none
+    is given (each command then uses what the runs were stored with); exit code 2 on a bad
+    value."""
+    if args.carbon_intensity is None and args.country is None and args.pue is None:
+        return None
+    try:
+        return resolve(args.carbon_intensity, args.country, 1.0 if args.pue is None else args.pue)
+    except CarbonError as exc:
+        _err(str(exc))
+        return 2
+
+
+def resolve_metric(store: Store, runs: Sequence[Run], name: str) -> str:
+    """The stored metric name ``name`` means: itself when a run logged it, else the one
+    metric whose last dotted part it is (``accuracy`` -> ``ml.accuracy``), said on stderr.
+    Unknown names are returned as they are, with the names the runs have."""
+    have: dict[str, None] = {}
+    for r in runs:
+        have.update(dict.fromkeys(metric_summaries(store, r)))
+    if not have or name in have:
+        return name
+    tail = [m for m in have if m.rsplit(".", 1)[-1] == name or m.endswith("." + name)]
+    if len(tail) == 1:
+        _err(f"metric {name!r} is {tail[0]!r} in these runs; using {tail[0]}")
+        return tail[0]
+    if tail:
+        _err(f"metric {name!r} matches {', '.join(tail)}; using {tail[0]}")
+        return tail[0]
+    _err(f"no metric {name!r} in these runs (they have: {', '.join(list(have)[:12])})")
+    return name
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -204,8 +243,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if len(runs) < 2:
         _err("compare: name at least two runs")
         return 2
+    carbon = carbon_arg(args)
+    if isinstance(carbon, int):
+        return carbon
+    metric = resolve_metric(store, runs, args.target_metric)
     comp = compare_runs(
-        store, runs, target_metric=args.target_metric, target=args.target, mode=args.mode
+        store, runs, target_metric=metric, target=args.target, mode=args.mode, carbon=carbon
     )
     if args.json:
         sys.stdout.write(json.dumps(comp.to_dict(), sort_keys=True, default=str) + "\n")
@@ -224,14 +267,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     store, runs = selected
     from wattspan.analysis.report import write_report  # plotly is only needed here
 
+    carbon = carbon_arg(args)
+    if isinstance(carbon, int):
+        return carbon
     try:
         path = write_report(
             store,
             runs,
             args.output,
             title=args.title,
-            target_metric=args.target_metric,
+            target_metric=resolve_metric(store, runs, args.target_metric),
             target=args.target,
+            carbon=carbon,
         )
     except OSError as exc:
         _err(f"report: cannot write {args.output}: {exc.strerror or exc}")
@@ -368,9 +415,13 @@ def show_details(
     metrics table (first/last/best per metric), plus time- and energy-to-target for
     ``target_metric`` when the run logged it. Empty list when the run has neither."""
     out: list[RenderableType] = []
-    roots = span_tree(store.spans(run.id))
+    spans = store.spans(run.id)
+    roots = span_tree(spans)
     if roots:
         out.append(span_tree_view(roots, title=f"spans of {run.name} ({run.id[:8]})"))
+    from wattspan.cli.spark_cmd import show_section  # Spark stages' skew, if it has any
+
+    out.extend(show_section(store, run, spans))
     summaries = metric_summaries(store, run)
     if summaries:
         t = Table(title="valued metrics", show_header=True, header_style="bold")
@@ -419,21 +470,35 @@ def cmd_show(args: argparse.Namespace) -> int:
     store = open_store(args.store)
     if store is None:
         return 1
-    try:
-        run = store.resolve_run(args.run)
-    except KeyError as exc:
-        print(f"wattspan: {exc.args[0]}", file=sys.stderr)
-        return 1
+    picked = _select(store, [args.run] if args.run else [], "show", 1)
+    if isinstance(picked, int):
+        return picked
+    run = picked[0]
+    carbon = carbon_arg(args)
+    if isinstance(carbon, int):
+        return carbon
+    # An agent session or a program run has no stored table: computed from its samples.
+    summary = dict(run_summary(store, run))
+    stored = run_carbon(run)
+    if carbon is not None or stored is None:
+        if carbon is None:
+            from wattspan.agent.carbon import from_config
+            from wattspan.agent.config import load_config
+
+            carbon = from_config(load_config()["carbon"])
+        annotate(summary, carbon)
     if args.json:
-        sys.stdout.write(json.dumps(dataclasses.asdict(run), sort_keys=True) + "\n")
+        row = dataclasses.asdict(run)
+        row["summary"] = summary
+        sys.stdout.write(json.dumps(row, sort_keys=True, default=str) + "\n")
         return 0
     from rich.console import Console
 
     from wattspan.cli.tables import print_table, summary_table
 
-    # An agent session or a program run has no stored table: computed from its samples.
-    print_table(summary_table(run, run_summary(store, run)))
+    print_table(summary_table(run, summary))
     console = Console()
-    for renderable in show_details(store, run):
+    metric = resolve_metric(store, [run], args.target_metric)
+    for renderable in show_details(store, run, target_metric=metric, target=args.target):
         console.print(renderable)
     return 0

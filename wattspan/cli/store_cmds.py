@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from wattspan.agent.store import Store, StoreError, default_store_path
+from wattspan.agent.store import Run, Store, StoreError, default_store_path
 
 #: Exit code for a store that is there but cannot be opened: like a usage error, the
 #: ``--store`` path (or ``$WATTSPAN_STORE``) is what needs fixing.
@@ -37,11 +37,20 @@ def open_store(path: str | None) -> Store | None:
         raise SystemExit(EXIT_BAD_STORE) from None
 
 
+def has_tags(run: Run, tags: list[tuple[str, str]]) -> bool:
+    stored = (run.summary or {}).get("tags") or {}
+    return all(stored.get(k) == v for k, v in tags)
+
+
 def cmd_runs(args: argparse.Namespace) -> int:
     store = open_store(args.store)
     if store is None:
         return 1
-    runs = store.runs(limit=args.limit, kind=args.kind)
+    limit = args.limit or None
+    if args.tag:
+        runs = [r for r in store.runs(kind=args.kind) if has_tags(r, args.tag)][:limit]
+    else:
+        runs = store.runs(limit=limit, kind=args.kind)
     if args.json:
         for r in runs:
             sys.stdout.write(json.dumps(dataclasses.asdict(r), sort_keys=True) + "\n")
@@ -49,4 +58,20 @@ def cmd_runs(args: argparse.Namespace) -> int:
         from wattspan.cli.tables import print_table, runs_table
 
         print_table(runs_table(runs))
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    """Deletes the runs named; all are resolved first, so a typo deletes nothing."""
+    store = open_store(args.store)
+    if store is None:
+        return 1
+    from wattspan.cli.resolve import resolve_runs
+
+    runs = resolve_runs(store, args.runs)
+    if isinstance(runs, int):
+        return runs
+    for r in {r.id: r for r in runs}.values():
+        n = store.delete_run(r.id)
+        print(f"deleted {r.id[:8]} {r.name} ({n} rows)", file=sys.stderr)
     return 0

@@ -90,6 +90,10 @@ class InfluxDBConfig:
     retry_max_interval: float = 30.0
     max_dead_letter_bytes: int = 64 * 1024 * 1024
     close_timeout: float = 5.0
+    # derived measurements (agent/exporters/influxdb/rollup.py, progress.py)
+    rollup: bool = True
+    rollup_max_minutes: int = 5_000
+    ml_progress: bool = True
 
     @property
     def endpoint(self) -> str:
@@ -121,6 +125,7 @@ SIZE_RANGES: dict[str, tuple[int, int]] = {
 INT_RANGES: dict[str, tuple[int, int]] = {
     "batch_size": (1, 1_000_000),
     "max_metric_tags": (0, 64),
+    "rollup_max_minutes": (16, 10_000_000),
 }
 #: ``fsync = N``: milliseconds between background fsyncs.
 FSYNC_MS_RANGE = (1.0, 3_600_000.0)
@@ -438,4 +443,7 @@ def parse_config(
             section, "max_dead_letter_bytes", _DEFAULTS.max_dead_letter_bytes
         ),
         close_timeout=_seconds(section, "close_timeout", _DEFAULTS.close_timeout),
+        rollup=_bool(section, "rollup", _DEFAULTS.rollup),
+        rollup_max_minutes=_int(section, "rollup_max_minutes", _DEFAULTS.rollup_max_minutes),
+        ml_progress=_bool(section, "ml_progress", _DEFAULTS.ml_progress),
     )

@@ -49,6 +49,8 @@ from wattspan.agent.delivery import (
 from wattspan.agent.errors import ConfigError
 from wattspan.agent.exporters.influxdb.config import SECTION, InfluxDBConfig, parse_config
 from wattspan.agent.exporters.influxdb.lineprotocol import AttributeTags, LineEncoder, split_lines
+from wattspan.agent.exporters.influxdb.progress import MlProgress
+from wattspan.agent.exporters.influxdb.rollup import SpanRollup, next_generation
 from wattspan.agent.exporters.influxdb.transport import (
     Response,
     Transport,
@@ -161,7 +163,15 @@ class InfluxDBExporter:
             raise ConfigError(
                 f"{SECTION}.queue_dir", f"cannot use {str(config.queue_dir)!r}: {why}"
             ) from None
+        self._ml_progress = MlProgress() if config.ml_progress else None
+        self._rollup: SpanRollup | None = None
         try:
+            if config.rollup:
+                self._rollup = SpanRollup(
+                    generation=next_generation(Path(config.queue_dir)),
+                    precision=config.precision,
+                    max_open=config.rollup_max_minutes,
+                )
             self._dead = DeadLetterFile(
                 Path(config.queue_dir) / "deadletter.jsonl", max_bytes=config.max_dead_letter_bytes
             )
@@ -196,6 +206,19 @@ class InfluxDBExporter:
         """
         if self._closing:
             raise RuntimeError("influxdb exporter is closed")
+        if self._ml_progress is not None:
+            derived = self._ml_progress.derive(samples)
+            if derived:
+                samples = [*samples, *derived]
+        if self._rollup is not None and any(s.source == "spans" for s in samples):
+            # The minutes' new cumulative points go into the same append as their spans:
+            # acknowledged together, or (the append raised) neither.
+            rows = samples
+            self._rollup.write(rows, lambda points: self._append([*rows, *points]))
+        else:
+            self._append(samples)
+
+    def _append(self, samples: Sequence[Sample]) -> None:
         frames, counts = self._encoder.encode_frames(samples, self.config.batch_size)
         if counts.dropped_points or counts.dropped_fields:
             with self._lock:
@@ -290,6 +313,7 @@ class InfluxDBExporter:
                 "dropped_fields_total": self._dropped_fields,
                 "dead_lettered_records_total": self._dead_lettered,
                 "dead_lettered_batches_total": self._dead_lettered_batches,
+                **(self._rollup.stats() if self._rollup is not None else {}),
             }
 
     def __repr__(self) -> str:

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from wattspan.agent.attribution import primary_domains
+from wattspan.agent.carbon import Intensity
 from wattspan.agent.store import Run, Store
 from wattspan.analysis import (
     Comparison,
@@ -84,7 +85,9 @@ _BASE_LAYOUT: dict[str, Any] = {
     "plot_bgcolor": "#fbfcfd",
     "font": {"family": "system-ui, -apple-system, Segoe UI, Roboto, sans-serif", "size": 12},
     "margin": {"l": 70, "r": 30, "t": 40, "b": 50},
-    "legend": {"orientation": "h", "y": -0.12},
+    # Right of the plot, where no axis title is: below it (plotly's horizontal legend at
+    # y < 0) it covered the x axis title.
+    "legend": {"orientation": "v", "x": 1.02, "xanchor": "left", "y": 1, "yanchor": "top"},
     "hoverlabel": {"namelength": -1},
 }
 
@@ -127,6 +130,20 @@ class _Ctx:
 
 def _color(i: int) -> str:
     return PALETTE[i % len(PALETTE)]
+
+
+class _Colors:
+    """One colour per thing a figure shows (a process tree, an energy domain, a GPU): the
+    same thing keeps its colour across panels, two things never share one (until the
+    palette's 10 run out). Grey is the node's."""
+
+    def __init__(self) -> None:
+        self._by: dict[str, str] = {}
+
+    def __call__(self, key: str) -> str:
+        if key not in self._by:
+            self._by[key] = _color(len(self._by))
+        return self._by[key]
 
 
 def _layout(**kw: Any) -> dict[str, Any]:
@@ -216,6 +233,31 @@ def _band_level(roots: list[SpanNode]) -> list[SpanNode]:
     return level
 
 
+def _pack_lanes(nodes: list[SpanNode]) -> tuple[dict[int, int], list[str]]:
+    """A Gantt lane per depth, and more where spans of one depth overlap in time (threads,
+    an orphan beside its would-be root): each span goes to the first lane of its depth that
+    is free at its start. Returns the lane of each node (by ``id``) and the lane labels."""
+    by_depth: dict[int, list[SpanNode]] = defaultdict(list)
+    for n in nodes:
+        by_depth[n.depth].append(n)
+    lane_of: dict[int, int] = {}
+    labels: list[str] = []
+    for depth in sorted(by_depth):
+        ends: list[float] = []  # per lane of this depth, when its last span ends
+        first = len(labels)
+        for n in sorted(by_depth[depth], key=lambda n: (n.span.start_ts, n.span.end_ts)):
+            row = next((i for i, e in enumerate(ends) if e <= n.span.start_ts), None)
+            if row is None:
+                row = len(ends)
+                ends.append(n.span.end_ts)
+            ends[row] = n.span.end_ts
+            lane_of[id(n)] = first + row
+        labels += [
+            f"depth {depth}" if i == 0 else f"depth {depth} ({i + 1})" for i in range(len(ends))
+        ]
+    return lane_of, labels
+
+
 def _span_hover(node: SpanNode) -> str:
     r = node.resources
     s = node.span
@@ -247,6 +289,7 @@ def timeline_figure(store: Store, run: Run, ctx: _Ctx, fid: str) -> Figure | Non
         for src in ("cpu", "memory", "process_tree", "rapl", "power_model", "gpu")
     }
     panels: list[tuple[str, list[dict[str, Any]]]] = []
+    color = _Colors()
 
     # CPU in cores busy: node (from /proc/stat counters) and process trees share the unit,
     # so "my job used 3 of the 5 busy cores" reads straight off the plot.
@@ -262,11 +305,11 @@ def timeline_figure(store: Store, run: Run, ctx: _Ctx, fid: str) -> Figure | Non
     # The busiest trees only: an agent session can watch dozens of processes.
     ranked = sorted(trees.items(), key=lambda kv: -_tree_cpu_seconds(kv[1][-1]))
     ranked = ranked[:MAX_PROCESS_TREES]
-    for i, (root, pts) in enumerate(ranked):
+    for root, pts in ranked:
         name = pts[-1].tags.get("name") or "process"
         counter = [(s.ts - t0, _tree_cpu_seconds(s)) for s in pts]
         if len(counter) >= 2:
-            cpu.append(_line(f"{name} ({root})", _rate(counter), _color(i + 1)))
+            cpu.append(_line(f"{name} ({root})", _rate(counter), color(f"tree {root}")))
     if cpu:
         panels.append(("CPU cores busy", cpu))
 
@@ -278,11 +321,11 @@ def timeline_figure(store: Store, run: Run, ctx: _Ctx, fid: str) -> Figure | Non
     ]
     if node_mem:
         mem.append(_line("node used", node_mem, "#555"))
-    for i, (root, pts) in enumerate(ranked):
+    for root, pts in ranked:
         rss = [(s.ts - t0, v / GIB) for s in pts if (v := _num(s, "rss_bytes")) is not None]
         if rss:
             name = pts[-1].tags.get("name") or "process"
-            mem.append(_line(f"{name} ({root}) RSS", rss, _color(i + 1)))
+            mem.append(_line(f"{name} ({root}) RSS", rss, color(f"tree {root}")))
     if mem:
         panels.append(("memory GiB", mem))
 
@@ -292,7 +335,7 @@ def timeline_figure(store: Store, run: Run, ctx: _Ctx, fid: str) -> Figure | Non
         for s in by_src.get(src, []):
             domains[s.tags.get("domain", "?")].append(s)
     primary = set(primary_domains(domains))
-    for i, (domain, pts) in enumerate(sorted(domains.items())):
+    for domain, pts in sorted(domains.items()):
         estimated = pts[0].tags.get("estimated") == "true"
         watts = [(s.ts - t0, v) for s in pts if (v := _num(s, "power_watts")) is not None]
         if not watts:  # older samples without power_watts: derive it from the counter
@@ -306,26 +349,26 @@ def timeline_figure(store: Store, run: Run, ctx: _Ctx, fid: str) -> Figure | Non
                 dash = "dash"  # never let an estimate look like a measurement
             elif domain not in primary:
                 dash = "dot"  # a sub-domain, already inside its package
-            power.append(_line(label, watts, _color(i + 3), dash))
+            power.append(_line(label, watts, color(f"domain {domain}"), dash))
     gpus: dict[str, list[Sample]] = defaultdict(list)
     for s in by_src.get("gpu", []):
         gpus[s.tags.get("gpu", "?")].append(s)
-    for i, (gpu, pts) in enumerate(sorted(gpus.items())):
+    for gpu, pts in sorted(gpus.items()):
         watts = [(s.ts - t0, v) for s in pts if (v := _num(s, "power_watts")) is not None]
         if watts:
-            power.append(_line(f"GPU {gpu}", watts, _color(i + 6)))
+            power.append(_line(f"GPU {gpu}", watts, color(f"gpu {gpu}")))
     if power:
         panels.append(("power W", power))
 
     gpu_util: list[dict[str, Any]] = []
-    for i, (gpu, pts) in enumerate(sorted(gpus.items())):
+    for gpu, pts in sorted(gpus.items()):
         util = [
             (s.ts - t0, v * 100.0)
             for s in pts
             if (v := _num(s, "utilization_gpu_ratio")) is not None
         ]
         if util:
-            gpu_util.append(_line(f"GPU {gpu} util", util, _color(i + 6)))
+            gpu_util.append(_line(f"GPU {gpu} util", util, color(f"gpu {gpu}")))
     if gpu_util:
         panels.append(("GPU util %", gpu_util))
 
@@ -337,7 +380,8 @@ def timeline_figure(store: Store, run: Run, ctx: _Ctx, fid: str) -> Figure | Non
     gantt_nodes = [n for n in iter_tree(roots) if n.depth < 4]
     gantt_nodes.sort(key=lambda n: (n.depth, -(n.span.end_ts - n.span.start_ts)))
     gantt_nodes = gantt_nodes[:MAX_GANTT_SPANS]
-    lanes = sorted({n.depth for n in gantt_nodes})
+    lane_of, lane_text = _pack_lanes(gantt_nodes)
+    lanes = list(range(len(lane_text)))
     n_panels = len(panels) + (1 if gantt_nodes else 0)
     gap = 0.05
     gantt_h = 0.1 + 0.05 * len(lanes) if gantt_nodes else 0.0
@@ -347,6 +391,9 @@ def timeline_figure(store: Store, run: Run, ctx: _Ctx, fid: str) -> Figure | Non
         hovermode="closest",
         barmode="overlay",
         showlegend=True,
+        # A span name that fits its bar only shrunk below 9 px is left out (the hover has
+        # it), rather than drawn as a smudge or over its neighbour.
+        uniformtext={"mode": "hide", "minsize": 9},
     )
     data: list[dict[str, Any]] = []
     top = 1.0
@@ -357,7 +404,7 @@ def timeline_figure(store: Store, run: Run, ctx: _Ctx, fid: str) -> Figure | Non
             "domain": [top - gantt_h, top],
             "title": {"text": "spans"},
             "tickvals": lanes,
-            "ticktext": [f"depth {d}" for d in lanes],
+            "ticktext": lane_text,
             "autorange": "reversed",
             "fixedrange": True,
             "zeroline": False,
@@ -372,11 +419,12 @@ def timeline_figure(store: Store, run: Run, ctx: _Ctx, fid: str) -> Figure | Non
                 "yaxis": "y",
                 "base": [n.span.start_ts - t0 for n in gantt_nodes],
                 "x": [max(n.span.end_ts - n.span.start_ts, 1e-6) for n in gantt_nodes],
-                "y": [n.depth for n in gantt_nodes],
+                "y": [lane_of[id(n)] for n in gantt_nodes],
                 "width": 0.8,
                 "text": [html.escape(n.name) for n in gantt_nodes],
                 "textposition": "inside",
                 "insidetextanchor": "start",
+                "constraintext": "inside",
                 "hovertext": [_span_hover(n) for n in gantt_nodes],
                 "hoverinfo": "text",
                 "marker": {"color": [ctx.name_color(n.name) for n in gantt_nodes], "opacity": 0.8},
@@ -468,6 +516,7 @@ def span_energy_figure(store: Store, runs: Sequence[Run], ctx: _Ctx, fid: str) -
             if r.get("process_energy_joules") is not None:
                 a["process"] += r["process_energy_joules"]
                 a["other"] += r.get("other_energy_joules") or 0.0
+                a["with_process"] += 1
             else:
                 a["active"] += max(node_j - idle, 0.0)
             a["gpu"] += r.get("gpu_energy_total_joules") or 0.0
@@ -509,16 +558,26 @@ def span_energy_figure(store: Store, runs: Sequence[Run], ctx: _Ctx, fid: str) -
                 )
         barmode = "stack"
     else:
+        # Process share first: on a shared node the node's energy says more about the
+        # neighbours than about the run (identical runs differed by 43 % in node energy).
+        by_process = all(a[n]["with_process"] == a[n]["count"] for _, a in per_run for n in a)
+        what = "process energy + GPU" if by_process else "node energy + GPU"
         for run, agg in per_run:
+            key = "process" if by_process else "node"
             data.append(
                 {
                     "type": "bar",
                     "orientation": "h",
                     "name": _label(run),
-                    "x": [agg[n]["node"] + agg[n]["gpu"] if n in agg else 0.0 for n in rev],
+                    "x": [agg[n][key] + agg[n]["gpu"] if n in agg else 0.0 for n in rev],
                     "y": ys,
+                    "customdata": [
+                        [agg[n]["node"] + agg[n]["gpu"] if n in agg else 0.0] for n in rev
+                    ],
                     "marker": {"color": ctx.run_color(run)},
-                    "hovertemplate": "%{y}: %{x:.2f} J<extra>"
+                    "hovertemplate": "%{y}: %{x:.2f} J "
+                    + what
+                    + " (node + GPU %{customdata[0]:.2f} J)<extra>"
                     + html.escape(_label(run))
                     + "</extra>",
                 }
@@ -527,6 +586,8 @@ def span_energy_figure(store: Store, runs: Sequence[Run], ctx: _Ctx, fid: str) -
     if not data:
         return None
     est = " (CPU side estimated by the power model)" if estimated else ""
+    if len(runs) > 1:
+        est = f", {what}{est}"
     height = max(300, 120 + len(names) * (22 if len(runs) == 1 else 14 * len(runs) + 8))
     return Figure(
         fid,
@@ -535,7 +596,14 @@ def span_energy_figure(store: Store, runs: Sequence[Run], ctx: _Ctx, fid: str) -
         _layout(
             title={"text": f"Energy per span, J{est}"},
             barmode=barmode,
-            legend={"orientation": "h", "y": -0.12, "traceorder": "normal"},
+            legend={
+                "orientation": "v",
+                "x": 1.02,
+                "xanchor": "left",
+                "y": 1,
+                "yanchor": "top",
+                "traceorder": "normal",
+            },
             xaxis={"title": {"text": "joules"}},
             yaxis={"automargin": True, "type": "category"},
             margin={"l": 160, "r": 30, "t": 40, "b": 50},
@@ -557,11 +625,14 @@ def metric_figures(
     for i, name in enumerate(names[:MAX_METRIC_PLOTS]):
         # Common x across runs: steps only if every run logged steps for this metric.
         use_step = all(all(r.step is not None for r in rows.get(name, ())) for rows in by_run)
+        curves = [(run, curve_points(rows.get(name, ()), run, use_step)) for run, rows in
+                  zip(runs, by_run, strict=True)]  # fmt: skip
+        curves = [(run, pts) for run, pts in curves if pts]
+        if curves and all(len(pts) == 1 for _, pts in curves):
+            figs.append(_single_value_figure(f"{fid}-{i}", name, curves, ctx))
+            continue
         data = []
-        for run, rows in zip(runs, by_run, strict=True):
-            pts = curve_points(rows.get(name, ()), run, use_step)
-            if not pts:
-                continue
+        for run, pts in curves:
             data.append(
                 {
                     "type": "scatter",
@@ -596,7 +667,7 @@ def metric_figures(
                 _layout(
                     title={"text": f"{html.escape(name)} ({better} is better)"},
                     xaxis={"title": {"text": "step" if use_step else "seconds since run start"}},
-                    yaxis={"title": {"text": html.escape(name)}},
+                    yaxis=_value_axis(name, [p[1] for _, pts in curves for p in pts]),
                     shapes=shapes,
                 ),
                 note="Dashed line: the time-to-target level." if shapes else "",
@@ -605,6 +676,47 @@ def metric_figures(
             )
         )
     return figs
+
+
+def _value_axis(name: str, values: list[float]) -> dict[str, Any]:
+    axis: dict[str, Any] = {"title": {"text": html.escape(name)}}
+    if values and _integral(values):
+        axis.update(tickformat=",d", hoverformat=",d")  # counts: 13,993, not 13.993k
+    return axis
+
+
+def _single_value_figure(
+    fid: str, name: str, curves: list[tuple[Run, list[tuple[float, float]]]], ctx: _Ctx
+) -> Figure:
+    """A metric logged once per run (a test accuracy, a final throughput): one bar per run,
+    not a line of single dots."""
+    values = [pts[0][1] for _, pts in curves]
+    better = "higher" if metric_mode(name) == "max" else "lower"
+    integral = _integral(values)
+    return Figure(
+        fid,
+        name,
+        [
+            {
+                "type": "bar",
+                "x": [html.escape(_label(run)) for run, _ in curves],
+                "y": values,
+                "marker": {"color": [ctx.run_color(run) for run, _ in curves]},
+                "text": [f"{int(v):,}" if integral else f"{v:.4g}" for v in values],
+                "textposition": "auto",
+                "hovertemplate": "%{x}: %{text}<extra></extra>",
+                "showlegend": False,
+            }
+        ],
+        _layout(
+            title={"text": f"{html.escape(name)} ({better} is better)"},
+            xaxis={"title": {"text": "run"}, "type": "category"},
+            yaxis=_value_axis(name, values),
+        ),
+        note="Logged once per run: one bar each.",
+        height=340,
+        section="metrics",
+    )
 
 
 def confusion_figures(store: Store, runs: Sequence[Run], fid: str) -> list[Figure]:
@@ -647,13 +759,44 @@ def confusion_figures(store: Store, runs: Sequence[Run], fid: str) -> list[Figur
     return figs
 
 
+def _integral(values: Sequence[float]) -> bool:
+    return all(float(v).is_integer() for v in values)
+
+
 def _num_dim(label: str, values: list[float]) -> dict[str, Any]:
     dim: dict[str, Any] = {"label": label, "values": values}
     lo, hi = min(values), max(values)
     if lo == hi:  # a constant axis needs a range, or plotly invents a meaningless one
         pad = abs(lo) * 0.1 or 1.0
         dim["range"] = [lo - pad, hi + pad]
+    if _integral(values):
+        dim["tickformat"] = ",d"  # 128, not 128.00 or 0.128k
     return dim
+
+
+def _log_dim(label: str, values: list[float]) -> dict[str, Any]:
+    """A parallel-coordinates axis on a log scale (plotly's parcoords has none): log10 of
+    the values, ticked at the decades (and the values' own ones) with the real numbers."""
+    logs = [math.log10(v) for v in values]
+    lo, hi = math.floor(min(logs)), math.ceil(max(logs))
+    ticks = sorted({float(d) for d in range(lo, hi + 1)} | set(logs))
+    return {
+        "label": f"{label} (log)",
+        "values": logs,
+        "range": [lo, hi] if hi > lo else [lo - 1, hi + 1],
+        "tickvals": ticks,
+        "ticktext": [f"{10**t:.3g}" for t in ticks],
+    }
+
+
+def _wants_log(key: str, values: list[float]) -> bool:
+    """Learning rates, and any positive parameter spanning a factor of 10 or more (weight
+    decay, regularisation...), read on a log axis: 0.001 and 0.01 are as far apart as 0.01
+    and 0.1."""
+    if not values or min(values) <= 0:
+        return False
+    named = any(w in key.lower() for w in ("lr", "learning_rate", "learning-rate"))
+    return (named and max(values) > min(values)) or max(values) / min(values) >= 10
 
 
 def params_figure(store: Store, runs: Sequence[Run], fid: str, color_metric: str) -> Figure | None:
@@ -667,6 +810,13 @@ def params_figure(store: Store, runs: Sequence[Run], fid: str, color_metric: str
     runs = [r for r, _ in pairs]
     params = [p for _, p in pairs]
     keys = sorted(set.intersection(*(set(p) for p in params))) if params else []
+    if len(params) > 1:
+        # An axis every line crosses at the same point tells nothing about the runs; the
+        # note names what was left out.
+        constant = [k for k in keys if len({json.dumps(p[k], sort_keys=True) for p in params}) == 1]
+        keys = [k for k in keys if k not in constant]
+    else:
+        constant = []
     dims: list[dict[str, Any]] = []
     for key in keys:
         vals = [p[key] for p in params]
@@ -674,7 +824,7 @@ def params_figure(store: Store, runs: Sequence[Run], fid: str, color_metric: str
             fv = [float(v) for v in vals]
             if not all(math.isfinite(v) for v in fv):
                 continue
-            dims.append(_num_dim(key, fv))
+            dims.append(_log_dim(key, fv) if _wants_log(key, fv) else _num_dim(key, fv))
         elif all(isinstance(v, str | bool) for v in vals):
             cats = sorted({json.dumps(v) if isinstance(v, bool) else v for v in vals})
             if len(cats) > 30:
@@ -720,6 +870,11 @@ def params_figure(store: Store, runs: Sequence[Run], fid: str, color_metric: str
         lo, hi = min(color_vals), max(color_vals)
         if lo == hi:
             line.update(cmin=lo - 1, cmax=hi + 1)
+    same = ""
+    if constant:
+        shown = ", ".join(f"{k} = {_fmt(params[0][k])}" for k in constant[:8])
+        more = f" and {len(constant) - 8} more" if len(constant) > 8 else ""
+        same = f" The same in every run, so not drawn: {shown}{more}."
     return Figure(
         fid,
         "Hyperparameters",
@@ -734,7 +889,8 @@ def params_figure(store: Store, runs: Sequence[Run], fid: str, color_metric: str
         ],
         _layout(margin={"l": 70, "r": 70, "t": 90, "b": 40}),
         note=f"One line per run ({len(runs)}), coloured by {color_title or 'run'}. Drag along "
-        "an axis to filter runs; drag axis titles to reorder.",
+        "an axis to filter runs; drag axis titles to reorder. Axes marked (log) are on a "
+        f"log scale.{same}",
         height=460,
         section="params",
     )
@@ -794,6 +950,11 @@ def _fmt(v: Any, unit: str = "") -> str:
             return str(v)
         if unit == "B":
             return _fmt_bytes(float(v))
+        if unit == "g" and 0 < abs(v) < 1:
+            return f"{v * 1000:.4g} mg"
+        if isinstance(v, int) or (v.is_integer() and abs(v) < 1e15):
+            # Counts, batch sizes, epochs: 128, not 128.00; 13,993, not 1.399e+04.
+            return f"{int(v):,} {unit}".strip()
         text = f"{v:,.2f}" if abs(v) >= 100 else f"{v:.4g}"
         return f"{text} {unit}".strip()
     if isinstance(v, str):
@@ -899,12 +1060,14 @@ def render_report(
     title: str | None = None,
     target_metric: str = "ml.accuracy",
     target: float | None = None,
+    carbon: Intensity | None = None,
 ) -> str:
-    """The report page as one HTML string (plotly.js, data and styles all inline)."""
+    """The report page as one HTML string (plotly.js, data and styles all inline). CO2e is
+    computed with ``carbon`` (default: as :func:`compare_runs` chooses)."""
     runs = [r if isinstance(r, Run) else store.resolve_run(r) for r in run_refs]
     if not runs:
         raise ValueError("a report needs at least one run")
-    comp = compare_runs(store, runs, target_metric=target_metric, target=target)
+    comp = compare_runs(store, runs, target_metric=target_metric, target=target, carbon=carbon)
     figures = build_figures(store, runs, comp, target_metric)
     title = title or "wattspan report: " + ", ".join(r.name for r in runs[:4]) + (
         f" and {len(runs) - 4} more" if len(runs) > 4 else ""
@@ -925,6 +1088,12 @@ def render_report(
             f'<p class="note">Target: {html.escape(comp.target["metric"])} {op} '
             f"{comp.target['target']:g} ({how}); energy is node (primary RAPL domains or "
             "power model) plus GPU from the run start.</p>"
+        )
+    if comp.carbon is not None:
+        note += (
+            f'<p class="note">CO2e at {html.escape(comp.carbon.label())}. Process energy: '
+            "each run's CPU-time share of its node's active energy (what the run itself "
+            "used on a shared node); runs are ranked by it.</p>"
         )
     diff_note = (
         '<p class="note">Below each value: the difference to the first run '
@@ -988,11 +1157,12 @@ def write_report(
     title: str | None = None,
     target_metric: str = "ml.accuracy",
     target: float | None = None,
+    carbon: Intensity | None = None,
 ) -> Path:
     """Writes :func:`render_report` to ``path`` atomically (temp file, then rename), so a
     reader never sees half a report. Returns the path."""
     out = Path(path)
-    text = render_report(store, run_refs, title, target_metric, target)
+    text = render_report(store, run_refs, title, target_metric, target, carbon)
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(out)

@@ -1,0 +1,252 @@
+"""The engine: dispatcher -> scheduler -> processors -> result stage.
+
+    engine = Engine(workers=2, task_size=1 << 20, scheduler="hls")
+    for batch in engine.run(query, batches):   # WindowBatch objects, in window order
+        ...
+    engine.stats                               # tasks per processor kind, rows, seconds
+
+The calling thread cuts tasks and runs the result stage; processor threads run the tasks.
+At most ``max_in_flight`` tasks are between the dispatcher and the result stage (the ring
+of result slots), which bounds memory and makes a slow task hold back the stream, as in
+SABER. ``workers=0`` runs every task inline in the calling thread (no threads at all).
+
+Instrumentation attaches through ``observer`` (see :class:`Observer`): it is called on the
+calling thread for each task in task order and for each batch of windows emitted, with the
+task's processor kind, rows, bytes, start and end times and CPU seconds, and the windows'
+end times.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from .assembly import ResultStage, WindowBatch
+from .dispatcher import DEFAULT_TASK_SIZE, Dispatcher
+from .errors import StreamError
+from .fragments import Fragments, Task, TaskResult, run_task
+from .gpu import GpuWorker
+from .query import Plan, Query
+from .scheduler import Scheduler, make_scheduler
+from .workers import CpuPool, Processor
+
+
+@dataclass
+class TaskEvent:
+    """A finished task (times are ``time.time()`` seconds)."""
+
+    task_id: int
+    query: str
+    kind: str
+    worker: str
+    rows: int
+    nbytes: int
+    t_start: float
+    t_end: float
+    first: int
+    last: int
+    fragments: Fragments
+    # CPU seconds of the thread that ran the task (time.thread_time), from the end of its
+    # previous task (the scheduler's take included); None where not measured.
+    cpu_seconds: float | None = None
+
+
+@dataclass
+class EmitEvent:
+    """Windows made final by task ``task_id`` (``None``: end of stream)."""
+
+    task_id: int | None
+    query: str
+    windows: int
+    rows: int
+    window_ends: np.ndarray  # distinct window ends (window time units), ascending
+    t_emit: float
+
+
+class Observer(Protocol):
+    def task_done(self, event: TaskEvent) -> None: ...
+
+    def windows_emitted(self, event: EmitEvent) -> None: ...
+
+
+@dataclass
+class RunStats:
+    tasks: Counter[str] = field(default_factory=Counter)  # per processor kind
+    busy: dict[str, float] = field(default_factory=dict)  # task seconds per kind
+    rows: int = 0
+    nbytes: int = 0
+    windows: int = 0
+    result_rows: int = 0
+    wall: float = 0.0
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows / self.wall if self.wall > 0 else 0.0
+
+
+class Engine:
+    def __init__(
+        self,
+        workers: int = 1,
+        *,
+        task_size: int = DEFAULT_TASK_SIZE,
+        scheduler: str | Scheduler = "fcfs",
+        processors: Sequence[Processor] | None = None,
+        gpu: bool = False,
+        max_in_flight: int | None = None,
+        observer: Observer | None = None,
+        switch_threshold: int = 10,
+        refresh: float = 1.0,
+        weights: Mapping[str, float] | None = None,
+    ) -> None:
+        if workers < 0:
+            raise StreamError(f"workers must be >= 0, got {workers}")
+        procs = (
+            list(processors) if processors is not None else ([CpuPool(workers)] if workers else [])
+        )
+        if gpu:
+            procs.append(GpuWorker())
+        self.processors = [p for p in procs if p.enabled]
+        kinds = [p.kind for p in self.processors]
+        if len(set(kinds)) != len(kinds):
+            raise StreamError(f"two processors of the same kind: {kinds}")
+        self.task_size = task_size
+        self.scheduler_spec = scheduler
+        self.sched_kw = {
+            "switch_threshold": switch_threshold,
+            "refresh": refresh,
+            "weights": weights,
+        }
+        total = sum(p.workers for p in self.processors)
+        self.max_in_flight = max_in_flight or max(8, 4 * total)
+        self.observer = observer
+        self.stats = RunStats()
+        self._task_cpu: dict[int, float] = {}  # task id -> CPU seconds, until observed
+        self.scheduler: Scheduler | None = None
+
+    def run(
+        self, query: Query | Plan, batches: Iterable[Mapping[str, Any]]
+    ) -> Iterator[WindowBatch]:
+        """Window results of ``query`` over ``batches``, in window order."""
+        plan = query if isinstance(query, Plan) else query.compile()
+        stage = ResultStage(plan, self.max_in_flight)
+        disp = Dispatcher(plan, self.task_size)
+        self.stats = RunStats()
+        self._task_cpu = {}
+        t0 = time.perf_counter()
+        try:
+            if not self.processors:
+                for task in disp.tasks(batches):
+                    c0 = time.thread_time()
+                    res = run_task(task)
+                    self._task_cpu[res.task_id] = time.thread_time() - c0
+                    yield from self._consume(stage, res, "cpu")
+            else:
+                yield from self._threaded(plan, stage, disp, batches)
+            last = stage.finish()
+            if last is not None:
+                yield self._emitted(plan, last)
+        finally:
+            self.stats.wall = time.perf_counter() - t0
+
+    def _threaded(
+        self, plan: Plan, stage: ResultStage, disp: Dispatcher, batches: Iterable[Any]
+    ) -> Iterator[WindowBatch]:
+        sched = make_scheduler(self.scheduler_spec, **self.sched_kw)
+        sched.attach({p.kind: p.workers for p in self.processors})
+        self.scheduler = sched
+        done_q: queue.SimpleQueue[TaskResult] = queue.SimpleQueue()
+        # A worker thread's CPU clock when its last task was handed back: a thread's clock
+        # starts at 0, so the first task's figure is the thread's whole CPU so far.
+        marks = threading.local()
+        task_cpu = self._task_cpu
+
+        def done(proc: Processor, task: Task, res: TaskResult) -> None:
+            now = time.thread_time()
+            task_cpu[res.task_id] = now - getattr(marks, "cpu", 0.0)
+            marks.cpu = now
+            sched.done(proc.kind, task, res.t_end - res.t_start)
+            done_q.put(res)
+
+        for p in self.processors:
+            p.start(sched.take, done)
+        try:
+            for task in disp.tasks(batches):
+                while not stage.free(task.id):
+                    yield from self._consume(stage, done_q.get(), None)
+                sched.submit(task)
+                while True:
+                    try:
+                        res = done_q.get_nowait()
+                    except queue.Empty:
+                        break
+                    yield from self._consume(stage, res, None)
+            while stage.next_task < disp._next_id:
+                yield from self._consume(stage, done_q.get(), None)
+        finally:
+            sched.cancel()
+            for p in self.processors:
+                p.join()
+
+    def _consume(
+        self, stage: ResultStage, res: TaskResult, kind: str | None
+    ) -> Iterator[WindowBatch]:
+        if res.error is not None:
+            raise res.error
+        if kind is not None:  # ran inline on the calling thread
+            res.kind, res.worker = kind, "inline"
+        stage.put(res)
+        plan = stage.plan
+        st = self.stats
+        for r, batch in stage.drain():
+            st.tasks[r.kind] += 1
+            st.busy[r.kind] = st.busy.get(r.kind, 0.0) + (r.t_end - r.t_start)
+            st.rows += r.rows
+            st.nbytes += r.nbytes
+            if self.observer is not None:
+                self.observer.task_done(
+                    TaskEvent(
+                        r.task_id,
+                        plan.name,
+                        r.kind,
+                        r.worker,
+                        r.rows,
+                        r.nbytes,
+                        r.t_start,
+                        r.t_end,
+                        r.first,
+                        r.last,
+                        r.fragments,
+                        self._task_cpu.pop(r.task_id, None),
+                    )
+                )
+            else:
+                self._task_cpu.pop(r.task_id, None)
+            if batch is not None:
+                yield self._emitted(plan, batch)
+
+    def _emitted(self, plan: Plan, batch: WindowBatch) -> WindowBatch:
+        ends = batch.window_ends
+        self.stats.windows += len(ends)
+        self.stats.result_rows += len(batch)
+        if self.observer is not None:
+            self.observer.windows_emitted(
+                EmitEvent(batch.task_id, plan.name, len(ends), len(batch), ends, time.time())
+            )
+        return batch
+
+
+def collect(batches: Iterable[WindowBatch], plan: Plan | Query) -> dict[str, np.ndarray]:
+    """All result rows of a run as one set of columns."""
+    p = plan if isinstance(plan, Plan) else plan.compile()
+    parts = [b.columns for b in batches]
+    if not parts:
+        return p.empty_result()
+    return {k: np.concatenate([c[k] for c in parts]) for k in parts[0]}

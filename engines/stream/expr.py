@@ -1,0 +1,200 @@
+"""Column expressions for selections, computed columns and having clauses.
+
+``col("speed") < 40``, ``(col("position") // 5280)``, ``col("event_type").isin([0, 1])``,
+``(col("a") > 1) & ~(col("b") == 2)``. An expression evaluates with Python operators on
+whatever arrays it is given, so the same tree runs on numpy arrays, on CuPy arrays (the GPU
+worker) and on pandas Series (the tests' reference evaluator).
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from .errors import StreamError
+
+Columns = Mapping[str, Any]
+
+
+class Expr:
+    """A node of an expression tree; build with :func:`col` and :func:`lit`."""
+
+    def eval(self, cols: Columns, xp: Any = np) -> Any:
+        raise NotImplementedError
+
+    def columns(self) -> set[str]:
+        """The input columns the expression reads."""
+        raise NotImplementedError
+
+    def _bin(self, other: Any, op: Callable[[Any, Any], Any], sym: str, rev: bool = False) -> Expr:
+        o = other if isinstance(other, Expr) else Lit(other)
+        return BinOp(o, self, op, sym) if rev else BinOp(self, o, op, sym)
+
+    def __add__(self, o: Any) -> Expr:
+        return self._bin(o, operator.add, "+")
+
+    def __radd__(self, o: Any) -> Expr:
+        return self._bin(o, operator.add, "+", True)
+
+    def __sub__(self, o: Any) -> Expr:
+        return self._bin(o, operator.sub, "-")
+
+    def __rsub__(self, o: Any) -> Expr:
+        return self._bin(o, operator.sub, "-", True)
+
+    def __mul__(self, o: Any) -> Expr:
+        return self._bin(o, operator.mul, "*")
+
+    def __rmul__(self, o: Any) -> Expr:
+        return self._bin(o, operator.mul, "*", True)
+
+    def __truediv__(self, o: Any) -> Expr:
+        return self._bin(o, operator.truediv, "/")
+
+    def __floordiv__(self, o: Any) -> Expr:
+        return self._bin(o, operator.floordiv, "//")
+
+    def __mod__(self, o: Any) -> Expr:
+        return self._bin(o, operator.mod, "%")
+
+    def __lt__(self, o: Any) -> Expr:  # type: ignore[override]
+        return self._bin(o, operator.lt, "<")
+
+    def __le__(self, o: Any) -> Expr:  # type: ignore[override]
+        return self._bin(o, operator.le, "<=")
+
+    def __gt__(self, o: Any) -> Expr:  # type: ignore[override]
+        return self._bin(o, operator.gt, ">")
+
+    def __ge__(self, o: Any) -> Expr:  # type: ignore[override]
+        return self._bin(o, operator.ge, ">=")
+
+    def __eq__(self, o: Any) -> Expr:  # type: ignore[override]
+        return self._bin(o, operator.eq, "==")
+
+    def __ne__(self, o: Any) -> Expr:  # type: ignore[override]
+        return self._bin(o, operator.ne, "!=")
+
+    def __and__(self, o: Any) -> Expr:
+        return self._bin(o, operator.and_, "&")
+
+    def __or__(self, o: Any) -> Expr:
+        return self._bin(o, operator.or_, "|")
+
+    def __invert__(self) -> Expr:
+        return Not(self)
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    def __bool__(self) -> bool:
+        raise StreamError("an expression has no truth value: combine with & | ~, not and/or/not")
+
+    def isin(self, values: Sequence[Any]) -> Expr:
+        return IsIn(self, tuple(values))
+
+
+class Col(Expr):
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def eval(self, cols: Columns, xp: Any = np) -> Any:
+        return cols[self.name]
+
+    def columns(self) -> set[str]:
+        return {self.name}
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+class Lit(Expr):
+    def __init__(self, value: Any) -> None:
+        if isinstance(value, (list, tuple, dict, set)):
+            raise StreamError(f"literal {value!r} is not a scalar (use .isin for lists)")
+        self.value = value
+
+    def eval(self, cols: Columns, xp: Any = np) -> Any:
+        return self.value
+
+    def columns(self) -> set[str]:
+        return set()
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
+class BinOp(Expr):
+    def __init__(self, a: Expr, b: Expr, op: Callable[[Any, Any], Any], sym: str) -> None:
+        self.a, self.b, self.op, self.sym = a, b, op, sym
+
+    def eval(self, cols: Columns, xp: Any = np) -> Any:
+        return self.op(self.a.eval(cols, xp), self.b.eval(cols, xp))
+
+    def columns(self) -> set[str]:
+        return self.a.columns() | self.b.columns()
+
+    def __repr__(self) -> str:
+        return f"({self.a!r} {self.sym} {self.b!r})"
+
+
+class Not(Expr):
+    def __init__(self, a: Expr) -> None:
+        self.a = a
+
+    def eval(self, cols: Columns, xp: Any = np) -> Any:
+        return ~self.a.eval(cols, xp)
+
+    def columns(self) -> set[str]:
+        return self.a.columns()
+
+    def __repr__(self) -> str:
+        return f"~{self.a!r}"
+
+
+class IsIn(Expr):
+    def __init__(self, a: Expr, values: tuple[Any, ...]) -> None:
+        self.a, self.values = a, values
+
+    def eval(self, cols: Columns, xp: Any = np) -> Any:
+        v = self.a.eval(cols, xp)
+        if hasattr(v, "isin"):  # a pandas Series
+            return v.isin(self.values)
+        return xp.isin(v, xp.asarray(self.values))
+
+    def columns(self) -> set[str]:
+        return self.a.columns()
+
+    def __repr__(self) -> str:
+        return f"{self.a!r} in {self.values!r}"
+
+
+def col(name: str) -> Col:
+    """A reference to column ``name``."""
+    return Col(name)
+
+
+def lit(value: Any) -> Lit:
+    """A scalar constant."""
+    return Lit(value)
+
+
+def as_expr(e: Expr | str) -> Expr:
+    """An expression from an expression or a column name."""
+    if isinstance(e, Expr):
+        return e
+    if isinstance(e, str):
+        return Col(e)
+    raise StreamError(f"expected an expression or a column name, got {e!r}")
+
+
+def check_columns(e: Expr, available: Sequence[str], where: str) -> None:
+    """One clear error if ``e`` reads a column that does not exist at this step."""
+    missing = sorted(e.columns() - set(available))
+    if missing:
+        raise StreamError(
+            f"{where}: unknown column {missing[0]!r} (available: {', '.join(available)})"
+        )

@@ -1,0 +1,279 @@
+"""A fluent builder for windowed queries on columnar batches, and its compiled plan.
+
+    q = (
+        Query(YSB_SCHEMA, name="ysb")
+        .where(col("event_type") == YSB_VIEW)
+        .join(ads, on="ad_id", columns=["campaign_id"])
+        .window(size=10_000, range_="event_time")          # tumbling: slide = size
+        .group_by("campaign_id")
+        .agg(count=Agg.count())
+    )
+    for batch in Engine(workers=2).run(q, batches):          # WindowBatch, in window order
+        ...
+
+Row operators (``where``, ``select``, ``derive``, ``join``) run in the order given, before the
+window; ``having`` filters the window results. Each builder call returns a new query.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from .errors import StreamError
+from .expr import Expr, as_expr, check_columns
+from .kernels import Needs, Partials, sum_dtype
+from .operators import Agg, Derive, Join, Select, StaticTable, Step, Where, compile_steps, run_steps
+from .schema import Schema
+from .window import WindowSpec
+
+ROW_COLUMN = "__row__"  # the stream's input row index, for row windows
+_ids = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class Query:
+    """An immutable query description; see the module docstring."""
+
+    schema: Schema
+    name: str = "query"
+    steps: tuple[Any, ...] = ()
+    window_spec: WindowSpec | None = None
+    keys: tuple[str, ...] = ()
+    aggs: tuple[tuple[str, Agg], ...] = ()
+    having_expr: Expr | None = None
+
+    def where(self, predicate: Expr) -> Query:
+        return replace(self, steps=(*self.steps, ("where", as_expr(predicate))))
+
+    def select(self, *names: str, **exprs: Expr | str) -> Query:
+        """Keep ``names`` and computed ``exprs``; drop every other column."""
+        e = {k: as_expr(v) for k, v in exprs.items()}
+        return replace(self, steps=(*self.steps, ("select", (tuple(names), e))))
+
+    def derive(self, **exprs: Expr | str) -> Query:
+        """Add computed columns, keeping the others."""
+        e = {k: as_expr(v) for k, v in exprs.items()}
+        return replace(self, steps=(*self.steps, ("derive", e)))
+
+    def join(self, table: StaticTable, on: str, columns: Sequence[str] | None = None) -> Query:
+        """Inner join with a static table: the stream's ``on`` column against the table key."""
+        take = tuple(columns) if columns is not None else tuple(table.value_names)
+        return replace(self, steps=(*self.steps, ("join", (table, on, take))))
+
+    def window(
+        self,
+        *,
+        size: int,
+        slide: int | None = None,
+        range_: str | None = None,
+        rows: bool = False,
+    ) -> Query:
+        """A range window on event-time column ``range_`` or a row window (``rows=True``);
+        ``slide`` defaults to ``size`` (tumbling)."""
+        if (range_ is None) == (not rows):
+            raise StreamError("window: give either range_=<time column> or rows=True")
+        spec = WindowSpec(size, size if slide is None else slide, range_)
+        return replace(self, window_spec=spec)
+
+    def group_by(self, *cols: str) -> Query:
+        return replace(self, keys=tuple(cols))
+
+    def agg(self, **aggs: Agg | str | tuple[str, str]) -> Query:
+        """Named aggregates: ``agg(n=Agg.count(), total=("sum", "cpu"))``."""
+        if not aggs:
+            raise StreamError("agg: give at least one aggregate")
+        return replace(self, aggs=tuple((k, Agg.parse(v)) for k, v in aggs.items()))
+
+    def having(self, predicate: Expr) -> Query:
+        return replace(self, having_expr=as_expr(predicate))
+
+    def compile(self) -> Plan:
+        return Plan.build(self)
+
+
+@dataclass
+class Plan:
+    """A compiled query: what a task runs and how its results finalise."""
+
+    query: Query
+    qid: int
+    steps: list[Step]
+    window: WindowSpec
+    time_col: str
+    input_cols: tuple[str, ...]
+    keys: tuple[str, ...]
+    key_dtypes: list[np.dtype]
+    key_ranges: list[tuple[int, int] | None]
+    key_decode: list[np.ndarray | None]
+    value_dtypes: dict[str, np.dtype]
+    aggs: tuple[tuple[str, Agg], ...]
+    needs: Needs
+    having: Expr | None
+    out_dtypes: dict[str, np.dtype] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.query.name
+
+    @staticmethod
+    def build(q: Query) -> Plan:
+        schema = q.schema
+        if q.window_spec is None:
+            raise StreamError(f"query {q.name!r}: no window (call .window(...))")
+        if not q.aggs:
+            raise StreamError(f"query {q.name!r}: no aggregate (call .agg(...))")
+        win = q.window_spec
+        if win.rows:
+            time_col = ROW_COLUMN
+        else:
+            time_col = win.on or ""
+            if time_col not in schema:
+                raise StreamError(f"window: {time_col!r} is not a column of the input schema")
+            if schema[time_col] != np.dtype(np.int64):
+                raise StreamError(f"window: time column {time_col!r} must be int64")
+        steps: list[Step] = []
+        available = [*schema, ROW_COLUMN] if win.rows else list(schema)
+        for kind, arg in q.steps:
+            st: Step
+            if kind == "where":
+                st = Where(arg)
+            elif kind == "select":
+                st = Select(arg[0], arg[1])
+            elif kind == "derive":
+                st = Derive(arg)
+            else:
+                st = Join(arg[0], arg[1], arg[2])
+            available = st.output(available)
+            steps.append(st)
+        if time_col not in available:
+            raise StreamError(f"window: time column {time_col!r} was dropped by a select")
+        for k in q.keys:
+            if k not in available:
+                raise StreamError(
+                    f"group_by: unknown column {k!r} (available: {', '.join(available)})"
+                )
+        value_cols = []
+        for name, a in q.aggs:
+            if a.column is not None:
+                if a.column not in available:
+                    raise StreamError(
+                        f"aggregate {name!r}: unknown column {a.column!r} "
+                        f"(available: {', '.join(available)})"
+                    )
+                value_cols.append(a.column)
+            if name in q.keys:
+                raise StreamError(f"aggregate name {name!r} is also a group key")
+        sums = tuple(dict.fromkeys(a.column for _, a in q.aggs if a.fn in ("sum", "avg")))
+        mins = tuple(dict.fromkeys(a.column for _, a in q.aggs if a.fn == "min"))
+        maxs = tuple(dict.fromkeys(a.column for _, a in q.aggs if a.fn == "max"))
+        needs = Needs(sums, mins, maxs)  # type: ignore[arg-type]
+        final = {time_col, *q.keys, *value_cols}
+        compile_steps(steps, sorted(final))
+        # Joined columns used only as group keys travel as dense ranks, decoded at the end.
+        key_decode: list[np.ndarray | None] = [None] * len(q.keys)
+        key_ranges: list[tuple[int, int] | None] = [None] * len(q.keys)
+        for i, st in enumerate(steps):
+            if not isinstance(st, Join):
+                continue
+            later = set().union(*(s.reads() for s in steps[i + 1 :])) | set(value_cols)
+            codes = frozenset(c for c in st.take if c in q.keys and c not in later)
+            st.as_codes = codes
+            for j, k in enumerate(q.keys):
+                if k in codes:
+                    key_decode[j] = st.table.uniques[k]
+                    key_ranges[j] = (0, max(len(st.table.uniques[k]) - 1, 0))
+        input_cols = tuple(c for c in schema if c in _reads_before(steps, final))
+        # Output dtypes from a dry run on an empty batch (also checks the expressions).
+        empty: dict[str, Any] = {c: np.empty(0, schema[c]) for c in input_cols}
+        if win.rows:
+            empty[ROW_COLUMN] = np.empty(0, np.int64)
+        dry = run_steps(steps, empty, np)
+        key_dtypes = [
+            key_decode[j].dtype if key_decode[j] is not None else dry[k].dtype
+            for j, k in enumerate(q.keys)
+        ]
+        value_dtypes = {c: dry[c].dtype for c in value_cols}
+        plan = Plan(
+            q,
+            next(_ids),
+            steps,
+            win,
+            time_col,
+            input_cols,
+            q.keys,
+            [dry[k].dtype for k in q.keys],
+            key_ranges,
+            key_decode,
+            value_dtypes,
+            q.aggs,
+            needs,
+            q.having_expr,
+        )
+        out: dict[str, np.dtype] = {
+            "window_start": np.dtype(np.int64),
+            "window_end": np.dtype(np.int64),
+        }
+        out.update(zip(q.keys, key_dtypes, strict=True))
+        for name, a in q.aggs:
+            if a.fn == "count":
+                out[name] = np.dtype(np.int64)
+            elif a.fn == "sum":
+                out[name] = sum_dtype(value_dtypes[a.column or ""])
+            elif a.fn == "avg":
+                out[name] = np.dtype(np.float64)
+            else:
+                out[name] = value_dtypes[a.column or ""]
+        plan.out_dtypes = out
+        if q.having_expr is not None:
+            check_columns(q.having_expr, list(out), "having")
+        return plan
+
+    def finalize(self, rows: Partials) -> dict[str, np.ndarray]:
+        """Window rows (host arrays) -> result columns, with ``having`` applied."""
+        k = rows.index
+        out: dict[str, np.ndarray] = {
+            "window_start": k * self.window.slide,
+            "window_end": k * self.window.slide + self.window.size,
+        }
+        for j, name in enumerate(self.keys):
+            dec = self.key_decode[j]
+            out[name] = dec[rows.keys[j]] if dec is not None else rows.keys[j]
+        for name, a in self.aggs:
+            if a.fn == "count":
+                out[name] = rows.count
+            elif a.fn == "sum":
+                out[name] = rows.sums[a.column or ""]
+            elif a.fn == "avg":
+                out[name] = rows.sums[a.column or ""] / rows.count
+            elif a.fn == "min":
+                out[name] = rows.mins[a.column or ""]
+            else:
+                out[name] = rows.maxs[a.column or ""]
+        if self.having is not None and len(k):
+            keep = np.asarray(self.having.eval(out, np))
+            if keep.dtype != np.bool_:
+                raise StreamError(f"having {self.having!r} is not a boolean condition")
+            if not keep.all():
+                out = {c: v[keep] for c, v in out.items()}
+        return out
+
+    def empty_result(self) -> dict[str, np.ndarray]:
+        return {c: np.empty(0, d) for c, d in self.out_dtypes.items()}
+
+
+def _reads_before(steps: Sequence[Step], final: set[str]) -> set[str]:
+    """Input columns the steps (and the window) read from the source."""
+    needed = set(final)
+    for st in reversed(steps):
+        produced: set[str] = set()
+        if isinstance(st, (Derive, Select)):
+            produced = set(st.exprs)
+        elif isinstance(st, Join):
+            produced = set(st.take)
+        needed = (needed - produced) | st.reads()
+    return needed

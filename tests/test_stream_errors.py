@@ -1,0 +1,99 @@
+"""Bad input and bad queries: one clear StreamError line naming what and where."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from wattspan.engines.stream import Agg, Engine, Query, Schema, StreamError, col, collect
+
+S = Schema({"t": np.int64, "k": np.int32, "v": np.float32}, time="t")
+Q = Query(S).window(size=10, slide=5, range_="t").group_by("k").agg(s=Agg.sum("v"))
+
+
+def batch(t: list[int], k: list[int] | None = None) -> dict[str, np.ndarray]:
+    n = len(t)
+    return {
+        "t": np.asarray(t, np.int64),
+        "k": np.asarray(k if k is not None else [1] * n, np.int32),
+        "v": np.ones(n, np.float32),
+    }
+
+
+def fails(batches: list[dict[str, np.ndarray]], workers: int = 0) -> str:
+    with pytest.raises(StreamError) as e:
+        collect(Engine(workers, task_size=64).run(Q, batches), Q)
+    msg = str(e.value)
+    assert "\n" not in msg
+    return msg
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_unordered_timestamps_name_the_offset(workers: int) -> None:
+    msg = fails([batch([0, 1, 2]), batch([3, 4, 9, 7, 8])], workers)
+    assert "batch 1, row 3" in msg and "stream row 6" in msg and "7" in msg
+
+
+def test_a_batch_going_back_in_time() -> None:
+    msg = fails([batch([0, 5, 10]), batch([9, 11])])
+    assert "batch 1, row 0" in msg and "9" in msg and "10" in msg
+
+
+def test_negative_timestamp() -> None:
+    assert "negative timestamp -4" in fails([batch([-4, 1])])
+
+
+def test_missing_column() -> None:
+    b = batch([0, 1])
+    del b["v"]
+    msg = fails([batch([0]), b])
+    assert "batch 1: missing column 'v'" in msg
+
+
+def test_wrong_dtype() -> None:
+    b = batch([0, 1])
+    b["k"] = b["k"].astype(np.int64)
+    msg = fails([b])
+    assert "column 'k' has dtype int64, schema says int32" in msg
+
+
+def test_unequal_lengths() -> None:
+    b = batch([0, 1, 2])
+    b["v"] = b["v"][:2]
+    assert "'v' has 2 rows" in fails([b])
+
+
+@pytest.mark.parametrize(
+    "build,needle",
+    [
+        (
+            lambda: Query(S).where(col("nope") > 1).window(size=1, range_="t").agg(n="count"),
+            "unknown column 'nope'",
+        ),
+        (lambda: Query(S).window(size=1, range_="v").agg(n="count"), "must be int64"),
+        (
+            lambda: Query(S).window(size=0, range_="t").agg(n="count"),
+            "size must be a positive integer",
+        ),
+        (lambda: Query(S).window(size=3, range_="t"), "no aggregate"),
+        (lambda: Query(S).agg(n="count"), "no window"),
+        (
+            lambda: Query(S).window(size=3, range_="t").group_by("zz").agg(n="count"),
+            "group_by: unknown column 'zz'",
+        ),
+        (lambda: Query(S).window(size=3, range_="t").agg(n=Agg.sum("zz")), "unknown column 'zz'"),
+        (lambda: Query(S).window(size=3, range_="t").agg(n="median"), "unknown aggregate"),
+        (
+            lambda: Query(S).select("k").window(size=3, range_="t").agg(n="count"),
+            "dropped by a select",
+        ),
+        (
+            lambda: Query(S).window(size=3, range_="t").agg(n="count").having(col("q") > 1),
+            "having: unknown column 'q'",
+        ),
+    ],
+)
+def test_bad_queries(build: object, needle: str) -> None:
+    with pytest.raises(StreamError) as e:
+        build().compile()  # type: ignore[operator]
+    assert needle in str(e.value) and "\n" not in str(e.value)
