@@ -13,6 +13,12 @@ import pytest
 if TYPE_CHECKING:
     from wattspan.agent.receiver import OtlpHandler, OtlpReceiver
 
+# Spark's Python workers run `python3` from PATH unless told otherwise; on a clean machine that
+# interpreter has neither pyarrow nor this package, so point them (and the driver launched by
+# spark-submit) at the interpreter running the tests.
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+
 
 @pytest.fixture
 def store_path(tmp_path: Path) -> Path:

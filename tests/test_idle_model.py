@@ -43,7 +43,7 @@ def burn(seconds):
     while time.process_time() < t0 + seconds:
         x += 1
 
-time.sleep(1.2)  # a quiet stretch first: the regression needs utilisation to vary
+time.sleep(2.0)  # a quiet stretch first: the regression needs utilisation to vary
 for _ in range(3):
     burn(1.0)
 """

@@ -144,3 +144,24 @@ def test_a_plain_command_loads_no_spark_engine(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_a_bad_spark_setting_is_one_warning_and_a_run_without_spark_spans(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from types import SimpleNamespace
+
+    from wattspan.engines.spark.launch import SparkRunHook
+
+    agent = SimpleNamespace(otlp_endpoint="http://127.0.0.1:1", run=None)
+    for bad, key in (
+        ({"WATTSPAN_SPARK_FLUSH_S": "soon"}, "WATTSPAN_SPARK_FLUSH_S"),
+        ({"WATTSPAN_SPARK_ENDPOINT_TEMPLATE": "node:4317"}, "WATTSPAN_SPARK_ENDPOINT_TEMPLATE"),
+    ):
+        caplog.clear()
+        hook = SparkRunHook(env=bad)
+        with caplog.at_level("WARNING", logger="wattspan.spark"):
+            assert hook.on_start(agent) == {}  # the child's environment is left as it is
+        (record,) = caplog.records
+        assert key in record.getMessage() and "no Spark spans" in record.getMessage()
+        assert hook.on_exit() == {} and hook.directory is None

@@ -173,8 +173,14 @@ def run_mixed(scheduler: Any, b: dict[str, np.ndarray]) -> tuple[float, Engine, 
 def test_hls_beats_fcfs_on_two_kinds_of_different_speed() -> None:
     b = mixed_input(300_000)
     want = reference(QUERY, [b])
-    t_fcfs, e_fcfs, out_fcfs = run_mixed(FCFS(), b)
-    t_hls, e_hls, out_hls = run_mixed(HLS(refresh=0.05), b)
+    # Best of three, interleaved: on a loaded machine one round can lose a core to another
+    # process, and the claim is about the schedules, not about that round.
+    t_fcfs = t_hls = float("inf")
+    for _ in range(3):
+        t, e_fcfs, out_fcfs = run_mixed(FCFS(), b)
+        t_fcfs = min(t_fcfs, t)
+        t, e_hls, out_hls = run_mixed(HLS(refresh=0.05), b)
+        t_hls = min(t_hls, t)
     assert_same(engine_frame(out_fcfs), want)
     assert_same(engine_frame(out_hls), want)
     n = e_hls.stats.tasks

@@ -175,6 +175,8 @@ def show_section(store: Any, run: Any, spans: Any) -> list[Any]:
     """What ``wattspan show`` adds for a run with Spark stage spans: its skewed stages (class,
     max/median task duration, tail time and energy), or one line saying none is; nothing for
     a run without Spark stages."""
+    if not any(s.name == "spark.stage" for s in spans):
+        return []  # before importing the Spark engine's modules: most runs are not Spark's
     from wattspan.analysis.spark import skewed, stage_skews
 
     stages = stage_skews(store, run, spans)
