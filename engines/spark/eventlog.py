@@ -407,6 +407,10 @@ def _gist(text: str) -> str:
     """A multi-line error's first line and its last (a Python traceback ends with the
     exception, a Java one begins with it)."""
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    # Spark 4.1+ appends the error class's SQLSTATE on a line of its own, after the
+    # exception line the gist is for.
+    while len(lines) > 1 and lines[-1].startswith("SQLSTATE"):
+        lines.pop()
     if len(lines) <= 1:
         return text.strip()
     if lines[0].startswith(lines[-1]) or lines[-1].startswith("at "):
