@@ -25,8 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from wattspan.analysis.report import Figure
-from wattspan.analysis.report._template import CSS, ERROR_RECORDER_JS, RENDER_JS
-from wattspan.analysis.report.html import PALETTE, _layout, _plotly_js, _script_json
+from wattspan.analysis.report.html import PALETTE, _layout, render_page
 from wattspan.experiments.env import MACHINE_KEYS, machine_differences
 from wattspan.experiments.results import ConfigResult, results
 from wattspan.experiments.stats import verdict_words
@@ -330,40 +329,11 @@ def render(
         "baseline": "Against the baseline",
     }
     toc = ['<a href="#sec-env">Environment</a>', '<a href="#sec-stats">Statistics</a>']
-    seen: set[str] = set()
-    for f in figures:
-        anchor = ""
-        if f.section not in seen:
-            seen.add(f.section)
-            anchor = f' id="sec-{f.section}"'
-            toc.append(f'<a href="#sec-{f.section}">{headings[f.section]}</a>')
-        sections.append(
-            f"<section{anchor}><h2>{html.escape(f.title)}</h2>"
-            + (f'<p class="note">{html.escape(f.note)}</p>' if f.note else "")
-            + f'<div class="plot" id="{f.id}" style="height:{f.height}px"></div></section>'
-        )
-    fig_json = _script_json([{"id": f.id, "data": f.data, "layout": f.layout} for f in figures])
     n_reps = sum(len(r) for _, r in data)
-    return "".join(
-        [
-            '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">',
-            '<meta name="viewport" content="width=device-width, initial-scale=1">',
-            '<meta name="generator" content="wattspan">',
-            f"<title>{html.escape(title)}</title>",
-            f"<script>{ERROR_RECORDER_JS}</script>",
-            f"<style>{CSS}</style>",
-            f"<script>{_plotly_js()}</script>",
-            "</head><body>",
-            f"<header><h1>{html.escape(title)}</h1><p>{len(exps)} experiment(s), {n_reps} "
-            f"repetition rows, generated {html.escape(generated)} by wattspan</p></header>",
-            f"<nav>{''.join(toc)}</nav>",
-            '<div id="wattspan-errors" hidden></div>',
-            f"<main>{''.join(sections)}</main>",
-            f'<script type="application/json" id="wattspan-figures">{fig_json}</script>',
-            f"<script>{RENDER_JS}</script>",
-            "</body></html>\n",
-        ]
+    subtitle = (
+        f"{len(exps)} experiment(s), {n_reps} repetition rows, generated {generated} by wattspan"
     )
+    return render_page(title, subtitle, toc, sections, figures, headings)
 
 
 def write(

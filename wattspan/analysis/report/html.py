@@ -1113,6 +1113,24 @@ def render_report(
         "params": "Hyperparameters",
     }
     toc = ['<a href="#sec-runs">Runs</a>', '<a href="#sec-summary">Summary</a>']
+    return render_page(
+        title, f"{len(runs)} run(s), generated {generated} by wattspan", toc, sections,
+        figures, headings,
+    )  # fmt: skip
+
+
+def render_page(
+    title: str,
+    subtitle: str,
+    toc: list[str],
+    sections: list[str],
+    figures: Sequence[Figure],
+    headings: dict[str, str],
+) -> str:
+    """The self-contained page every wattspan report is: the sections given, then one
+    section per figure (the first figure of a section carries its anchor and its entry in
+    ``toc``), Plotly inlined, the figures' data as JSON for the renderer."""
+    toc, sections = list(toc), list(sections)
     seen: set[str] = set()
     for f in figures:
         anchor = ""
@@ -1138,8 +1156,7 @@ def render_report(
             f"<style>{CSS}</style>",
             f"<script>{_plotly_js()}</script>",
             "</head><body>",
-            f"<header><h1>{html.escape(title)}</h1><p>{len(runs)} run(s), generated "
-            f"{html.escape(generated)} by wattspan</p></header>",
+            f"<header><h1>{html.escape(title)}</h1><p>{html.escape(subtitle)}</p></header>",
             f"<nav>{''.join(toc)}</nav>",
             '<div id="wattspan-errors" hidden></div>',
             f"<main>{''.join(sections)}</main>",
