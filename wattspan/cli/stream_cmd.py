@@ -164,7 +164,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         return 1
     dt = time.perf_counter() - t0
     per = size / args.events if args.events else 0.0
-    unit = "ms" if gen.time_unit == 1000 else "s"
+    unit = gen.schema.unit
     print(
         f"wrote {args.events:,} {gen.name} rows (seed {gen.seed}, {gen.rate:,} events/s of "
         f"event time, {unit}) to {out}: {size:,} bytes ({_fmt_bytes(size)}, {per:.1f} B/row) "

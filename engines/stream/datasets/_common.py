@@ -12,10 +12,12 @@ from __future__ import annotations
 import functools
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import ClassVar
 
 import numpy as np
+
+from wattspan.engines.stream.schema import Schema
 
 Batch = dict[str, np.ndarray]
 
@@ -23,6 +25,7 @@ BLOCK_ROWS = 1 << 16
 # Big enough to amortise numpy's per-call cost, small enough for caches and bounded memory.
 DEFAULT_CHUNK_ROWS = 1 << 20
 _STATIC = 0xFFFF_FFFF  # block index reserved for the static tables' stream
+_UNITS_PER_SECOND = {"ms": 1000, "s": 1}
 
 
 _ZIPF_HEAD = 256
@@ -154,10 +157,18 @@ class Dataset(ABC):
 
     name: ClassVar[str]
     tag: ClassVar[int]  # separates the datasets' random streams for one seed
-    schema: ClassVar[Mapping[str, np.dtype]]
-    time_column: ClassVar[str]
-    time_unit: ClassVar[int]  # event-time units per second (1000: ms, 1: s)
+    schema: ClassVar[Schema]
     default_rate: ClassVar[int]
+
+    @property
+    def time_column(self) -> str:
+        """The event-time column, as the schema names it."""
+        return self.schema.time
+
+    @property
+    def time_unit(self) -> int:
+        """Event-time units per second, from the schema's unit (1000: ms, 1: s)."""
+        return _UNITS_PER_SECOND[self.schema.unit]
 
     def __init__(self, seed: int = 0, *, rate: int | None = None, start: int = 0) -> None:
         self.seed = check_count("seed", seed, minimum=0)

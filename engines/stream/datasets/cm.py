@@ -72,8 +72,6 @@ class CM(Dataset):
     name = "cm"
     tag = 2
     schema: ClassVar[Schema] = SCHEMA
-    time_column = "timestamp"
-    time_unit = 1
     default_rate = 2_000
 
     def __init__(

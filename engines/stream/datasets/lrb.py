@@ -57,8 +57,6 @@ class LRB(Dataset):
     name = "lrb"
     tag = 4
     schema: ClassVar[Schema] = SCHEMA
-    time_column = "timestamp"
-    time_unit = 1
     default_rate = 1_000
 
     def __init__(

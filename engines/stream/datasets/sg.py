@@ -43,8 +43,6 @@ class SG(Dataset):
     name = "sg"
     tag = 3
     schema: ClassVar[Schema] = SCHEMA
-    time_column = "timestamp"
-    time_unit = 1
     default_rate = 2_000
 
     def __init__(

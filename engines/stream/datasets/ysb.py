@@ -67,8 +67,6 @@ class YSB(Dataset):
     name = "ysb"
     tag = 1
     schema: ClassVar[Schema] = SCHEMA
-    time_column = "event_time"
-    time_unit = 1000
     default_rate = 100_000
 
     def __init__(
