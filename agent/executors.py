@@ -40,6 +40,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from wattspan.agent.pids import stat_field
+
 __all__ = [
     "ATTR_APP_ID",
     "ATTR_EXECUTOR_ID",
@@ -107,17 +109,7 @@ def parse_cmdline(argv: list[str]) -> tuple[str, str | None] | None:
 
 
 def _start_ticks(pid: int) -> int | None:
-    try:
-        with open(f"{_PROC}/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
-    rest = stat[stat.rfind(b")") + 2 :].split()
-    try:
-        return int(rest[19])  # field 22 of proc(5)
-    except (IndexError, ValueError):
-        return None
+    return stat_field(pid, 22, _PROC)
 
 
 def _cmdline(pid: int) -> list[str] | None:

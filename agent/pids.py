@@ -31,6 +31,23 @@ def _pid_max() -> int:
 PID_MAX = _pid_max()
 
 
+def stat_field(pid: int, field: int, proc: str = "/proc") -> int | None:
+    """Field ``field`` (numbered from 1 as in proc(5): 4 ppid, 9 flags, 22 starttime) of
+    ``/proc/PID/stat`` as an integer; None when the process is gone or the field is not a
+    number."""
+    try:
+        with open(f"{proc}/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+    rest = stat[stat.rfind(b")") + 2 :].split()
+    try:
+        return int(rest[field - 3])
+    except (IndexError, ValueError):
+        return None
+
+
 def refusal(pid: object) -> str | None:
     """Why ``pid`` may not be watched, or None when it may."""
     if isinstance(pid, bool) or not isinstance(pid, int) or not 1 <= pid <= PID_MAX:
@@ -39,16 +56,9 @@ def refusal(pid: object) -> str | None:
         return "process.pid 1 (init) is the whole node, not watched"
     if pid == 2:
         return "process.pid is a kernel thread, not watched"
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None  # gone already, or no /proc: nothing to watch, nothing to refuse
-    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
-    rest = stat[stat.rfind(b")") + 2 :].split()
-    try:
-        ppid, flags = int(rest[1]), int(rest[6])
-    except (IndexError, ValueError):
+    # Gone already, or no /proc: nothing to watch, nothing to refuse.
+    ppid, flags = stat_field(pid, 4), stat_field(pid, 9)
+    if ppid is None or flags is None:
         return None
     if flags & _PF_KTHREAD or ppid == 2:
         return "process.pid is a kernel thread, not watched"

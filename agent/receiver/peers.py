@@ -44,6 +44,8 @@ import time
 from dataclasses import dataclass
 from urllib.parse import unquote
 
+from wattspan.agent.pids import stat_field
+
 __all__ = [
     "MAX_ENTRIES",
     "NEGATIVE_TTL_S",
@@ -317,14 +319,4 @@ class PeerPids:
 
 
 def _parent(pid: int) -> int | None:
-    try:
-        with open(f"{_PROC}/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
-    rest = stat[stat.rfind(b")") + 2 :].split()
-    try:
-        return int(rest[1])
-    except (IndexError, ValueError):
-        return None
+    return stat_field(pid, 4, _PROC)
