@@ -17,8 +17,13 @@ factor of two or more, so every figure is shown with the intensity it was comput
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict, dataclass
-from typing import Any
+from collections import namedtuple
+
+# ``wattspan run`` resolves its intensity before it starts its command: named tuples rather
+# than dataclasses, and no typing, keep this module's import to a fraction of a millisecond.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 #: g CO2e/kWh when no intensity and no country is configured: the world average of
 #: electricity generation in the IEA's 2019 figures, the one CodeCarbon also falls back to.
@@ -27,23 +32,20 @@ DEFAULT_SOURCE = "world average (IEA 2019)"
 JOULES_PER_KWH = 3.6e6
 
 
-@dataclass(frozen=True, slots=True)
-class Country:
-    alpha2: str
-    alpha3: str
-    name: str
-    g_per_kwh: float
-    year: int
+class Country(namedtuple("Country", "alpha2 alpha3 name g_per_kwh year")):
+    """A row of the table: ISO codes, name, g CO2e/kWh and the year of the figure."""
+
+    __slots__ = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Intensity:
+class Intensity(namedtuple("Intensity", "g_per_kwh source pue country", defaults=(1.0, ""))):
     """The carbon intensity a figure is computed with, and where it came from."""
 
+    __slots__ = ()
     g_per_kwh: float
     source: str
-    pue: float = 1.0
-    country: str = ""
+    pue: float
+    country: str
 
     def grams(self, joules: float | None) -> float | None:
         """g CO2e of ``joules`` of energy, PUE applied (None stays None)."""
@@ -57,7 +59,7 @@ class Intensity:
         return f"{self.g_per_kwh:g} g/kWh, {self.source}, PUE {self.pue:g}"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return dict(self._asdict())
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Intensity | None:

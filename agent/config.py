@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 from wattspan.agent.errors import ConfigError
 
+# ``wattspan run`` loads the config before it starts its command: nothing here imports what
+# only the agent needs (typing, dataclasses, pathlib and socket cost milliseconds each).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import Any
+
+    Check = Callable[[str, Any], Any]
+
 DEFAULT_METRICS_PORT = 9879  # clear of node_exporter 9100, dcgm 9400, Telegraf 9273, etc.
 DEFAULT_OTLP_PORT = 4317
-
-Check = Callable[[str, Any], Any]
 
 
 def _bool(key: str, v: Any) -> bool:
@@ -208,21 +211,55 @@ SCHEMA: dict[str, dict[str, tuple[Check, Any]]] = {
 }
 
 
-@dataclass
 class Config:
-    sections: dict[str, dict[str, Any]]
-    exporters: dict[str, dict[str, Any]] = field(default_factory=dict)
-    source: str = "defaults"
+    """Validated sections (``config["otlp"]["listen"]``), exporter tables and where they
+    came from (a file's path or ``"defaults"``)."""
+
+    __slots__ = ("exporters", "sections", "source")
+
+    def __init__(
+        self,
+        sections: dict[str, dict[str, Any]],
+        exporters: dict[str, dict[str, Any]] | None = None,
+        source: str = "defaults",
+    ) -> None:
+        self.sections = sections
+        self.exporters = {} if exporters is None else exporters
+        self.source = source
+
+    def __repr__(self) -> str:
+        return f"Config(source={self.source!r}, sections={self.sections!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Config):
+            return NotImplemented
+        return (self.sections, self.exporters, self.source) == (
+            other.sections,
+            other.exporters,
+            other.source,
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as the dataclass it replaced
+
+    def replace(self, **changes: Any) -> Config:
+        """A copy with ``sections``, ``exporters`` or ``source`` replaced."""
+        kw = {"sections": self.sections, "exporters": self.exporters, "source": self.source}
+        kw.update(changes)
+        return Config(**kw)
 
     def __getitem__(self, section: str) -> dict[str, Any]:
         return self.sections[section]
 
     @property
     def host(self) -> str:
+        import socket
+
         return self.sections["agent"]["host"] or socket.gethostname()
 
     @property
     def state_dir(self) -> Path:
+        from pathlib import Path
+
         explicit = self.sections["agent"]["state_dir"]
         if explicit:
             return Path(explicit).expanduser()
@@ -292,6 +329,7 @@ def load_config(
     source = "defaults"
     if path is not None:
         import tomllib
+        from pathlib import Path
 
         p = Path(path)
         try:

@@ -15,23 +15,24 @@ agent before the command exists (``on_start``, the Spark engine's) gets the old 
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
-import logging
 import os
 import resource
 import signal
-import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from types import FrameType
-from typing import IO, TYPE_CHECKING, Any
+from collections import namedtuple
 
+# Everything imported above is what the spawn needs; the rest (logging, typing, dataclasses,
+# the agent) loads once the command runs: each costs milliseconds that every `wattspan run`
+# would add to its command's wall time (bench/bench_run_overhead.py, issue 15).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import socket
+    import _socket
+    from collections.abc import Callable, Sequence
+    from types import FrameType
+    from typing import IO, Any
 
     from wattspan.agent.carbon import Intensity
     from wattspan.agent.config import Config
@@ -40,14 +41,26 @@ if TYPE_CHECKING:
     from wattspan.agent.summary import RunSummary
     from wattspan.collectors.base import Sample
 
-log = logging.getLogger("wattspan.run")
+
+class _LazyLog:
+    """``logging.getLogger("wattspan.run")``, imported at the first message."""
+
+    def __getattr__(self, name: str) -> Any:
+        import logging
+
+        return getattr(logging.getLogger("wattspan.run"), name)
+
+
+log = _LazyLog()
 
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 _FROM_TTY = (signal.SIGINT, signal.SIGQUIT)
 
 
-@dataclass
-class RunResult:
+class RunResult(namedtuple("RunResult", "exit_code run summary")):
+    """The command's exit code, its stored run and the summary the table prints."""
+
+    __slots__ = ()
     exit_code: int
     run: Run
     summary: dict[str, Any]
@@ -134,13 +147,15 @@ def _child_pids() -> frozenset[int]:
         return frozenset()
 
 
-@dataclass
 class _Reaped:
     """CPU seconds of the tree's orphans that this process reaped as their subreaper."""
 
-    user: float = 0.0
-    system: float = 0.0
-    n: int = 0
+    __slots__ = ("n", "system", "user")
+
+    def __init__(self) -> None:
+        self.user = 0.0
+        self.system = 0.0
+        self.n = 0
 
     def add(self, ru: resource.struct_rusage) -> None:
         self.user += ru.ru_utime
@@ -148,13 +163,64 @@ class _Reaped:
         self.n += 1
 
 
-@dataclass(frozen=True)
-class _Outlived:
+class _Outlived(namedtuple("_Outlived", "pid name user system exited")):
+    """A process of the tree still there when the command ended; ``exited``: a zombie
+    whose parent, still running, has not reaped it yet."""
+
+    __slots__ = ()
     pid: int
     name: str
     user: float
     system: float
-    exited: bool  # a zombie whose parent, still running, has not reaped it yet
+    exited: bool
+
+
+class _Child:
+    """The command's process, as much of ``subprocess.Popen`` as the run needs.
+
+    Started with ``posix_spawn`` rather than ``Popen``: subprocess's import (locale, re,
+    selectors) alone costs about 10 ms before the command can start. Differences from
+    Popen's defaults: like ``time(1)`` and ``env(1)``, the command inherits this process's
+    inheritable descriptors (Python's own are close-on-exec); SIGPIPE and SIGXFSZ, which
+    Python ignores, are reset to their defaults for it as Popen's ``restore_signals`` does.
+    """
+
+    __slots__ = ("pid", "returncode")
+
+    def __init__(self, cmd: Sequence[str], env: dict[str, str], stdout: IO[Any] | None) -> None:
+        path = _which(cmd[0], env)
+        actions = [(os.POSIX_SPAWN_DUP2, stdout.fileno(), 1)] if stdout is not None else []
+        self.pid = os.posix_spawn(
+            path, list(cmd), env, file_actions=actions, setsigdef=(signal.SIGPIPE, signal.SIGXFSZ)
+        )
+        self.returncode: int | None = None
+
+    def send_signal(self, signum: int) -> None:
+        """Sends ``signum`` unless the process was reaped (its pid may be another's now) or
+        is gone."""
+        if self.returncode is None:
+            try:
+                os.kill(self.pid, signum)
+            except ProcessLookupError:  # not contextlib.suppress: its import, before the spawn
+                return
+
+
+def _which(name: str, env: dict[str, str]) -> str:
+    """The file ``name`` runs, searched in the command's own ``PATH`` as ``Popen`` (and
+    ``execvpe``) would: FileNotFoundError, or PermissionError when only files that may not be
+    executed were found."""
+    if os.sep in name:
+        return name
+    denied = None
+    for d in os.get_exec_path(env):
+        path = os.path.join(d, name)
+        if os.path.isfile(path):
+            if os.access(path, os.X_OK):
+                return path
+            denied = denied or path
+    if denied is not None:
+        raise PermissionError(13, "Permission denied", denied)
+    raise FileNotFoundError(2, "No such file or directory", name)
 
 
 def _wait(
@@ -321,22 +387,24 @@ def _usage_samples(
 _READY_WITHIN_S = 15.0
 
 
-def _reserve_port(host: str) -> socket.socket | None:
+def _reserve_port(host: str) -> tuple[_socket.socket | None, str]:
     """A socket bound to a free port of ``host`` and not listening: the port is ours until
     the receiver binds it too (grpc sets ``SO_REUSEADDR``, as this socket does, so it may
-    while nothing listens here; anyone else is refused)."""
-    import socket
+    while nothing listens here; anyone else is refused). Else None and why (logged once the
+    command runs: logging is not loaded before)."""
+    # _socket, not socket: the wrapper module's enum set-up alone costs a few milliseconds,
+    # before the command starts; the receiver only needs the port held.
+    import _socket
 
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    s = socket.socket(family, socket.SOCK_STREAM)
+    family = _socket.AF_INET6 if ":" in host else _socket.AF_INET
+    s = _socket.socket(family, _socket.SOCK_STREAM)
     try:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
         s.bind((host, 0))
     except OSError as exc:
         s.close()
-        log.warning("cannot reserve an OTLP port on %s (%s); no spans will be received", host, exc)
-        return None
-    return s
+        return None, f"cannot reserve an OTLP port on {host} ({exc}); no spans will be received"
+    return s, ""
 
 
 def _endpoint(config: Config, port: int) -> str:
@@ -452,11 +520,9 @@ def _new_agent(
             raise  # before the command started: nothing ran, the caller stops here
         # The command already runs: measure it all the same, and say the run is not stored.
         log.warning("%s; the command already runs: it is measured but not stored", exc)
-        from dataclasses import replace
-
         sections = dict(config.sections)
         sections["store"] = dict(sections["store"], enabled=False)
-        agent = build(replace(config, sections=sections))
+        agent = build(config.replace(sections=sections))
     measured = RunSummary()
     agent.pipeline.add_sink(measured)
     return agent, measured
@@ -480,9 +546,11 @@ class _ExitClock:
         threading.Thread(target=self._watch, name="wattspan-exit", daemon=True).start()
 
     def _watch(self) -> None:
-        with contextlib.suppress(ChildProcessError, OSError):
+        try:
             os.waitid(os.P_PID, self._pid, os.WEXITED | os.WNOWAIT)
-            self.at = time.time()
+        except OSError:  # ChildProcessError included: already reaped
+            return
+        self.at = time.time()
 
 
 def _agent_beside(
@@ -492,7 +560,7 @@ def _agent_beside(
     *,
     interval: float,
     store_path: str | None,
-    placeholder: socket.socket | None,
+    placeholder: _socket.socket | None,
     adopt: frozenset[int] | None,
 ) -> tuple[Agent, RunSummary, float]:
     """The agent for a command that already runs as ``pid``: collectors first and their
@@ -540,6 +608,7 @@ def run_command(
     on_start: Callable[[Agent], dict[str, str]] | None = None,
     on_exit: Callable[[], object] | None = None,
     on_running: Callable[[], object] | None = None,
+    on_spawn: Callable[[], object] | None = None,
     carbon: Intensity | None = None,
     tags: dict[str, str] | None = None,
     child_stdout: IO[Any] | None = None,
@@ -554,7 +623,8 @@ def run_command(
     The command starts before the agent is built (the module doc says why). ``on_start``
     is called with the agent before the command starts, and returns variables for its
     environment: with it the agent comes first. ``on_running`` is called once the agent is
-    up, while the command may still run (the CLI loads its table code then).
+    up, while the command may still run (the CLI loads its table code then). ``on_spawn``
+    is called as soon as the command runs (the CLI sets up logging then, not before).
 
     While ``cmd`` runs this process is a child subreaper (the note above
     ``_PR_SET_CHILD_SUBREAPER`` says why) and reaps every child of its own that ends, not
@@ -572,8 +642,9 @@ def run_command(
     agent: Agent | None = None
     measured: RunSummary | None = None
     run: Run | None = None
-    placeholder: socket.socket | None = None
+    placeholder: _socket.socket | None = None
     endpoint: str | None = None
+    deferred: list[str] = []  # warnings found before the spawn, logged after it
     if on_start is not None:
         run = _new_run(run_id, run_name, config, cmd, description)
         agent, measured = _new_agent(
@@ -584,7 +655,9 @@ def run_command(
     else:
         _check_store_path(config, store_path)
         if config["otlp"]["enabled"]:
-            placeholder = _reserve_port(config["otlp"]["listen"])
+            placeholder, why = _reserve_port(config["otlp"]["listen"])
+            if why:
+                deferred.append(why)
             if placeholder is not None:
                 endpoint = _endpoint(config, placeholder.getsockname()[1])
                 env["WATTSPAN_OTLP_READY_BY"] = f"{time.time() + _READY_WITHIN_S:.3f}"
@@ -599,14 +672,12 @@ def run_command(
         agent.scheduler.tick(force=True)  # baseline: counters at the start of the run
     was_subreaper = _is_subreaper()
     subreaper = was_subreaper or _set_subreaper(True)
-    if not subreaper:
-        log.info("not a child subreaper: CPU of orphaned descendants will not be counted")
     orphans = _Reaped() if subreaper else None
     theirs = _child_pids() if subreaper else frozenset()
     # Handlers go in before the child exists: a signal sent once the child is up (it may
     # already have said it is ready) must be forwarded, not kill us with the default action.
     # One that comes before the child exists is held and sent to it once it does.
-    child: list[subprocess.Popen[bytes]] = []
+    child: list[_Child] = []
     held: list[int] = []
 
     def forward(signum: int, frame: FrameType | None) -> None:
@@ -615,8 +686,7 @@ def run_command(
             return
         if signum in _FROM_TTY and _child_in_our_foreground_group():
             return
-        with contextlib.suppress(ProcessLookupError):
-            child[0].send_signal(signum)
+        child[0].send_signal(signum)
 
     previous = {s: signal.signal(s, forward) for s in _FORWARDED}
     outlived: list[_Outlived] = []
@@ -624,12 +694,14 @@ def run_command(
     start = time.time()
     try:
         try:
-            proc = subprocess.Popen(list(cmd), env=env, stdout=child_stdout)
+            proc = _Child(cmd, env, child_stdout)
         except (FileNotFoundError, PermissionError) as exc:
             failed = time.time()
             not_found = isinstance(exc, FileNotFoundError)
             why = "command not found" if not_found else "Permission denied"
             print(f"wattspan: {cmd[0]}: {why}", file=sys.stderr)
+            if on_spawn is not None:
+                on_spawn()
             if agent is None:
                 if placeholder is not None:
                     placeholder.close()
@@ -643,8 +715,13 @@ def run_command(
             return _finish(agent, measured, run, start, code, failed, carbon=carbon, tags=tags)
         child.append(proc)
         for signum in held:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signum)
+            proc.send_signal(signum)
+        if on_spawn is not None:
+            on_spawn()
+        for why in deferred:
+            log.warning("%s", why)
+        if not subreaper:
+            log.info("not a child subreaper: CPU of orphaned descendants will not be counted")
         exit_clock = _ExitClock(proc.pid)
 
         if agent is None:
@@ -678,7 +755,7 @@ def run_command(
         if on_running is not None:
             on_running()
         status, ru = _wait(proc.pid, orphans, theirs)
-        proc.returncode = status  # the Popen object must not try to reap the pid again
+        proc.returncode = status  # reaped: no signal may go to the pid now
         end = time.time() if exit_clock.at is None else min(exit_clock.at, time.time())
         if orphans is not None:
             _reap_orphans(orphans, theirs)

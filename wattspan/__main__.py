@@ -1,5 +1,3 @@
-import sys
+from wattspan.cli import console_main
 
-from wattspan.cli import main
-
-sys.exit(main())
+console_main()

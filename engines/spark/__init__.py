@@ -9,7 +9,9 @@ import``). Importing this package loads none of it (nor pyspark): names resolve 
 
 from __future__ import annotations
 
-from typing import Any
+TYPE_CHECKING = False  # `wattspan run` imports this package before its command starts
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = [
     "SkewRules",

@@ -19,22 +19,33 @@ mentions ``pyspark``); ``WATTSPAN_SPARK=1`` / ``0`` forces it on or off.
 from __future__ import annotations
 
 import os
-import re
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import Any
+
+# Imported by ``wattspan run`` before it starts its command: what only a Spark run needs
+# (pathlib, tempfile, shutil, typing) loads inside the functions that use it.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import Any
 
 __all__ = ["SPARK_LAUNCHERS", "SparkRunHook", "looks_like_spark", "submit_opts"]
 
 SPARK_LAUNCHERS = frozenset(
     {"spark-submit", "pyspark", "spark-shell", "spark-sql", "sparkR", "run-example"}
 )
-_PYTHON = re.compile(r"^python(\d+(\.\d+)?)?$")
 # How much of a script is searched for "pyspark".
 _SCRIPT_HEAD = 1 << 20
 FORCE_ENV = "WATTSPAN_SPARK"
+
+
+def _is_python(name: str) -> bool:
+    """``python``, ``python3``, ``python3.11`` (no regex: ``re`` costs milliseconds here)."""
+    if not name.startswith("python"):
+        return False
+    major, dot, minor = name[6:].partition(".")
+    if not major:
+        return not dot
+    return major.isdigit() and (not dot or minor.isdigit())
 
 
 def _script_mentions_pyspark(path: str) -> bool:
@@ -58,7 +69,7 @@ def looks_like_spark(cmd: Sequence[str], env: Mapping[str, str] | None = None) -
     name = os.path.basename(cmd[0])
     if name.removesuffix(".cmd") in SPARK_LAUNCHERS:
         return True
-    if not _PYTHON.match(name):
+    if not _is_python(name):
         return False
     args = list(cmd[1:])
     i = 0
@@ -86,6 +97,8 @@ def looks_like_spark(cmd: Sequence[str], env: Mapping[str, str] | None = None) -
 
 def submit_opts(directory: str | os.PathLike[str], existing: str = "") -> str:
     """``SPARK_SUBMIT_OPTS`` with the event-log properties in front of ``existing``."""
+    from pathlib import Path
+
     uri = Path(directory).resolve().as_uri()
     ours = (
         f"-Dspark.eventLog.enabled=true -Dspark.eventLog.dir={uri} -Dspark.eventLog.compress=false"
@@ -130,6 +143,9 @@ class SparkRunHook:
         if not endpoint:
             return {}
         run_id = agent.run.id if agent.run is not None else None
+        import tempfile
+        from pathlib import Path
+
         directory = Path(tempfile.mkdtemp(prefix="wattspan-spark-"))
         try:
             monitor = SparkMonitor(
@@ -143,6 +159,7 @@ class SparkRunHook:
             # A bad WATTSPAN_SPARK_* setting: the command is still measured, without Spark
             # spans, rather than not run at all.
             import logging
+            import shutil
 
             logging.getLogger("wattspan.spark").warning("wattspan: %s: no Spark spans", exc)
             shutil.rmtree(directory, ignore_errors=True)
@@ -169,5 +186,7 @@ class SparkRunHook:
                 self.directory,
             )
         if self.directory is not None:
+            import shutil
+
             shutil.rmtree(self.directory, ignore_errors=True)
         return out

@@ -7,19 +7,23 @@ carbon intensity, with nothing of the agent (grpc, SQLite, the collectors) or of
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-from collections.abc import Sequence
-from typing import Any
+
+TYPE_CHECKING = False  # not typing's: typing costs milliseconds before the spawn
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Sequence
+    from typing import Any
 
 
-def main_run(argv: Sequence[str]) -> int:
-    """``wattspan run ...`` without building the whole CLI's parser (every subcommand's
-    module would load first): ``argv`` starts with ``run``; usage and errors read as they
-    do from the full parser."""
+def run_parser() -> argparse.ArgumentParser:
+    """The parser of ``wattspan run ...`` alone, without the whole CLI's (every subcommand's
+    module would load first); usage and errors read as they do from the full parser."""
+    import argparse
+
     from wattspan import __version__
-    from wattspan.cli import _interval, _setup_logging
+    from wattspan.cli import _interval
     from wattspan.cli.run_parser import add_run_parser
 
     parser = argparse.ArgumentParser(prog="wattspan")
@@ -29,21 +33,35 @@ def main_run(argv: Sequence[str]) -> int:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--log-level", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     add_run_parser(sub, common, _interval)
-    args = parser.parse_args(list(argv))
-    _setup_logging(args.log_level)
-    return cmd_run(args, parser)
+    return parser
 
 
-def mlflow_wanted(args: argparse.Namespace) -> bool:
+def main_run(argv: Sequence[str]) -> int:
+    """``wattspan run ...``: ``argv`` starts with ``run``. The usual forms are read without
+    argparse (:mod:`wattspan.cli.run_fast` says why); the rest by :func:`run_parser`."""
+    from wattspan.cli import _interval
+    from wattspan.cli.run_fast import parse
+
+    fast = parse(argv, _interval)
+    if fast is not None:
+        return cmd_run(fast)
+    parser = run_parser()
+    return cmd_run(parser.parse_args(list(argv)), parser)
+
+
+def mlflow_wanted(args: Any) -> bool:
     return bool(args.mlflow) or os.environ.get("WATTSPAN_MLFLOW", "") not in ("", "0", "false")
 
 
-def cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+def cmd_run(args: Any, parser: argparse.ArgumentParser | None = None) -> int:
+    """``args``: argparse's namespace, or :class:`wattspan.cli.run_fast.RunArgs`."""
     cmd = list(args.cmd)
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]
     if not cmd:
-        parser.error("run: give a command after --, e.g. wattspan run -- python train.py")
+        (parser or run_parser()).error(
+            "run: give a command after --, e.g. wattspan run -- python train.py"
+        )
     from wattspan.agent.config import load_config
     from wattspan.agent.errors import ConfigError
 
@@ -76,10 +94,16 @@ def cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             return 2
         env_extra.update(bridge.child_env())
 
+    from wattspan.cli import _setup_logging
     from wattspan.engines.spark.launch import SparkRunHook, looks_like_spark
+
+    def setup_logging() -> None:
+        _setup_logging(args.log_level)
 
     # Spark commands get the event log turned on and tailed (engines/spark/launch.py).
     spark = SparkRunHook.for_config(config) if looks_like_spark(cmd) else None
+    if spark is not None or bridge is not None:
+        setup_logging()  # the agent (or MLflow) comes up before the command: log from now
 
     from wattspan.agent.runner import run_command
 
@@ -98,6 +122,8 @@ def cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             child_stdout=sys.stderr if args.json else None,
             on_start=spark.on_start if spark else None,
             on_exit=spark.on_exit if spark else None,
+            # Logging loads once the command runs, not before (agent/runner.py says why).
+            on_spawn=setup_logging,
         )
     except OSError as exc:
         from wattspan.agent.store import StoreError  # loaded by then if it is one

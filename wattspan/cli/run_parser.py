@@ -4,8 +4,11 @@ parsing the command line imports nothing of the agent)."""
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
-from typing import Any
+
+TYPE_CHECKING = False  # not typing's: `wattspan run` parses before it spawns
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 #: The default store, as ``wattspan.agent.store.default_store_path`` finds it (repeated
 #: here so that ``--help`` imports no store code).
@@ -17,10 +20,12 @@ STORE_HELP = (
 
 def tag(text: str) -> tuple[str, str]:
     """``K=V`` of ``--tag``."""
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
+    from wattspan.cli.run_fast import split_tag
+
+    pair = split_tag(text)
+    if pair is None:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    return key.strip(), value
+    return pair
 
 
 def add_carbon_args(p: argparse.ArgumentParser, stored: bool) -> None:
