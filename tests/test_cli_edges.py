@@ -107,6 +107,20 @@ def test_target_metric_short_name_is_found_and_said(
     assert any(r["key"] == "time_to_target_seconds" for r in comp["rows"])
 
 
+def test_a_run_without_the_default_target_metric_is_shown_without_complaint(
+    store_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A stream query or a plain script logs no ml.accuracy: not asked for, not missed.
+    store = make_store(store_path)
+    store.create_run(Run("cccc0000-0000-4000-8000-000000000003", "stream-ysb", "h", 3000.0))
+    store.close()
+    assert main(["show", "--store", str(store_path), "stream-ysb"]) == 0
+    assert "no metric" not in capsys.readouterr().err
+    # Asked for by name, a metric the run does not have is still said.
+    assert main(["show", "--store", str(store_path), "--target-metric", "f1", RUN_A]) == 0
+    assert "no metric 'f1' in these runs" in capsys.readouterr().err
+
+
 def test_names_that_match_several_runs_or_none(
     store_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

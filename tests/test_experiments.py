@@ -155,6 +155,15 @@ def test_grid_cost_scales_and_is_compared_with_the_baseline(grid: dict[str, Any]
     p = _wattspan("experiment", "show", "latest", "--store", str(grid["store"]))
     assert p.returncode == 0, p.stderr
     assert "baseline" in p.stdout and f"n={N[2]}" in p.stdout
+    # In an 80-column terminal the headers fold rather than end in an ellipsis.
+    env = {**os.environ, "COLUMNS": "80"}
+    cmd = [sys.executable, "-m", "wattspan", "experiment", "show", "latest"]
+    p = subprocess.run(
+        [*cmd, "--store", str(grid["store"])], capture_output=True, text=True, env=env
+    )
+    assert p.returncode == 0, p.stderr
+    assert max(len(line) for line in p.stdout.splitlines()) <= 80
+    assert "\u2026" not in p.stdout, p.stdout
 
 
 def test_model_predicts_a_held_out_parameter_value(grid: dict[str, Any]) -> None:

@@ -104,6 +104,42 @@ def check_input(query: str, path: str | os.PathLike[str], ads: str | None) -> No
         break
 
 
+def worker_argv(
+    args: Any, input_path: str | os.PathLike[str], ads: str | None, result: Path, **extra: Any
+) -> list[str]:
+    """The command line that runs this module on ``args`` (``query``, ``workers``,
+    ``task_size``, ``scheduler``, ``task_spans``, ``rate``, ``gpu``: the options of
+    ``wattspan stream run`` and of an experiment's stream kind); ``output`` in ``extra``
+    writes the results."""
+    cmd = [
+        sys.executable,
+        "-m",
+        __name__,
+        args.query,
+        "--input",
+        os.path.abspath(input_path),
+        "--workers",
+        str(args.workers),
+        "--task-size",
+        str(args.task_size),
+        "--scheduler",
+        args.scheduler,
+        "--task-sample",
+        repr(args.task_spans),
+        "--result",
+        str(result),
+    ]
+    if ads is not None:
+        cmd += ["--ads", os.path.abspath(ads)]
+    if args.rate is not None:
+        cmd += ["--rate", repr(args.rate)]
+    if args.gpu:
+        cmd.append("--gpu")
+    if extra.get("output"):
+        cmd += ["--output", os.path.abspath(extra["output"])]
+    return cmd
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m wattspan.engines.stream.cli_worker")
     ap.add_argument("query", choices=sorted(QUERIES))

@@ -215,10 +215,18 @@ def carbon_arg(args: argparse.Namespace) -> Intensity | int | None:
         return 2
 
 
-def resolve_metric(store: Store, runs: Sequence[Run], name: str) -> str:
+#: the metric of time/energy-to-target when ``--target-metric`` is not given
+DEFAULT_TARGET_METRIC = "ml.accuracy"
+
+
+def resolve_metric(store: Store, runs: Sequence[Run], name: str | None) -> str:
     """The stored metric name ``name`` means: itself when a run logged it, else the one
     metric whose last dotted part it is (``accuracy`` -> ``ml.accuracy``), said on stderr.
-    Unknown names are returned as they are, with the names the runs have."""
+    Unknown names are returned as they are, with the names the runs have. ``None`` (the
+    option not given) is :data:`DEFAULT_TARGET_METRIC`, and says nothing when the runs did
+    not log it: a run without a learning curve (a stream query) is not a mistake."""
+    explicit = name is not None
+    name = name or DEFAULT_TARGET_METRIC
     have: dict[str, None] = {}
     for r in runs:
         have.update(dict.fromkeys(metric_summaries(store, r)))
@@ -231,7 +239,8 @@ def resolve_metric(store: Store, runs: Sequence[Run], name: str) -> str:
     if tail:
         _err(f"metric {name!r} matches {', '.join(tail)}; using {tail[0]}")
         return tail[0]
-    _err(f"no metric {name!r} in these runs (they have: {', '.join(list(have)[:12])})")
+    if explicit:
+        _err(f"no metric {name!r} in these runs (they have: {', '.join(list(have)[:12])})")
     return name
 
 

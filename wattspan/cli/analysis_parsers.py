@@ -68,7 +68,7 @@ def add_store_parsers(subparsers: Any) -> None:
     sh.add_argument("--json", action="store_true", help="print the run as one JSON object")
     sh.add_argument(
         "--target-metric",
-        default="ml.accuracy",
+        default=None,
         metavar="NAME",
         help="metric for time/energy-to-target (default ml.accuracy; 'accuracy' finds it)",
     )
@@ -105,7 +105,7 @@ def add_analysis_parsers(subparsers: Any) -> None:
     )
     c.add_argument(
         "--target-metric",
-        default="ml.accuracy",
+        default=None,
         metavar="NAME",
         help="metric for time/energy-to-target (default ml.accuracy)",
     )
@@ -137,7 +137,7 @@ def add_analysis_parsers(subparsers: Any) -> None:
     r.add_argument("--title", help="page title (default: the runs' names)")
     r.add_argument(
         "--target-metric",
-        default="ml.accuracy",
+        default=None,
         metavar="NAME",
         help="metric for time/energy-to-target (default ml.accuracy)",
     )

@@ -65,13 +65,15 @@ def results_table(
         "n.s.: no significant difference (Mann-Whitney U)"
     )
     t = Table(title=title, show_header=True, header_style="bold")
-    t.add_column("configuration")
-    t.add_column("n", justify="right")
+    # fold, not the ellipsis: in an 80-column terminal a header cut to "wall_se…" says
+    # nothing; folded onto two lines it still names the figure.
+    t.add_column("configuration", overflow="fold")
+    t.add_column("n", justify="right", overflow="fold")
     shown = [c for c in COLUMNS if any(c[0] in r.stats for r in rows)]
     for _, head, _ in shown:
-        t.add_column(head, justify="right")
-    t.add_column(f"{metric} vs baseline [95% CI]", justify="right")
-    t.add_column("notes", style="dim")
+        t.add_column(head, justify="right", overflow="fold")
+    t.add_column(f"{metric} vs baseline [95% CI]", justify="right", overflow="fold")
+    t.add_column("notes", style="dim", overflow="fold")
     for r in rows:
         cells = [r.label, f"{r.ok}" + (f" +{r.failed} failed" if r.failed else "")]
         cells += [_stat(r.stats.get(key), unit) for key, _, unit in shown]

@@ -54,33 +54,9 @@ def _check(args: argparse.Namespace) -> tuple[str | None, int | None]:
 
 
 def _worker_cmd(args: argparse.Namespace, ads: str | None, result: Path) -> list[str]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "wattspan.engines.stream.cli_worker",
-        args.query,
-        "--input",
-        os.path.abspath(args.input),
-        "--workers",
-        str(args.workers),
-        "--task-size",
-        str(args.task_size),
-        "--scheduler",
-        args.scheduler,
-        "--task-sample",
-        repr(args.task_spans),
-        "--result",
-        str(result),
-    ]
-    if ads is not None:
-        cmd += ["--ads", os.path.abspath(ads)]
-    if args.rate is not None:
-        cmd += ["--rate", repr(args.rate)]
-    if args.gpu:
-        cmd.append("--gpu")
-    if args.output:
-        cmd += ["--output", os.path.abspath(args.output)]
-    return cmd
+    from wattspan.engines.stream.cli_worker import worker_argv
+
+    return worker_argv(args, args.input, ads, result, output=args.output)
 
 
 def _query_energy(store_path: str | None, config: Any, run_id: str) -> dict[str, Any] | None:

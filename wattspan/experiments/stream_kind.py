@@ -17,7 +17,6 @@ experiment's directory (:attr:`Context.directory`); a resumed experiment finds i
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -124,30 +123,9 @@ class StreamExecutor(CommandExecutor):
         a = self._args(spec, conf)
         inp, ads = self._files(a)
         self._result.unlink(missing_ok=True)
-        argv = [
-            sys.executable,
-            "-m",
-            "wattspan.engines.stream.cli_worker",
-            a.query,
-            "--input",
-            os.path.abspath(inp),
-            "--workers",
-            str(a.workers),
-            "--task-size",
-            str(a.task_size),
-            "--scheduler",
-            a.scheduler,
-            "--task-sample",
-            repr(a.task_spans),
-            "--result",
-            str(self._result),
-        ]
-        if ads is not None:
-            argv += ["--ads", os.path.abspath(ads)]
-        if a.rate is not None:
-            argv += ["--rate", repr(a.rate)]
-        if a.gpu:
-            argv.append("--gpu")
+        from wattspan.engines.stream.cli_worker import worker_argv
+
+        argv = worker_argv(a, inp, str(ads) if ads is not None else None, self._result)
         return argv, {}
 
     def tags(self, spec: RunSpec, conf: Configuration) -> dict[str, str] | None:
