@@ -103,6 +103,23 @@ class _Load:
         self.cores = max(node_busy_seconds() - self.b0 - ours, 0.0) / wall
 
 
+def install_kind() -> str:
+    """How the wattspan the bench runs is installed: an editable install's import finder
+    costs every start-up several ms that ``pip install .`` (what users run) does not. Asked
+    from outside the source tree, whose ``wattspan.egg-info`` would answer otherwise."""
+    probe = (
+        "import json; from importlib import metadata\n"
+        "try: d = metadata.distribution('wattspan')\n"
+        "except metadata.PackageNotFoundError: print('none'); raise SystemExit\n"
+        "u = json.loads(d.read_text('direct_url.json') or '{}')\n"
+        "print('editable' if u.get('dir_info', {}).get('editable') else 'regular')"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, cwd="/", check=False
+    ).stdout.strip()
+    return {"editable": "editable install", "regular": "regular install"}.get(out, "not installed")
+
+
 def run_bare(cmd: list[str], env: dict[str, str]) -> dict[str, float]:
     with _Load() as load:
         t0 = time.perf_counter()
@@ -210,6 +227,7 @@ def main() -> int:
         n = calibrate(python, args.seconds, bare_env)
         cmd = child_cmd(python, n, args.parallel)
         print(f"machine: {machine()}")
+        print(f"wattspan: {' '.join(wattspan_cmd())} ({install_kind()})")
         print(
             f"child: {python} busy loop of {n} iterations x {args.parallel} process(es); "
             f"wattspan run --interval {args.interval or 'default (0.1)'} --store {store.name}"
