@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.stream_reference import assert_same, engine_frame, reference
-from wattspan.engines.stream import Agg, Engine, Query, Schema, col, collect
+from wattspan.engines.stream import Agg, Engine, Query, Schema, col, collect, incremental
 from wattspan.engines.stream.assembly import RecomputeBuffer, ResultStage
 from wattspan.engines.stream.dispatcher import Dispatcher
 from wattspan.engines.stream.fragments import run_task
@@ -251,3 +251,218 @@ def test_steps_capped_by_matrix_size(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(incremental, "_CELLS", 64)
     for task_rows in (50, 5000):
         assert_same(run(q, b, task_rows), want)
+
+
+# --- min and max, incremental over panes (engines/stream/extrema.py) ---------------------
+
+MS = Schema(
+    {
+        "t": np.int64,
+        "a": np.int32,
+        "b": np.int8,
+        "x": np.float64,
+        "y": np.int64,
+        "f": np.float32,
+        "h": np.int16,
+    },
+    time="t",
+)
+MS_BYTES = 8 + 4 + 1 + 8 + 8 + 4 + 2
+
+
+def ms_rows(t: np.ndarray, a: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    n = len(t)
+    return {
+        "t": t.astype(np.int64),
+        "a": a.astype(np.int32),
+        "b": rng.integers(0, 3, n).astype(np.int8),
+        "x": rng.random(n),
+        "y": rng.integers(-1000, 1000, n).astype(np.int64),
+        "f": (rng.random(n) * 10 - 5).astype(np.float32),
+        "h": rng.integers(-300, 300, n).astype(np.int16),
+    }
+
+
+def stage_frame(q: Query, batches: list[dict[str, np.ndarray]], task_rows: int, rnd: Any) -> Any:
+    """The tasks' results handed to the result stage in ``rnd``'s order (None: in order);
+    the stage must keep the incremental buffer throughout."""
+    plan = q.compile()
+    results = [run_task(t) for t in Dispatcher(plan, task_rows * MS_BYTES).tasks(batches)]
+    stage = ResultStage(plan, max(len(results), 1))
+    if rnd is not None:
+        rnd.shuffle(results)
+    parts = []
+    for r in results:
+        stage.put(r)
+        parts.extend(b.columns for _, b in stage.drain() if b is not None)
+        assert isinstance(stage.buffer, IncrementalWindows)
+    last = stage.finish()
+    if last is not None:
+        parts.append(last.columns)
+    cols = (
+        {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        if parts
+        else plan.empty_result()
+    )
+    return engine_frame(cols)
+
+
+def test_min_max_plans_use_the_incremental_buffer() -> None:
+    """Min/max over integer keys (none, one, two columns) are incremental, in the stage
+    and in a task's complete windows; float keys still recompute."""
+    base = Query(MS).window(size=30, slide=1, range_="t")
+    for keys in ((), ("a",), ("a", "b")):
+        plan = base.group_by(*keys).agg(mx=Agg.max("x"), n=Agg.count()).compile()
+        assert incremental.supports(plan)
+        assert isinstance(ResultStage(plan, 4).buffer, IncrementalWindows)
+    plan = base.group_by("x").agg(mx=Agg.max("y")).compile()
+    assert not incremental.supports(plan)
+    assert isinstance(ResultStage(plan, 4).buffer, RecomputeBuffer)
+
+
+@st.composite
+def minmax_case(draw: Any) -> dict[str, Any]:
+    size = draw(st.integers(1, 150))
+    slide = draw(st.one_of(st.sampled_from([1, 2, 3, size]), st.integers(1, 200)))
+    keys = draw(st.sampled_from([(), ("a",), ("b",), ("a", "b"), ("b", "a")]))
+    aggs = {
+        "mx": Agg.max(draw(st.sampled_from("xyfh"))),
+        "mn": Agg.min(draw(st.sampled_from("xyfh"))),
+    }
+    extra = draw(st.lists(st.sampled_from(["count", "avg", "sum"]), max_size=3, unique=True))
+    if "count" in extra:
+        aggs["n"] = Agg.count()
+    if "avg" in extra:
+        aggs["ax"] = Agg.avg("x")
+    if "sum" in extra:
+        aggs["sy"] = Agg.sum("y")
+    return dict(
+        size=size,
+        slide=slide,
+        keys=keys,
+        aggs=aggs,
+        n=draw(st.integers(0, 300)),
+        span=draw(st.integers(1, 800)),
+        # Tasks from one row (a window spans hundreds of tasks) to the whole stream.
+        task_rows=draw(st.sampled_from([1, 2, 7, 33, 100, 1000, 100000])),
+        threshold=draw(st.sampled_from([0.3, 0.9, 1.1])),  # low: many empty windows
+        seed=draw(st.integers(0, 2**31)),
+    )
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(minmax_case(), st.booleans(), st.randoms(use_true_random=False))
+def test_min_max_equal_reference_in_any_task_order(
+    case: dict[str, Any], shuffle: bool, rnd: Any
+) -> None:
+    """Sliding, hopping and tumbling min/max (float and int columns, their dtypes kept) with
+    or without count/sum/avg beside them, group keys of one or two columns, a quiet stretch
+    and a selection that leave windows empty, tasks in order or in a random one."""
+    rng = np.random.default_rng(case["seed"])
+    n, span = case["n"], case["span"]
+    t = np.sort(rng.integers(0, span, n))
+    if n > 10:
+        t[n // 2 :] += span // 2
+    b = ms_rows(t, rng.integers(-3, 4, n), rng)
+    q = (
+        Query(MS)
+        .where(col("x") < case["threshold"])
+        .window(size=case["size"], slide=case["slide"], range_="t")
+        .group_by(*case["keys"])
+        .agg(**case["aggs"])
+    )
+    got = stage_frame(q, [b], case["task_rows"], rnd if shuffle else None)
+    assert_same(got, reference(q, [b]))
+
+
+def test_min_max_groups_vanish_and_return_across_gaps() -> None:
+    """Bursts of alternating group sets with long empty stretches between some: windows
+    with no rows yield nothing, groups leave the state and come back."""
+    rng = np.random.default_rng(12)
+    parts = []
+    t0 = 0
+    for _ in range(12):
+        m = int(rng.integers(20, 80))
+        parts.append(np.sort(rng.integers(t0, t0 + 30, m)))
+        t0 += 30 + int(rng.choice([0, 5, 200, 1000]))
+    t = np.concatenate(parts)
+    burst_of = np.concatenate([np.full(len(p), i) for i, p in enumerate(parts)])
+    b = ms_rows(t, (burst_of % 3) * 10 + rng.integers(0, 4, len(t)), rng)
+    for size, slide in [(10, 1), (64, 1), (25, 5), (3, 7), (60, 60)]:
+        q = (
+            Query(MS)
+            .window(size=size, slide=slide, range_="t")
+            .group_by("a", "b")
+            .agg(mx=Agg.max("h"), mn=Agg.min("f"), n=Agg.count(), ax=Agg.avg("x"))
+        )
+        want = reference(q, [b])
+        for task_rows in (1, 13, 200, 10_000):
+            assert_same(stage_frame(q, [b], task_rows, None), want)
+
+
+def test_min_max_keys_growing_recode_the_carried_state() -> None:
+    """Ids grow past every range seen (then go negative): the prefix and suffix rows the
+    extrema carry are re-coded with the ring."""
+    rng = np.random.default_rng(13)
+    n = 2000
+    t = np.arange(n) // 2
+    a = np.arange(n) * 37 + rng.integers(0, 5, n)
+    a[n // 2 :] = -a[n // 2 :]
+    b = ms_rows(t, a, rng)
+    q = Query(MS).window(size=40, slide=1, range_="t").group_by("a").agg(mx=Agg.max("y"))
+    assert_same(stage_frame(q, [b], 16, None), reference(q, [b]))
+
+
+def test_min_max_step_touches_each_pane_a_bounded_number_of_times(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A 100-window-long stream in tasks that each finish a few windows of 50 panes: the
+    dense (pane x group) cells the extrema build over the whole stream stay within a few
+    times panes x groups (recomputing every window from its panes would build ~50x that),
+    and the state carried between tasks stays about one window of panes."""
+    from wattspan.engines.stream import extrema
+
+    w, groups = 50, 3
+    rng = np.random.default_rng(14)
+    n = 15_000
+    t = np.sort(rng.integers(0, 100 * w, n))
+    b = ms_rows(t, rng.integers(0, groups, n), rng)
+    q = (
+        Query(MS)
+        .window(size=w, slide=1, range_="t")
+        .group_by("a")
+        .agg(mx=Agg.max("y"), mn=Agg.min("x"), n=Agg.count())
+    )
+    built = [0]
+    real = extrema.SlidingExtrema._dense
+
+    def counting(self: Any, ring: Any, cols: Any, lo: int, hi: int, *rest: Any) -> Any:
+        out = real(self, ring, cols, lo, hi, *rest)
+        built[0] += sum(m.size for m in out.values())
+        return out
+
+    monkeypatch.setattr(extrema.SlidingExtrema, "_dense", counting)
+    plan = q.compile()
+    stage = ResultStage(plan, 1 << 12)
+    parts, state, ring = [], [], []
+    tasks = 0
+    for task in Dispatcher(plan, 10 * MS_BYTES).tasks([b]):
+        stage.put(run_task(task))
+        parts.extend(x.columns for _, x in stage.drain() if x is not None)
+        buf = stage.buffer
+        assert isinstance(buf, IncrementalWindows) and buf.ext is not None
+        state.append(buf.ext.cells())
+        ring.append(len(buf))
+        tasks += 1
+    last = stage.finish()
+    if last is not None:
+        parts.append(last.columns)
+    got = engine_frame({k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
+    assert_same(got, reference(q, [b]))
+    assert tasks >= 1000  # most windows are finished by the stage, a few per task
+    panes = int(t[-1]) + 1
+    specs = 2  # max(y), min(x)
+    assert built[0] <= 4 * panes * groups * specs, (built[0], panes * groups * specs)
+    # A block of suffix rows (w x groups, and an identity column) plus a prefix row.
+    assert max(state) <= specs * ((w + 1) * (groups + 1)), max(state)
+    assert max(ring) <= 2 * (w + 10) * groups  # a window of panes and a task's

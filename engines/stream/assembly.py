@@ -10,11 +10,12 @@ workers finish them. The stage consumes the slots in task order; for task ``i`` 
 3. forwards task ``i``'s complete windows, which all start after those,
 4. drops buffered panes that no open window covers any more.
 
-For count, sum and avg over integer keys (every shipped query) the buffer is an
+For count, sum, avg, min and max over integer keys (every shipped query) the buffer is an
 :class:`~.incremental.IncrementalWindows`: step 2 costs the panes entering and leaving the
-windows plus the result rows, not window length x groups. Otherwise (min, max, or keys that
-are not integers) it is a :class:`RecomputeBuffer`, which recomputes the windows to finish
-from all buffered panes with the window kernel.
+windows plus the result rows, not window length x groups (min and max through
+:mod:`.extrema`). Otherwise (keys that are not integers, or too spread for an int64 code) it
+is a :class:`RecomputeBuffer`, which recomputes the windows to finish from all buffered
+panes with the window kernel.
 
 So window results come out in window order, then group-key order, whatever the order of
 task completion. At end of stream every window still open with at least one row is
@@ -87,7 +88,8 @@ def _concat_cols(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 
 class RecomputeBuffer:
-    """Buffered pane partials, windows recomputed from all of them (min/max, other keys)."""
+    """Buffered pane partials, windows recomputed from all of them (keys that are not
+    integers, or too spread for an int64 code)."""
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan

@@ -1,4 +1,5 @@
-"""Incremental window state of the result stage: count, sum and avg over integer group keys.
+"""Incremental window state of the result stage: count, sum, avg, min and max over integer
+group keys.
 
 The result stage gets, task by task, the pane partials of windows that span task boundaries
 and must finish those windows in order. Recomputing a window from all its panes costs window
@@ -15,6 +16,10 @@ length x groups; here each (pane, group) partial is touched a bounded number of 
   keys appear), so a matrix row in code order is a window's result rows in key order and the
   output columns are whole-array gathers.
 
+Min and max cannot subtract what leaves: :class:`~.extrema.SlidingExtrema` slides them over
+the pane axis by van Herk / Gil-Werman blocks over the same step's groups, at a cost of the
+panes entering plus the result rows as well (its docstring has the details).
+
 Float sums drift when values are added and later subtracted, so with float sums the state
 is rebuilt from the ring (one window's partials) every few window lengths, and at the next
 step when a group's sum has cancelled (large values left, small ones stay): a window's error
@@ -24,11 +29,12 @@ over the buffer had it. Counts and integer sums are exact and never rebuilt.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
+from .extrema import SlidingExtrema, Spec
 from .kernels import Partials, sum_dtype
 from .query import Plan
 
@@ -41,6 +47,9 @@ _ZERO = np.zeros(1, np.int64)
 # Windows per step at least (at most a window length more, so the groups a step's matrix
 # spans stay about those of one window).
 _MIN_STEP = 64
+# ... and without group keys or float sums (no group churn to bound, no drift to check) this
+# many: a step's fixed cost (a few dozen numpy calls) is then spread over many windows.
+_FLAT_STEP = 4096
 # With float sums the state is rebuilt from its window's panes after this many windows (at
 # least four window lengths): a window's sum then carries the rounding of a few windows'
 # partials added and subtracted, not of the whole stream's.
@@ -56,11 +65,11 @@ _SUPPORTS: dict[int, bool] = {}
 
 
 def supports(plan: Plan) -> bool:
-    """Whether :class:`IncrementalWindows` computes the plan's windows (count, sum and avg
+    """Whether :class:`IncrementalWindows` computes the plan's windows (every aggregate,
     over integer or boolean keys)."""
     got = _SUPPORTS.get(plan.qid)
     if got is None:
-        got = not plan.needs.mins and not plan.needs.maxs and codable(plan.key_dtypes)
+        got = codable(plan.key_dtypes)
         if len(_SUPPORTS) > 4096:  # a bool per compiled plan, kept bounded
             _SUPPORTS.clear()
         _SUPPORTS[plan.qid] = got
@@ -70,9 +79,9 @@ def supports(plan: Plan) -> bool:
 def for_plan(plan: Plan) -> IncrementalWindows:
     win = plan.window
     needs = plan.needs
-    return IncrementalWindows(
-        win.w, win.s, plan.key_dtypes, {c: plan.value_dtypes[c] for c in needs.sums}
-    )
+    vd = plan.value_dtypes
+    ext = {("min", c): vd[c] for c in needs.mins} | {("max", c): vd[c] for c in needs.maxs}
+    return IncrementalWindows(win.w, win.s, plan.key_dtypes, {c: vd[c] for c in needs.sums}, ext)
 
 
 def sorted_unique(a: np.ndarray) -> np.ndarray:
@@ -165,24 +174,34 @@ class KeyCoder:
 
 
 class PaneRing:
-    """Buffered partials in pane order: ``pane``, group ``code``, ``count`` and ``sums``."""
+    """Buffered partials in pane order: ``pane``, group ``code``, ``count``, ``sums`` and the
+    mins and maxs (``ext``, by ``("min" | "max", column)``)."""
 
-    def __init__(self, sum_dtypes: dict[str, np.dtype]) -> None:
+    def __init__(
+        self, sum_dtypes: dict[str, np.dtype], ext_dtypes: dict[Spec, np.dtype] | None = None
+    ) -> None:
         self.sum_dtypes = sum_dtypes
+        self.ext_dtypes = ext_dtypes or {}
         self.start = self.end = 0
         self.pane = np.empty(0, np.int64)
         self.code = np.empty(0, np.int64)
         self.count = np.empty(0, np.int64)
         self.sums = {c: np.empty(0, d) for c, d in sum_dtypes.items()}
+        self.ext = {sp: np.empty(0, d) for sp, d in self.ext_dtypes.items()}
 
     def __len__(self) -> int:
         return self.end - self.start
 
     def _arrays(self) -> list[np.ndarray]:
-        return [self.pane, self.code, self.count, *self.sums.values()]
+        return [self.pane, self.code, self.count, *self.sums.values(), *self.ext.values()]
 
     def append(
-        self, pane: np.ndarray, code: np.ndarray, count: np.ndarray, sums: dict[str, np.ndarray]
+        self,
+        pane: np.ndarray,
+        code: np.ndarray,
+        count: np.ndarray,
+        sums: dict[str, np.ndarray],
+        ext: dict[Spec, np.ndarray] | None = None,
     ) -> None:
         n = len(pane)
         if self.end + n > len(self.pane):
@@ -192,6 +211,7 @@ class PaneRing:
                 olds = self._arrays()
                 self.pane, self.code, self.count = (np.empty(cap, a.dtype) for a in olds[:3])
                 self.sums = {c: np.empty(cap, d) for c, d in self.sum_dtypes.items()}
+                self.ext = {sp: np.empty(cap, d) for sp, d in self.ext_dtypes.items()}
                 for new, old in zip(self._arrays(), olds, strict=True):
                     new[:live] = old[self.start : self.end]
             else:  # enough room once the evicted head is gone
@@ -204,6 +224,8 @@ class PaneRing:
         self.count[e : e + n] = count
         for c, v in sums.items():
             self.sums[c][e : e + n] = v
+        for sp, v in (ext or {}).items():
+            self.ext[sp][e : e + n] = v
         self.end = e + n
 
     def find(self, pane: int) -> int:
@@ -227,21 +249,31 @@ class PaneRing:
 
 
 class IncrementalWindows:
-    """Window aggregates (count, sums) from buffered pane partials, window after window."""
+    """Window aggregates (count, sums, mins, maxs) from buffered pane partials, window after
+    window. ``ext_dtypes``: the min/max columns' dtypes by ``("min" | "max", column)``."""
 
     def __init__(
-        self, w: int, s: int, key_dtypes: Sequence[np.dtype], value_dtypes: dict[str, Any]
+        self,
+        w: int,
+        s: int,
+        key_dtypes: Sequence[np.dtype],
+        value_dtypes: dict[str, Any],
+        ext_dtypes: dict[Spec, Any] | None = None,
     ) -> None:
         self.w, self.s = w, s
         self.coder = KeyCoder(key_dtypes)
         self.nkeys = len(key_dtypes)
         sdt = {c: sum_dtype(d) for c, d in value_dtypes.items()}
         self.sum_dtypes = sdt
-        self.ring = PaneRing(sdt)
+        edt = {sp: np.dtype(d) for sp, d in (ext_dtypes or {}).items()}
+        self.ring = PaneRing(sdt, edt)
+        self.ext = SlidingExtrema(w, s, edt) if edt else None
         self.span_w = -(-w // s)  # windows a pane belongs to, at most
         self.float_cols = [c for c, d in sdt.items() if d.kind == "f"]
         self.float_sums = bool(self.float_cols)
         self.rebase = max(4 * self.span_w, _REBASE)
+        flat = not self.nkeys and not self.float_sums
+        self.step_len = max(self.span_w, _FLAT_STEP if flat else _MIN_STEP)
         # The state: aggregates per group code (ascending) of window ``st_k``.
         self.st_k: int | None = None
         self.st_from = 0  # the window it was last rebuilt at
@@ -264,12 +296,14 @@ class IncrementalWindows:
         pane, keys = part.index, part.keys
         sums = part.sums
         count = part.count
+        mm = {sp: (part.mins if sp[0] == "min" else part.maxs)[sp[1]] for sp in self.ring.ext}
         if self.w < self.s:  # hopping windows with gaps: drop panes no window holds
             keep = np.flatnonzero(pane % self.s < self.w)
             if len(keep) < len(pane):
                 pane, count = pane[keep], count[keep]
                 keys = [k[keep] for k in keys]
                 sums = {c: v[keep] for c, v in sums.items()}
+                mm = {sp: v[keep] for sp, v in mm.items()}
         if len(pane) == 0:
             return True
         if self.nkeys:
@@ -279,11 +313,18 @@ class IncrementalWindows:
                 if new is None:
                     return False
                 self.ring.recode(self.coder, new)
+                was = self.coder
+
+                def recode(c: np.ndarray) -> np.ndarray:
+                    return new.encode(was.decode(c), len(c))
+
                 if len(self.st_code):
-                    self.st_code = new.encode(self.coder.decode(self.st_code), len(self.st_code))
+                    self.st_code = recode(self.st_code)
+                if self.ext is not None:
+                    self.ext.recode(recode)
                 self.coder = new
         code = self.coder.encode(keys, len(pane))
-        self.ring.append(pane, code, count, sums)
+        self.ring.append(pane, code, count, sums, mm)
         return True
 
     def prune(self, next_window: int) -> None:
@@ -294,6 +335,8 @@ class IncrementalWindows:
             pane = self.st_k * self.s
         else:  # the windows up to next_window came from elsewhere: the state is stale
             self.st_k = None
+            if self.ext is not None:
+                self.ext.reset()
         self.ring.drop_below(pane)
 
     def last_pane(self) -> int | None:
@@ -309,6 +352,8 @@ class IncrementalWindows:
             self.coder.decode(code) if self.nkeys else [],
             r.count[sl].copy(),
             {c: v[sl].copy() for c, v in r.sums.items()},
+            {c: v[sl].copy() for (f, c), v in r.ext.items() if f == "min"},
+            {c: v[sl].copy() for (f, c), v in r.ext.items() if f == "max"},
         )
 
     def windows(self, k_a: int, k_b: int) -> list[Partials]:
@@ -333,7 +378,7 @@ class IncrementalWindows:
                 if k > k_b:
                     break
                 self._rebuild(k)
-            k_end = min(k_b, k + max(self.span_w, _MIN_STEP) - 1)
+            k_end = min(k_b, k + self.step_len - 1)
             rows, k_end = self._step(k, k_end, first_is_state=not rebuild)
             out.append(rows)
             k = k_end + 1
@@ -412,9 +457,11 @@ class IncrementalWindows:
             u = self.st_code
         nu = len(u)
         rows = k_end - kb0 + 1
-        if rows * nu > _CELLS and rows > r0 + 1:
+        # Min/max fold every pane of the step into a (pane x group) matrix: s per window.
+        row_cells = nu * (s if self.ext is not None else 1)
+        if rows * row_cells > _CELLS and rows > r0 + 1:
             # Too wide: fewer windows this step (u stays a superset of the groups touched).
-            k_end = kb0 + max(r0, _CELLS // max(nu, 1))
+            k_end = kb0 + max(r0, _CELLS // max(row_cells, 1))
             rows = k_end - kb0 + 1
             eb, lb = ring.find(k_end * s + w), ring.find(k_end * s)
         # Flat (window row, group column) cell of each entering and leaving entry.
@@ -467,6 +514,10 @@ class IncrementalWindows:
             if bool((mag > _DRIFT * np.abs(self.st_sums[c])).any()):
                 self.st_dirty = True
         self.st_k = k_end
+        mx: dict[Spec, np.ndarray] = {}
+        if self.ext is not None:
+            cols = self._ext_cols(u)
+            mx = self.ext.step(ring, cols, u, kb0 + r0, k_end)
         # Output: every (window, group) with rows, row-major = window then key order.
         body = mc[r0:]
         nrow = rows - r0
@@ -489,5 +540,19 @@ class IncrementalWindows:
             keys,
             body.reshape(-1).take(flat),
             {c: m[r0:].reshape(-1).take(flat) for c, m in ms.items()},
+            {c: m.reshape(-1).take(flat) for (f, c), m in mx.items() if f == "min"},
+            {c: m.reshape(-1).take(flat) for (f, c), m in mx.items() if f == "max"},
         )
         return rows_out, k_end
+
+    def _ext_cols(self, u: np.ndarray) -> Callable[[int, int], np.ndarray] | None:
+        """Columns in ``u`` of ring entries ``[a, b)``, for :class:`SlidingExtrema`."""
+        ring = self.ring
+        if not self.nkeys:
+            return None  # one group, column 0
+
+        def cols(a: int, b: int) -> np.ndarray:
+            (pos,) = self._positions(u, ring.code[a:b])
+            return pos
+
+        return cols

@@ -99,7 +99,7 @@ def sum_dtype(dtype: np.dtype) -> np.dtype:
     return np.dtype(np.float64) if np.dtype(dtype).kind == "f" else np.dtype(np.int64)
 
 
-def _extreme(dtype: np.dtype, low: bool) -> Any:
+def extreme(dtype: np.dtype, low: bool) -> Any:
     """The identity of min (``low=False``: the largest value) or max for ``dtype``."""
     dtype = np.dtype(dtype)
     if dtype.kind == "f":
@@ -235,12 +235,12 @@ def _fill(
         out.sums[c] = acc if ids is None else acc[ids]
     for c in needs.mins:
         v = values[c]
-        acc = xp.full(size, _extreme(v.dtype, low=False), v.dtype)
+        acc = xp.full(size, extreme(v.dtype, low=False), v.dtype)
         scatter(xp, "minimum", acc, code, v)
         out.mins[c] = acc if ids is None else acc[ids]
     for c in needs.maxs:
         v = values[c]
-        acc = xp.full(size, _extreme(v.dtype, low=True), v.dtype)
+        acc = xp.full(size, extreme(v.dtype, low=True), v.dtype)
         scatter(xp, "maximum", acc, code, v)
         out.maxs[c] = acc if ids is None else acc[ids]
 
@@ -457,11 +457,11 @@ def _windows_dense(
         res.sums[c] = _range_sum(put(xp.zeros(pspan, v.dtype), "add", v), lo, hi, xp)
     for c in needs.mins:
         v = part.mins[c]
-        acc = put(xp.full(pspan, _extreme(v.dtype, low=False), v.dtype), "minimum", v)
+        acc = put(xp.full(pspan, extreme(v.dtype, low=False), v.dtype), "minimum", v)
         res.mins[c] = _range_extreme(acc, lo, hi, xp, "minimum")
     for c in needs.maxs:
         v = part.maxs[c]
-        acc = put(xp.full(pspan, _extreme(v.dtype, low=True), v.dtype), "maximum", v)
+        acc = put(xp.full(pspan, extreme(v.dtype, low=True), v.dtype), "maximum", v)
         res.maxs[c] = _range_extreme(acc, lo, hi, xp, "maximum")
     return res
 
