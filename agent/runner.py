@@ -15,12 +15,14 @@ agent before the command exists (``on_start``, the Spark engine's) gets the old 
 
 from __future__ import annotations
 
+# The C module under ``signal``: the same functions and numbers, without the enum classes
+# ``signal`` builds at import (enum's import and their conversion cost ~2 ms before the
+# spawn). Handlers here are plain ints and functions either way.
+import _signal as signal
 import ctypes
 import os
 import resource
-import signal
 import sys
-import threading
 import time
 from collections import namedtuple
 
@@ -543,6 +545,8 @@ class _ExitClock:
     def __init__(self, pid: int) -> None:
         self.at: float | None = None
         self._pid = pid
+        import threading  # after the spawn: this watches the command that already runs
+
         threading.Thread(target=self._watch, name="wattspan-exit", daemon=True).start()
 
     def _watch(self) -> None:

@@ -169,6 +169,8 @@ HEAVY = {
     "psutil",
     "rich",
     "tomllib",
+    "enum",
+    "threading",
 }
 
 
