@@ -349,3 +349,36 @@ def test_observer_sees_every_task_and_window() -> None:
     assert sum(e.windows for e in emits) == res["window_end"].nunique()
     frag = [t.fragments for t in tasks]
     assert sum(f.complete for f in frag) + sum(f.closing for f in frag) >= 1
+
+
+KEEP_FREED = """
+import numpy as np
+from wattspan.engines.stream import Engine, collect, datasets
+from wattspan.engines.stream import queries as Q
+from wattspan.engines.stream.malloc import keep_freed_memory
+
+gen = datasets.generator("ysb", seed=3)
+b = gen.take(200_000)
+q = Q.ysb(gen.ads["ad_id"], gen.ads["campaign_id"])
+before = collect(Engine(2, task_size=64 << 10).run(q, [b]), q)
+print(keep_freed_memory())
+after = collect(Engine(2, task_size=64 << 10).run(q, [b]), q)
+assert before.keys() == after.keys()
+for k in before:
+    np.testing.assert_array_equal(before[k], after[k])
+print("same")
+"""
+
+
+def test_keep_freed_memory_is_taken_by_glibc_and_results_do_not_change() -> None:
+    # In a process of its own: the setting is process-wide and would outlive the test.
+    import platform
+    import subprocess
+    import sys
+
+    p = subprocess.run(
+        [sys.executable, "-c", KEEP_FREED], capture_output=True, text=True, timeout=120
+    )
+    assert p.returncode == 0, p.stderr
+    glibc = platform.libc_ver()[0] == "glibc"
+    assert p.stdout.split() == [str(glibc), "same"]

@@ -168,6 +168,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with contextlib.suppress(ImportError):
         import pandas  # noqa: F401
     batches = io.read_batches(p, schema_of(args.query), args.batch_rows)
+    if args.workers > 0:
+        from .malloc import keep_freed_memory
+
+        keep_freed_memory()  # this process is the engine's alone (malloc.py says why)
     plan = query.compile()
     sink = tmp = None
     if args.output:
