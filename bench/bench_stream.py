@@ -287,18 +287,6 @@ def wattspan_cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-QUERY_DATA = {
-    "ysb": "ysb",
-    "cm1": "cm",
-    "cm2": "cm",
-    "sg1": "sg",
-    "sg2": "sg",
-    "sg3": "sg",
-    "lrb1": "lrb",
-    "lrb2": "lrb",
-}
-
-
 def _inline(q: Query, b: dict[str, np.ndarray]) -> None:
     for _ in Engine(0).run(q, [b]):
         pass
@@ -318,7 +306,9 @@ def per_query_section(events: int, repeat: int) -> None:
     print(f"\n## every shipped query, inline (1 core), {events / 1e6:g} M generated events")
     data: dict[str, Any] = {}
     rates: dict[str, float] = {}
-    for name, ds in QUERY_DATA.items():
+    from wattspan.engines.stream.cli_worker import DATASET_OF
+
+    for name, ds in DATASET_OF.items():
         if ds not in data:
             g = datasets.generator(ds, seed=1)
             data[ds] = (g, g.take(events))

@@ -25,11 +25,12 @@ from typing import Any
 import numpy as np
 
 from . import io
+from .datasets import DATASETS
 from .errors import StreamError
 from .instrument import DEFAULT_TASK_SAMPLE, run_instrumented
 from .queries import QUERIES
 from .query import Query
-from .schema import CM_SCHEMA, LRB_SCHEMA, SG_SCHEMA, YSB_SCHEMA, Schema
+from .schema import Schema
 
 #: The dataset (``wattspan stream generate`` name) each shipped query reads.
 DATASET_OF = {
@@ -42,18 +43,13 @@ DATASET_OF = {
     "lrb1": "lrb",
     "lrb2": "lrb",
 }
-SCHEMA_OF: dict[str, Schema] = {
-    "ysb": YSB_SCHEMA,
-    "cm": CM_SCHEMA,
-    "sg": SG_SCHEMA,
-    "lrb": LRB_SCHEMA,
-}
 ADS_SCHEMA = {"ad_id": np.dtype(np.int32), "campaign_id": np.dtype(np.int64)}
 EXIT_BAD_INPUT = 2
 
 
 def schema_of(query: str) -> Schema:
-    return SCHEMA_OF[DATASET_OF[query]]
+    """The input schema of shipped query ``query``: its dataset's."""
+    return DATASETS[DATASET_OF[query]].schema
 
 
 def build_query(name: str, ads: str | os.PathLike[str] | None = None) -> Query:
@@ -138,6 +134,21 @@ def worker_argv(
     if extra.get("output"):
         cmd += ["--output", os.path.abspath(extra["output"])]
     return cmd
+
+
+def run_tags(args: Any) -> dict[str, str]:
+    """The tags a stream run is stored with (``wattspan stream run`` and an experiment's
+    stream kind alike, so that ``wattspan runs --tag query=ysb`` finds both)."""
+    tags = {
+        "engine": "stream",
+        "query": args.query,
+        "workers": str(args.workers),
+        "scheduler": args.scheduler,
+        "task_size": str(args.task_size),
+    }
+    if args.rate is not None:
+        tags["rate"] = f"{args.rate:g}"
+    return tags
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

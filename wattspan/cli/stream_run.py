@@ -126,15 +126,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="wattspan-stream-"))
     result_file = tmp / "figures.json"
-    tags = {
-        "engine": "stream",
-        "query": args.query,
-        "workers": str(args.workers),
-        "scheduler": args.scheduler,
-        "task_size": str(args.task_size),
-    }
-    if args.rate is not None:
-        tags["rate"] = f"{args.rate:g}"
+    from wattspan.engines.stream.cli_worker import run_tags
+
+    tags = run_tags(args)
     tags.update(dict(args.tag))
     try:
         try:

@@ -129,18 +129,9 @@ class StreamExecutor(CommandExecutor):
         return argv, {}
 
     def tags(self, spec: RunSpec, conf: Configuration) -> dict[str, str] | None:
-        a = self._args(spec, conf)
-        # The tags `wattspan stream run` stores, so `wattspan runs --tag query=ysb` finds both.
-        tags = {
-            "engine": "stream",
-            "query": a.query,
-            "workers": str(a.workers),
-            "scheduler": a.scheduler,
-            "task_size": str(a.task_size),
-        }
-        if a.rate is not None:
-            tags["rate"] = f"{a.rate:g}"
-        return tags
+        from wattspan.engines.stream.cli_worker import run_tags
+
+        return run_tags(self._args(spec, conf))
 
     def run(self, conf: Configuration, phase: str, repetition: int) -> Outcome:
         if not self._prepared:
