@@ -16,11 +16,11 @@ factor of two or more, so every figure is shown with the intensity it was comput
 
 from __future__ import annotations
 
-import functools
-from collections import namedtuple
+from wattspan.agent.named import record
 
-# ``wattspan run`` resolves its intensity before it starts its command: named tuples rather
-# than dataclasses, and no typing, keep this module's import to a fraction of a millisecond.
+# ``wattspan run`` resolves its intensity before it starts its command: records (named
+# tuples without collections, agent/named.py) rather than dataclasses, and no typing, keep
+# this module's import to a fraction of a millisecond.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
@@ -32,13 +32,13 @@ DEFAULT_SOURCE = "world average (IEA 2019)"
 JOULES_PER_KWH = 3.6e6
 
 
-class Country(namedtuple("Country", "alpha2 alpha3 name g_per_kwh year")):
+class Country(record("Country", "alpha2 alpha3 name g_per_kwh year")):
     """A row of the table: ISO codes, name, g CO2e/kWh and the year of the figure."""
 
     __slots__ = ()
 
 
-class Intensity(namedtuple("Intensity", "g_per_kwh source pue country", defaults=(1.0, ""))):
+class Intensity(record("Intensity", "g_per_kwh source pue country", defaults=(1.0, ""))):
     """The carbon intensity a figure is computed with, and where it came from."""
 
     __slots__ = ()
@@ -79,9 +79,13 @@ class CarbonError(ValueError):
     """A country code that is not in the table, or an intensity or PUE out of range."""
 
 
-@functools.cache
+_TABLE: list[dict[str, Country]] = []
+
+
 def countries() -> dict[str, Country]:
-    """The table, keyed by upper-case alpha-2 and alpha-3 code."""
+    """The table, keyed by upper-case alpha-2 and alpha-3 code (read once)."""
+    if _TABLE:
+        return _TABLE[0]
     # Imported here: ``wattspan run`` resolves its intensity before the command starts, and
     # most runs never read the table.
     import csv
@@ -100,6 +104,7 @@ def countries() -> dict[str, Country]:
             int(row["year"]),
         )
         out[c.alpha2] = out[c.alpha3] = c
+    _TABLE.append(out)
     return out
 
 

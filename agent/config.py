@@ -6,9 +6,7 @@ key. Exporter sections are validated by each exporter's own ``from_config``.
 
 from __future__ import annotations
 
-import math
 import os
-from collections.abc import Callable, Mapping
 
 from wattspan.agent.errors import ConfigError
 
@@ -16,11 +14,13 @@ from wattspan.agent.errors import ConfigError
 # only the agent needs (typing, dataclasses, pathlib and socket cost milliseconds each).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
     from pathlib import Path
     from typing import Any
 
     Check = Callable[[str, Any], Any]
 
+_INF = float("inf")
 DEFAULT_METRICS_PORT = 9879  # clear of node_exporter 9100, dcgm 9400, Telegraf 9273, etc.
 DEFAULT_OTLP_PORT = 4317
 
@@ -32,7 +32,7 @@ def _bool(key: str, v: Any) -> bool:
 
 
 def _pos(key: str, v: Any) -> float:
-    if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v < math.inf:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v < _INF:
         raise ConfigError(key, f"expected a positive number, got {v!r}")
     return float(v)
 

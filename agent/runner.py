@@ -19,12 +19,12 @@ from __future__ import annotations
 # ``signal`` builds at import (enum's import and their conversion cost ~2 ms before the
 # spawn). Handlers here are plain ints and functions either way.
 import _signal as signal
-import ctypes
 import os
-import resource
 import sys
 import time
-from collections import namedtuple
+
+from wattspan.agent.named import record
+from wattspan.agent.subreaper import is_subreaper, set_subreaper
 
 # Everything imported above is what the spawn needs; the rest (logging, typing, dataclasses,
 # the agent) loads once the command runs: each costs milliseconds that every `wattspan run`
@@ -32,6 +32,7 @@ from collections import namedtuple
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import _socket
+    import resource
     from collections.abc import Callable, Sequence
     from types import FrameType
     from typing import IO, Any
@@ -59,7 +60,7 @@ _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 _FROM_TTY = (signal.SIGINT, signal.SIGQUIT)
 
 
-class RunResult(namedtuple("RunResult", "exit_code run summary")):
+class RunResult(record("RunResult", "exit_code run summary")):
     """The command's exit code, its stored run and the summary the table prints."""
 
     __slots__ = ()
@@ -94,39 +95,8 @@ def _child_in_our_foreground_group() -> bool:
 #   or is still there when the command ends (read from /proc then, see _outlived): no
 #   process is in two figures. Per-pid rusage is summed rather than RUSAGE_CHILDREN, which
 #   also holds every earlier child of a process that calls run_command in-process.
-_PR_SET_CHILD_SUBREAPER = 36
-_PR_GET_CHILD_SUBREAPER = 37
 #: processes that outlived the command named one by one (the largest); totals count all
 _OUTLIVED_LISTED = 64
-
-
-def _prctl() -> Any | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-
-def _is_subreaper() -> bool:
-    prctl = _prctl()
-    if prctl is None:
-        return False
-    flag = ctypes.c_int(0)
-    if prctl(_PR_GET_CHILD_SUBREAPER, ctypes.byref(flag), *[ctypes.c_ulong(0)] * 3) != 0:
-        return False
-    return bool(flag.value)
-
-
-def _set_subreaper(on: bool) -> bool:
-    """True when the kernel took the setting (Linux 3.4 and later)."""
-    prctl = _prctl()
-    if prctl is None:
-        return False
-    return bool(
-        prctl(_PR_SET_CHILD_SUBREAPER, ctypes.c_ulong(int(on)), *[ctypes.c_ulong(0)] * 3) == 0
-    )
 
 
 def _child_pids() -> frozenset[int]:
@@ -165,7 +135,7 @@ class _Reaped:
         self.n += 1
 
 
-class _Outlived(namedtuple("_Outlived", "pid name user system exited")):
+class _Outlived(record("_Outlived", "pid name user system exited")):
     """A process of the tree still there when the command ended; ``exited``: a zombie
     whose parent, still running, has not reaped it yet."""
 
@@ -631,7 +601,7 @@ def run_command(
     is called as soon as the command runs (the CLI sets up logging then, not before).
 
     While ``cmd`` runs this process is a child subreaper (the note above
-    ``_PR_SET_CHILD_SUBREAPER`` says why) and reaps every child of its own that ends, not
+    ``_OUTLIVED_LISTED`` says why) and reaps every child of its own that ends, not
     only ``cmd``: a program calling this in-process must not spawn children of its own
     meanwhile, or their exit status is lost to it (the CLI spawns none). Descendants still
     running when ``cmd`` ends stay children of this process until it exits.
@@ -674,8 +644,8 @@ def run_command(
 
     if agent is not None:
         agent.scheduler.tick(force=True)  # baseline: counters at the start of the run
-    was_subreaper = _is_subreaper()
-    subreaper = was_subreaper or _set_subreaper(True)
+    was_subreaper = is_subreaper()
+    subreaper = was_subreaper or set_subreaper(True)
     orphans = _Reaped() if subreaper else None
     theirs = _child_pids() if subreaper else frozenset()
     # Handlers go in before the child exists: a signal sent once the child is up (it may
@@ -771,7 +741,7 @@ def run_command(
         for s, h in previous.items():
             signal.signal(s, h)
         if subreaper and not was_subreaper:
-            _set_subreaper(False)
+            set_subreaper(False)
     assert run is not None and measured is not None
     code = os.waitstatus_to_exitcode(status)
     if code < 0:

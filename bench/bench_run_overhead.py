@@ -30,6 +30,7 @@ medians are compared. Three wall times are reported for each run:
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -297,6 +298,16 @@ def main() -> int:
         f"{stolen * 100:.2f}% (CPU-time estimate, insensitive to other load): "
         f"{1 + stolen:.4f}x ({verdict(1 + stolen, TARGET)})"
     )
+    # The same bare child run after run: how far two runs differ with no wattspan at all.
+    # On a VM whose host is shared this is often several per cent, more than the targets'
+    # margins; a ratio inside it cannot be told from the machine's own drift.
+    drift = [abs(b2["loop"] / b1["loop"] - 1) for b1, b2 in itertools.pairwise(bare)]
+    if drift:
+        print(
+            f"noise floor: consecutive bare runs differ by a median {median(drift) * 100:.1f}% "
+            f"(max {max(drift) * 100:.1f}%) in their own loop time; the loop ratio above "
+            "(no wattspan code inside the timed loop) shows what of a ratio is drift"
+        )
     print()
     print(
         f"ratio child under wattspan / bare: {ratios['child']:.4f}x "

@@ -222,7 +222,8 @@ def test_an_in_process_run_stops_being_a_subreaper(store_path: Path) -> None:
     # A program that calls run_command must not keep adopting orphans of unrelated
     # processes afterwards.
     from wattspan.agent.config import load_config
-    from wattspan.agent.runner import _is_subreaper, run_command
+    from wattspan.agent.runner import run_command
+    from wattspan.agent.subreaper import is_subreaper as _is_subreaper
 
     if _is_subreaper():
         pytest.skip("this test process is a subreaper already")
@@ -232,3 +233,29 @@ def test_an_in_process_run_stops_being_a_subreaper(store_path: Path) -> None:
     assert result.exit_code == 0
     assert result.summary["cpu_source"] == "wait4"  # it was one while the command ran
     assert not _is_subreaper()
+
+
+SUBREAPER_PATHS = """
+import json, sys
+from wattspan.agent import subreaper as s
+light, full = s._light(), s._full()
+seen = []
+for setter, getter in ((light, full), (full, light), (light, light)):
+    for on in (True, False):
+        s._cached[:] = [setter]
+        ok = s.set_subreaper(on)
+        s._cached[:] = [getter]
+        seen.append([on, ok, s.is_subreaper()])
+print(json.dumps(seen))
+"""
+
+
+def test_the_light_prctl_path_and_ctypes_agree() -> None:
+    # The flag set through _ctypes is the one ctypes reads back, and the other way round
+    # (in a fresh interpreter: the test process's own flag is left alone).
+    p = subprocess.run(
+        [sys.executable, "-c", SUBREAPER_PATHS], capture_output=True, text=True, timeout=60
+    )
+    assert p.returncode == 0, p.stderr
+    seen = json.loads(p.stdout)
+    assert seen == [[on, True, on] for _ in range(3) for on in (True, False)]

@@ -171,6 +171,12 @@ HEAVY = {
     "tomllib",
     "enum",
     "threading",
+    "ctypes",
+    "struct",
+    "collections",
+    "functools",
+    "resource",
+    "math",
 }
 
 

@@ -19,12 +19,12 @@ mentions ``pyspark``); ``WATTSPAN_SPARK=1`` / ``0`` forces it on or off.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
 
 # Imported by ``wattspan run`` before it starts its command: what only a Spark run needs
 # (pathlib, tempfile, shutil, typing) loads inside the functions that use it.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
     from pathlib import Path
     from typing import Any
 
