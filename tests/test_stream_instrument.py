@@ -316,3 +316,49 @@ def test_replayed_run_reports_event_time_latency(ysb: Any) -> None:
     # A window is emitted about one task (~960 rows, 10 ms of replay) after its end.
     lat = f["latency_seconds"]
     assert lat["windows"] == 8 and 0 <= lat["p50"] < 0.25
+
+
+def test_latencies_looked_up_in_bulk_equal_one_lookup_per_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The observer keeps batches of windows and looks their arrivals up together; the
+    # latencies (reservoir and histogram) must be those of a lookup per batch.
+    import wattspan.engines.stream.instrument as inst
+
+    from wattspan.engines.stream.schema import SG_SCHEMA
+
+    q = Query(SG_SCHEMA).window(size=10, slide=1, range_="timestamp").agg(v=Agg.avg("value"))
+    plan = q.compile()
+    sg = datasets.generator("sg", seed=3).take(300_000)
+    chunks = [{k: v[i : i + 7_000] for k, v in sg.items()} for i in range(0, 300_000, 7_000)]
+    events: list[Any] = []
+
+    class Capture:
+        def task_done(self, ev: Any) -> None:
+            pass
+
+        def windows_emitted(self, ev: Any) -> None:
+            events.append(ev)
+
+    collect(Engine(0, task_size=64 << 10, observer=Capture()).run(q, chunks), q)
+    assert len(events) > 20
+
+    def observe(pending: int) -> StreamObserver:
+        monkeypatch.setattr(inst, "PENDING_BATCHES", pending)
+        clock = ArrivalClock(plan, rate=1e12)  # replay: arrival times follow from t0
+        for _ in clock.feed(chunks):
+            pass
+        clock.t0 = events[0].t_emit - 1.0
+        obs = StreamObserver(clock, 0.0, None, _Metrics(exporter=None))
+        for ev in events:
+            obs.windows_emitted(ev)
+        return obs
+
+    each, bulk = observe(1), observe(10_000)
+    assert bulk._pending and not each._pending  # the bulk one has not looked anything up yet
+    a, b = each.latencies, bulk.latencies
+    assert a.n == b.n == sum(len(ev.window_ends) for ev in events)
+    assert np.array_equal(a._buf[: a.n], b._buf[: b.n]) and a.total == pytest.approx(b.total)
+    assert each.metrics is not None and bulk.metrics is not None
+    assert np.array_equal(each.metrics.counts, bulk.metrics.counts)
+    assert (a.quantile(0.99) or 0) > 0
