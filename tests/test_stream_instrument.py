@@ -324,7 +324,6 @@ def test_latencies_looked_up_in_bulk_equal_one_lookup_per_batch(
     # The observer keeps batches of windows and looks their arrivals up together; the
     # latencies (reservoir and histogram) must be those of a lookup per batch.
     import wattspan.engines.stream.instrument as inst
-
     from wattspan.engines.stream.schema import SG_SCHEMA
 
     q = Query(SG_SCHEMA).window(size=10, slide=1, range_="timestamp").agg(v=Agg.avg("value"))
