@@ -382,3 +382,18 @@ def test_keep_freed_memory_is_taken_by_glibc_and_results_do_not_change() -> None
     assert p.returncode == 0, p.stderr
     glibc = platform.libc_ver()[0] == "glibc"
     assert p.stdout.split() == [str(glibc), "same"]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_ysb_join_drops_negative_and_unknown_ad_ids(workers: int) -> None:
+    # The join's one-gather path (key -> campaign rank) must drop what the table lacks: ids
+    # past its end (clipped onto the sentinel) and negative ones (clipped onto slot 0).
+    rng = np.random.default_rng(11)
+    b, ads, camps = ysb_input(rng, 5000)
+    b["ad_id"] = (b["ad_id"] - 60).astype(b["ad_id"].dtype)  # -60 .. 1039: some miss each side
+    q = Q.ysb(ads, camps)
+    want = reference(q, [b])
+    assert len(want) > 50
+    got = run_frame(Engine(workers, task_size=8 * 1024), q, split(b, 3, rng))
+    assert_same(got, want)
+    assert int(got["count"].sum()) < int((b["event_type"] == 0).sum())  # some were dropped

@@ -170,8 +170,12 @@ def pane_partials(
             _, code = xp.unique(code, return_inverse=True)
             radix = int(code.max()) + 1
             decodable = False
-        kk = kk.astype(np.int64) if kk.dtype != np.int64 else kk
-        code = code * span + (kk - kmin if kmin else kk)
+        # In place on the product (our own array): a pass and a temporary fewer per key. A
+        # narrower signed ``kk`` (an int32 rank) is widened by the add itself.
+        code = code * span
+        code += kk if kk.dtype.kind == "i" else kk.astype(np.int64)
+        if kmin:
+            code -= kmin
         radix *= span
         spans.append((kmin, span))
     if decodable and radix <= max(4 * n, 1 << 16):

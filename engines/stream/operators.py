@@ -70,6 +70,13 @@ class StaticTable:
             uniq, rank = np.unique(cols[k], return_inverse=True)
             self.uniques[k] = uniq
             self._ranks[k] = rank.astype(np.int32 if len(uniq) < 2**31 else np.int64)
+        # With a dense lookup, each column's ranks composed with it: key -> rank in one
+        # gather, -1 for a key not in the table (a join taking only ranked columns, as YSB's
+        # does, then costs one gather per row instead of two).
+        self._lut_ranks: dict[str, np.ndarray] = {}
+        if self._lut is not None:
+            for k, r in self._ranks.items():
+                self._lut_ranks[k] = np.where(self._lut >= 0, r[self._lut], -1).astype(r.dtype)
         self._device: dict[int, dict[str, Any]] = {}
 
     def __len__(self) -> int:
@@ -85,14 +92,17 @@ class StaticTable:
             got["__order__"] = xp.asarray(self._order)
             for k, r in self._ranks.items():
                 got["__rank__" + k] = xp.asarray(r)
+            for k, r in self._lut_ranks.items():
+                got["__lutrank__" + k] = xp.asarray(r)
             self._device[id(xp)] = got
         return got
 
-    def lookup(self, keys: Any, xp: Any) -> Any:
-        """Row index into the table for each key, ``-1`` where the key is absent."""
+    def lookup(self, keys: Any, xp: Any, lut_name: str = "__lut__") -> Any:
+        """Row index into the table for each key, ``-1`` where the key is absent
+        (``lut_name="__lutrank__" + column``, dense tables only: that column's rank)."""
         arrs = self.on(xp)
         if self._dense:
-            lut = arrs["__lut__"]
+            lut = arrs[lut_name]
             # Keys above the table's range clip onto the sentinel slot (-1) at the end
             # (CuPy's take has no clip mode: clip the keys there).
             if xp is np:
@@ -239,6 +249,22 @@ class Join(Step):
         return [*available, *self.take]
 
     def apply(self, cols: Cols, xp: Any) -> Cols:
+        taken = [c for c in self.take if c in self.keep]
+        if (
+            len(taken) == 1
+            and taken[0] in self.as_codes
+            and self.table._dense
+            and xp is np  # (CuPy's take has no clip mode; lookup's other branch is fine)
+        ):
+            c = taken[0]
+            codes = self.table.lookup(cols[self.on], xp, "__lutrank__" + c)
+            out = {k: cols[k] for k in self.keep if k not in self.take}
+            if len(codes) and int(codes.min()) < 0:
+                hit = xp.flatnonzero(codes >= 0)
+                out = {k: xp.take(v, hit) for k, v in out.items()}
+                codes = xp.take(codes, hit)
+            out[c] = codes
+            return out
         idx = self.table.lookup(cols[self.on], xp)
         # Inner join: compress only when some key missed (YSB's never do).
         if len(idx) and int(idx.min()) < 0:
