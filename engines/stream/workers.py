@@ -18,7 +18,12 @@ processes + shared memory, same    36 M events/s    34 M events/s    0.94x
 =================================  ===============  ===============  =======
 
 Threads were 5-6x the throughput of processes at every width (a process pays the copy into
-shared memory and a pickle round trip per task), so the pool keeps threads.
+shared memory and a pickle round trip per task), so the pool keeps threads. Since then the
+inline engine got about 1.5x faster per task (glibc's freed memory kept, leaner kernels),
+and at 1 MiB tasks the interpreter lock, handed over at each of a task's ~50 numpy calls,
+now decides: the kernel alone runs at 0.66-0.83x in two threads against one, and the engine
+with 2 threads at 0.90-0.99x of 1 (1.21-1.41x at 16 MiB tasks); docs/stream.md ("Workers
+and task size") has the figures of 2026-12-02.
 
 A :class:`Processor` is one *processor kind* for the scheduler: a name (``kind``), a
 number of workers, the array namespace its kernels run on (``xp``) and the partials kernel
