@@ -142,7 +142,10 @@ def _check(summary: dict, spans: list, method: str) -> None:
     for s in spans:
         r = s.resources
         assert r["cpu_source"] == "self-reported"
-        assert r["process_energy_joules"] == pytest.approx(K * r["cpu_seconds"], rel=0.03)
+        # 3 %, plus what the idle estimate's own error (allowed 3 % above) moves into the
+        # process's share over the span: on a busy VM that alone reached 0.56 J of 15 J.
+        slack = 0.03 * K * r["cpu_seconds"] + abs(watts - P_IDLE) * r["wall_seconds"]
+        assert r["process_energy_joules"] == pytest.approx(K * r["cpu_seconds"], abs=slack)
         parts = r["process_energy_joules"] + r["other_energy_joules"] + r["idle_energy_joules"]
         assert parts == pytest.approx(r["node_energy_total_joules"], rel=1e-9)
 
@@ -194,6 +197,8 @@ def test_calibrate_command_measures_the_quiet_node(tmp_path: Path, modelled_node
     assert cal is not None and cal.domains == ["package-0"]
     # The node is this test machine: not idle, but its power follows the model, so the
     # quieter half of the intervals sits between P_idle and P_idle plus what was busy.
-    assert 0.99 * P_IDLE <= cal.idle_watts <= P_IDLE + K * 2 * (os.cpu_count() or 1)
+    # (3 % under: each read is answered by a thread of this process, a few ms late or early
+    # on a busy VM, which moves a 0.2 s interval's energy by a per cent or two either way)
+    assert 0.97 * P_IDLE <= cal.idle_watts <= P_IDLE + K * 2 * (os.cpu_count() or 1)
     assert (tmp_path / "state" / "calibration.json").stat().st_mode & 0o777 == 0o600
     assert ("not quiet" in p.stderr) is (not cal.quiet)

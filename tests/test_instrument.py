@@ -866,6 +866,37 @@ def test_forked_children_report_their_own_pid(
     assert root.pid == pids["parent"]
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="fork start method")
+def test_a_child_that_only_execs_gets_no_export_thread(
+    tmp_path: Path, receiver: OtlpReceiver, collector: Collector
+) -> None:
+    # subprocess with a preexec_fn (pyspark's JVM launcher) runs the at-fork hooks in the
+    # child before it closes its descriptors and execs: no thread of ours may run there.
+    proc = run_user_code(
+        tmp_path,
+        """
+        import json, subprocess, threading
+        import wattspan.instrument as w
+
+        def pre():
+            with open(OUT, "w") as f:
+                f.write(json.dumps([t.name for t in threading.enumerate()]))
+
+        with w.span("before-the-spawn"):
+            pass
+        code = subprocess.run(["true"], preexec_fn=pre).returncode
+        print(json.dumps({"code": code, "parent_threads": [t.name for t in threading.enumerate()]}))
+        """.replace("OUT", repr(str(tmp_path / "child_threads.json"))),
+        endpoint_of(receiver),
+    )
+    out = last_json(proc.stdout)
+    assert out["code"] == 0
+    assert "wattspan-export" in out["parent_threads"]  # the parent's own thread was up
+    child = json.loads((tmp_path / "child_threads.json").read_text())
+    assert child == ["MainThread"], child
+    assert collector.one("before-the-spawn")
+
+
 # ---------------------------------------------------------------------------------------------
 # in-process checks that never create a span (so they configure nothing)
 

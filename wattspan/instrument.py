@@ -370,7 +370,7 @@ class _ExportQueue:
         self._inflight = 0
         self._start_worker()
 
-    def _start_worker(self) -> None:
+    def _start_worker(self, start: bool = True) -> None:
         self._wake = threading.Event()
         self._woken = False
         # Reentrant: a span can end inside a garbage-collector finalizer (a tracked generator
@@ -381,7 +381,15 @@ class _ExportQueue:
         self._waiters = 0
         self._worker_ident = 0
         self._worker = threading.Thread(target=self._run, name="wattspan-export", daemon=True)
-        self._worker.start()
+        self._started = start
+        if start:
+            self._worker.start()
+
+    def _start_now(self) -> None:
+        with self._count_lock:
+            if not self._started:
+                self._started = True
+                self._worker.start()
 
     # span processor interface (duck-typed, so that the SDK import stays lazy)
 
@@ -394,6 +402,8 @@ class _ExportQueue:
     def on_end(self, span: Any) -> None:
         if not span.context.trace_flags.sampled:
             return
+        if not self._started:  # a forked child's first span (see at_fork_reinit)
+            self._start_now()
         queue = self._queue
         if len(queue) < self._limit:
             queue.append(span)
@@ -417,7 +427,7 @@ class _ExportQueue:
         self._limit = 0
         self._wake.set()
         self._notify()  # waiting producers: stop waiting
-        if self._worker.ident != _get_ident():
+        if self._started and self._worker.ident != _get_ident():
             self._worker.join()  # its last act is sending everything queued
         self._export(everything=True)  # in case the thread is gone (a fork without reinit)
         self.sender.shutdown()
@@ -566,12 +576,20 @@ class _ExportQueue:
             self.dropped["exit" if self.reachable else "unreachable"] += left
 
     def at_fork_reinit(self) -> None:
-        """In a forked child: the parent's spans and counts are the parent's."""
+        """In a forked child: the parent's spans and counts are the parent's.
+
+        The export thread starts with the child's first span, not here. Most forked children
+        only exec: ``subprocess`` with a ``preexec_fn`` (pyspark's JVM launcher has one) runs
+        this hook in the child, and a thread started here was running there while the child
+        closed its descriptors and exec'd. (A test session once lost a Spark JVM that way, as
+        far as can be told: the launcher died before its exec, and gRPC's poller reported a
+        closed descriptor.)
+        """
         self._queue.clear()
         self.delivered = self._inflight = 0
         self.dropped = dict.fromkeys(_DROP_REASONS, 0)
         self.reachable, self._stalled, self._abandoned = True, False, False
-        self._start_worker()
+        self._start_worker(start=False)
 
 
 class _PidProcessor:
