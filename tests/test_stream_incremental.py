@@ -39,14 +39,16 @@ def run(q: Query, b: dict[str, np.ndarray], task_rows: int, workers: int = 0) ->
     return engine_frame(collect(eng.run(q, [b]), q))
 
 
-def rows_of(t: np.ndarray, a: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def rows_of(
+    t: np.ndarray, a: np.ndarray, rng: np.random.Generator, b_hi: int = 2, y_hi: int = 50
+) -> dict[str, np.ndarray]:
     n = len(t)
     return {
         "t": t.astype(np.int64),
         "a": a.astype(np.int32),
-        "b": rng.integers(0, 2, n).astype(np.int8),
+        "b": rng.integers(0, b_hi, n).astype(np.int8),
         "x": rng.random(n),
-        "y": rng.integers(-50, 50, n).astype(np.int64),
+        "y": rng.integers(-y_hi, y_hi, n).astype(np.int64),
     }
 
 
@@ -271,16 +273,11 @@ MS_BYTES = 8 + 4 + 1 + 8 + 8 + 4 + 2
 
 
 def ms_rows(t: np.ndarray, a: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    rows = rows_of(t, a, rng, b_hi=3, y_hi=1000)  # the same draws, in the same order
     n = len(t)
-    return {
-        "t": t.astype(np.int64),
-        "a": a.astype(np.int32),
-        "b": rng.integers(0, 3, n).astype(np.int8),
-        "x": rng.random(n),
-        "y": rng.integers(-1000, 1000, n).astype(np.int64),
-        "f": (rng.random(n) * 10 - 5).astype(np.float32),
-        "h": rng.integers(-300, 300, n).astype(np.int16),
-    }
+    rows["f"] = (rng.random(n) * 10 - 5).astype(np.float32)
+    rows["h"] = rng.integers(-300, 300, n).astype(np.int16)
+    return rows
 
 
 def stage_frame(q: Query, batches: list[dict[str, np.ndarray]], task_rows: int, rnd: Any) -> Any:

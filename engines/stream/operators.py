@@ -250,32 +250,28 @@ class Join(Step):
 
     def apply(self, cols: Cols, xp: Any) -> Cols:
         taken = [c for c in self.take if c in self.keep]
-        if (
+        # One ranked column from a dense table: its rank is gathered straight from the key
+        # (the lookup composed with the ranks), and stands for the row index below.
+        direct = (
             len(taken) == 1
             and taken[0] in self.as_codes
             and self.table._dense
             and xp is np  # (CuPy's take has no clip mode; lookup's other branch is fine)
-        ):
-            c = taken[0]
-            codes = self.table.lookup(cols[self.on], xp, "__lutrank__" + c)
-            out = {k: cols[k] for k in self.keep if k not in self.take}
-            if len(codes) and int(codes.min()) < 0:
-                hit = xp.flatnonzero(codes >= 0)
-                out = {k: xp.take(v, hit) for k, v in out.items()}
-                codes = xp.take(codes, hit)
-            out[c] = codes
-            return out
-        idx = self.table.lookup(cols[self.on], xp)
+        )
+        lut = "__lutrank__" + taken[0] if direct else "__lut__"
+        idx = self.table.lookup(cols[self.on], xp, lut)
         # Inner join: compress only when some key missed (YSB's never do).
         if len(idx) and int(idx.min()) < 0:
             hit = xp.flatnonzero(idx >= 0)
             idx = xp.take(idx, hit)
             cols = {k: xp.take(v, hit) for k, v in cols.items() if k in self.keep}
-        arrs = self.table.on(xp)
         out = {k: cols[k] for k in self.keep if k not in self.take}
-        for c in self.take:
-            if c in self.keep:
-                out[c] = arrs["__rank__" + c if c in self.as_codes else c][idx]
+        if direct:
+            out[taken[0]] = idx
+            return out
+        arrs = self.table.on(xp)
+        for c in taken:
+            out[c] = arrs["__rank__" + c if c in self.as_codes else c][idx]
         return out
 
 
