@@ -52,6 +52,28 @@ def rows_of(
     }
 
 
+def bursts(rng: np.random.Generator, n: int = 12) -> tuple[np.ndarray, np.ndarray]:
+    """Times of ``n`` bursts of 20-80 rows over 30 units each, and each row's burst; some
+    bursts adjoin, some are far apart."""
+    parts = []
+    t0 = 0
+    for _ in range(n):
+        m = int(rng.integers(20, 80))
+        parts.append(np.sort(rng.integers(t0, t0 + 30, m)))
+        t0 += 30 + int(rng.choice([0, 5, 200, 1000]))
+    burst_of = np.concatenate([np.full(len(p), i) for i, p in enumerate(parts)])
+    return np.concatenate(parts), burst_of
+
+
+def growing_keys(rng: np.random.Generator, n: int = 2000) -> tuple[np.ndarray, np.ndarray]:
+    """Two rows a time unit; ids that grow past every range seen, negative in the second
+    half."""
+    t = np.arange(n) // 2
+    a = np.arange(n) * 37 + rng.integers(0, 5, n)
+    a[n // 2 :] = -a[n // 2 :]
+    return t, a
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_many_tasks_many_groups(workers: int) -> None:
     """~500 tasks of 7 rows, ~1,600 groups, sliding windows spanning many tasks."""
@@ -69,14 +91,7 @@ def test_groups_vanish_and_return_across_gaps() -> None:
     """Each group is active in bursts; long stretches of time hold no rows at all, so the
     state empties, windows with no rows produce nothing, and groups come back later."""
     rng = np.random.default_rng(2)
-    parts = []
-    t0 = 0
-    for _ in range(12):
-        m = int(rng.integers(20, 80))
-        parts.append(np.sort(rng.integers(t0, t0 + 30, m)))
-        t0 += 30 + int(rng.choice([0, 5, 200, 1000]))  # some bursts adjoin, some are far
-    t = np.concatenate(parts)
-    burst_of = np.concatenate([np.full(len(p), i) for i, p in enumerate(parts)])
+    t, burst_of = bursts(rng)
     a = (burst_of % 3) * 10 + rng.integers(0, 4, len(t))  # group sets alternate by burst
     b = rows_of(t, a, rng)
     for size, slide in [(10, 1), (25, 5), (3, 7), (60, 60)]:
@@ -90,10 +105,7 @@ def test_growing_and_negative_keys_recode_the_state() -> None:
     """Ids keep growing past every range seen so far (and later go negative): the codes
     widen, and the buffered panes and the running state are re-coded each time."""
     rng = np.random.default_rng(3)
-    n = 2000
-    t = np.arange(n) // 2
-    a = np.arange(n) * 37 + rng.integers(0, 5, n)
-    a[n // 2 :] = -a[n // 2 :]
+    t, a = growing_keys(rng)
     b = rows_of(t, a, rng)
     q = query(30, 1)
     plan = q.compile()
@@ -376,14 +388,7 @@ def test_min_max_groups_vanish_and_return_across_gaps() -> None:
     """Bursts of alternating group sets with long empty stretches between some: windows
     with no rows yield nothing, groups leave the state and come back."""
     rng = np.random.default_rng(12)
-    parts = []
-    t0 = 0
-    for _ in range(12):
-        m = int(rng.integers(20, 80))
-        parts.append(np.sort(rng.integers(t0, t0 + 30, m)))
-        t0 += 30 + int(rng.choice([0, 5, 200, 1000]))
-    t = np.concatenate(parts)
-    burst_of = np.concatenate([np.full(len(p), i) for i, p in enumerate(parts)])
+    t, burst_of = bursts(rng)
     b = ms_rows(t, (burst_of % 3) * 10 + rng.integers(0, 4, len(t)), rng)
     for size, slide in [(10, 1), (64, 1), (25, 5), (3, 7), (60, 60)]:
         q = (
@@ -401,10 +406,7 @@ def test_min_max_keys_growing_recode_the_carried_state() -> None:
     """Ids grow past every range seen (then go negative): the prefix and suffix rows the
     extrema carry are re-coded with the ring."""
     rng = np.random.default_rng(13)
-    n = 2000
-    t = np.arange(n) // 2
-    a = np.arange(n) * 37 + rng.integers(0, 5, n)
-    a[n // 2 :] = -a[n // 2 :]
+    t, a = growing_keys(rng)
     b = ms_rows(t, a, rng)
     q = Query(MS).window(size=40, slide=1, range_="t").group_by("a").agg(mx=Agg.max("y"))
     assert_same(stage_frame(q, [b], 16, None), reference(q, [b]))
