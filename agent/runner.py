@@ -8,8 +8,10 @@ done: the run id, and a port for the OTLP receiver reserved by binding a socket
 command's spans wait for it: ``WATTSPAN_OTLP_READY_BY`` tells :mod:`wattspan.instrument`
 that an agent is coming up at the endpoint, so its first export waits for the port instead
 of counting the agent unreachable. The first sample is taken right after the collectors are
-built (tens of ms after the spawn; the stored samples show when); CPU seconds
-and wall time come from wait4 and the spawn and are exact regardless. A hook that needs the
+built (tens of ms after the spawn; the stored samples show when), but the energy and CPU
+counters are read once just before the spawn (:mod:`wattspan.collectors.head`), so node
+energy and busy CPU count from the spawn; CPU seconds and wall time come from wait4 and the
+spawn and are exact regardless. A hook that needs the
 agent before the command exists (``on_start``, the Spark engine's) gets the old order.
 """
 
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
     from wattspan.agent.store import Run
     from wattspan.agent.summary import RunSummary
     from wattspan.collectors.base import Sample
+    from wattspan.collectors.head import Head
 
 
 class _LazyLog:
@@ -120,19 +123,23 @@ def _child_pids() -> frozenset[int]:
 
 
 class _Reaped:
-    """CPU seconds of the tree's orphans that this process reaped as their subreaper."""
+    """CPU seconds of the tree's orphans that this process reaped as their subreaper, and
+    the largest ``ru_maxrss`` among them (KiB; they were not spawned by this process, so
+    theirs is their own)."""
 
-    __slots__ = ("n", "system", "user")
+    __slots__ = ("maxrss", "n", "system", "user")
 
     def __init__(self) -> None:
         self.user = 0.0
         self.system = 0.0
         self.n = 0
+        self.maxrss = 0
 
     def add(self, ru: resource.struct_rusage) -> None:
         self.user += ru.ru_utime
         self.system += ru.ru_stime
         self.n += 1
+        self.maxrss = max(self.maxrss, ru.ru_maxrss)
 
 
 class _Outlived(record("_Outlived", "pid name user system exited")):
@@ -304,25 +311,41 @@ def _outlived(theirs: frozenset[int]) -> list[_Outlived]:
     return out
 
 
+def _peak_rss(ru: resource.struct_rusage, orphans: _Reaped | None, head: Head | None) -> int:
+    """The largest single process's peak RSS in bytes that wait4 saw, 0 when unknown.
+
+    The kernel keeps it for every process the command's tree reaped, so it holds peaks that
+    fell between two samples, or came before the first. The command's own figure is at
+    least this process's peak at the spawn (:class:`~wattspan.collectors.head.Head` says
+    why), so it counts only above that; the orphans' is theirs."""
+    own = ru.ru_maxrss * 1024
+    if head is None or head.hwm_bytes is None or own <= head.hwm_bytes:
+        own = 0
+    return max(own, orphans.maxrss * 1024 if orphans is not None else 0)
+
+
 def _usage_samples(
     ru: resource.struct_rusage,
     orphans: _Reaped | None,
     outlived: Sequence[_Outlived],
     now: float,
+    head: Head | None = None,
 ) -> list[Sample]:
-    """The ``run`` sample (the tree's CPU seconds, and their parts) and one ``run_outlived``
-    sample per process that outlived the command (the largest few)."""
+    """The ``run`` sample (the tree's CPU seconds, and their parts; the peak RSS wait4 saw)
+    and one ``run_outlived`` sample per process that outlived the command (the largest
+    few)."""
     from wattspan.collectors.base import Sample
 
-    # ru_maxrss is left out on purpose: it counts the forked copy of this agent before
-    # exec, so it overstates a small child. Per-process VmHWM is exact.
     user, system = ru.ru_utime, ru.ru_stime
+    peak = _peak_rss(ru, orphans, head)
     if orphans is None:
         fields: dict[str, float | int | str | bool] = {
             "cpu_user_seconds_total": user,
             "cpu_system_seconds_total": system,
             "subreaper": False,
         }
+        if peak:
+            fields["peak_rss_bytes"] = peak
         return [Sample("run", now, {}, fields)]
     left_user = sum(o.user for o in outlived)
     left_system = sum(o.system for o in outlived)
@@ -336,6 +359,8 @@ def _usage_samples(
         "outlived_processes": len(outlived),
         "subreaper": True,
     }
+    if peak:
+        fields["peak_rss_bytes"] = peak
     out = [Sample("run", now, {}, fields)]
     largest = sorted(outlived, key=lambda o: (-(o.user + o.system), o.pid))
     for o in largest[:_OUTLIVED_LISTED]:
@@ -536,11 +561,12 @@ def _agent_beside(
     store_path: str | None,
     placeholder: _socket.socket | None,
     adopt: frozenset[int] | None,
+    head: Head | None = None,
 ) -> tuple[Agent, RunSummary, float]:
-    """The agent for a command that already runs as ``pid``: collectors first and their
-    first sample at once (the energy counters' start), then the rest, then the receiver on
-    the reserved port. Returns the agent, its summary sink and when the first sample was
-    taken."""
+    """The agent for a command that already runs as ``pid``: collectors first, seeded with
+    ``head`` (the counters read at the spawn), and their first sample at once, then the
+    rest, then the receiver on the reserved port. Returns the agent, its summary sink and
+    when the first sample was taken."""
     from wattspan.agent.scheduler import Scheduler
     from wattspan.collectors.process import ProcessCollector
     from wattspan.collectors.registry import build_collectors
@@ -549,7 +575,13 @@ def _agent_beside(
     process = next((c for c in collectors if isinstance(c, ProcessCollector)), None)
     if process is not None and adopt is not None:
         process.adopt_orphans(pid, os.getpid(), adopt)
+    # The counters read at the spawn go first: the cumulative ones count from there.
     first: list[Sample] = []
+    if head is not None:
+        for c in collectors:
+            seed = getattr(c, "seed", None)
+            if seed is not None:
+                first.extend(seed(head))
     first_ts = time.time()
     Scheduler(collectors, interval, first.extend).tick(force=True)
     try:
@@ -665,6 +697,14 @@ def run_command(
     previous = {s: signal.signal(s, forward) for s in _FORWARDED}
     outlived: list[_Outlived] = []
     first_ts: float | None = None
+    head: Head | None = None
+    if agent is None:
+        # The energy and CPU counters at the spawn (collectors/head.py says why; < 0.5 ms).
+        from wattspan.collectors import head as _head
+
+        rapl = config.sections.get("collectors.rapl", {})
+        root = rapl.get("root", "/sys/class/powercap") if rapl.get("enabled", True) else None
+        head = _head.read(root, time.time())
     start = time.time()
     try:
         try:
@@ -709,6 +749,7 @@ def run_command(
                     store_path=store_path,
                     placeholder=placeholder,
                     adopt=theirs if subreaper else None,
+                    head=head,
                 )
             except BaseException:
                 # The command runs and must not be left behind: wait for it, then fail.
@@ -747,11 +788,15 @@ def run_command(
     if code < 0:
         code = 128 - code  # killed by a signal: the shell's convention
     agent.scheduler.stop()
-    agent.pipeline.emit(_usage_samples(ru, orphans, outlived, end))
+    agent.pipeline.emit(_usage_samples(ru, orphans, outlived, end, head))
     if first_ts is not None:
         # How long after the spawn the energy counters started (the module doc says why);
         # the stored samples say it too (the first one's ts against the run's start).
-        log.debug("first sample %.3f s after the command started", first_ts - start)
+        log.debug(
+            "first sample %.3f s after the command started; energy counted from %.4f s before",
+            first_ts - start,
+            start - head.ts if head is not None else 0.0,
+        )
     return _finish(agent, measured, run, start, code, end, carbon=carbon, tags=tags)
 
 

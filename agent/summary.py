@@ -84,6 +84,7 @@ class RunSummary:
         self._outlived: list[Sample] = []
         self._last_tree: Sample | None = None
         self._prev_tree: tuple[float, float] | None = None
+        self._prev_alive = False
         self._cpu_peak: float | None = None
         self._peak_rss: float | None = None
         self._util = _Mean()
@@ -112,6 +113,7 @@ class RunSummary:
                 self._tree(s)
             elif src == "run":
                 self._final, self._have_run = s, True
+                self._rss(_num(s, "peak_rss_bytes"))  # wait4's: peaks between samples
             elif src == "run_outlived":
                 self._outlived.append(s)
             elif src == "process":
@@ -131,7 +133,8 @@ class RunSummary:
                 self._gpu(s)
 
     def _rss(self, v: float | None) -> None:
-        if v is not None and (self._peak_rss is None or v > self._peak_rss):
+        # 0 is a tree with no process seen yet, not a peak.
+        if v is not None and v > 0 and (self._peak_rss is None or v > self._peak_rss):
             self._peak_rss = v
 
     def _tree(self, s: Sample) -> None:
@@ -140,12 +143,15 @@ class RunSummary:
         # between samples.
         self._rss(_num(s, "peak_rss_bytes"))
         cpu = sum(_num(s, k) or 0.0 for k in _CPU)
-        if self._prev_tree is not None:
+        # An interval with no process of the tree alive at either end (a command that ended
+        # before the first sample) saw nothing run: it says nothing of the peak.
+        alive = (_num(s, "processes") or 0) > 0
+        if self._prev_tree is not None and (alive or self._prev_alive):
             dt = s.ts - self._prev_tree[0]
             if dt > 0:
                 pct = 100.0 * max(cpu - self._prev_tree[1], 0.0) / dt
                 self._cpu_peak = pct if self._cpu_peak is None else max(self._cpu_peak, pct)
-        self._prev_tree = (s.ts, cpu)
+        self._prev_tree, self._prev_alive = (s.ts, cpu), alive
         self._last_tree = s
         if not self._have_run:
             self._final = s
@@ -244,6 +250,9 @@ class RunSummary:
                     {
                         "domain": domain,
                         "joules": joules,
+                        # The counters' window: from the spawn (collectors/head.py) to the
+                        # final sample, a few ms past the command's end.
+                        "seconds": secs,
                         "watts_avg": joules / secs if secs > 0 else None,
                         "estimated": e.estimated,
                         "source": source,

@@ -25,6 +25,14 @@ medians are compared. Three wall times are reported for each run:
                ``--json``: Popen to wait4). This is the figure the target applies to.
   end-to-end   ``wattspan run ...`` as a whole, including wattspan's own start-up (imports,
                store), the final sample and the summary; for bare runs the same as child.
+
+On a VM whose host is shared, two identical bare runs differ by several per cent (the noise
+floor line), more than the targets' 1-2 % margins, so the script also decomposes the ratios
+into parts it measures free of that drift: the child's time waiting in a run queue
+(``/proc/self/schedstat`` around its loop: what wattspan's threads take from a core the child
+runs on; a slower host shows as time on a CPU instead) and the fixed cost (end-to-end minus
+the child's wall time, both from the same run). Cache and memory-bandwidth contention from
+wattspan on another core is in neither part.
 """
 
 from __future__ import annotations
@@ -63,6 +71,14 @@ def work():
     for i in range(n):
         x += i * i
     return x
+def schedstat():
+    # ns on a CPU, ns waiting in a run queue (sched_info; zeros where the kernel has none)
+    try:
+        with open("/proc/self/schedstat") as f:
+            return [int(v) for v in f.read().split()[:2]]
+    except (OSError, ValueError):
+        return [0, 0]
+s0 = schedstat()
 t = time.perf_counter()
 kids = []
 for _ in range(k - 1):
@@ -74,14 +90,22 @@ for _ in range(k - 1):
 work()
 for pid in kids:
     os.waitpid(pid, 0)
-print(f"LOOP {time.perf_counter() - t:.6f}", flush=True)
+wall = time.perf_counter() - t
+s1 = schedstat()
+print(f"LOOP {wall:.6f} {(s1[0] - s0[0]) / 1e9:.6f} {(s1[1] - s0[1]) / 1e9:.6f}", flush=True)
 """
 
 
-def _loop_seconds(stdout: str) -> float:
+_LOOP_KEYS = ("loop", "oncpu", "waited")
+
+
+def _loop(stdout: str) -> dict[str, float]:
+    """The child's own figures for its loop (its first process): wall time, and the
+    kernel's accounting of that process meanwhile: time on a CPU and time it was runnable
+    but waited in a run queue (``/proc/self/schedstat``)."""
     for line in stdout.splitlines():
         if line.startswith("LOOP "):
-            return float(line.split()[1])
+            return dict(zip(_LOOP_KEYS, (float(v) for v in line.split()[1:4]), strict=True))
     raise RuntimeError(f"child printed no LOOP line: {stdout!r}")
 
 
@@ -127,7 +151,7 @@ def run_bare(cmd: list[str], env: dict[str, str]) -> dict[str, float]:
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
         wall = time.perf_counter() - t0
     return {
-        "loop": _loop_seconds(out.stdout),
+        **_loop(out.stdout),
         "child": wall,
         "end_to_end": wall,
         "other_load": load.cores,
@@ -147,9 +171,10 @@ def run_wrapped(
     if out.returncode != 0:
         raise RuntimeError(f"wattspan run failed ({out.returncode}): {out.stderr[-2000:]}")
     summary = json.loads(out.stdout.strip().splitlines()[-1])
+    # --json sends the child's stdout to stderr, so that stdout is the summary alone.
+    loop = _loop(out.stderr) if "LOOP " in out.stderr else dict.fromkeys(_LOOP_KEYS, 0.0)
     return {
-        # --json sends the child's stdout to stderr, so that stdout is the summary alone.
-        "loop": _loop_seconds(out.stderr) if "LOOP " in out.stderr else 0.0,
+        **loop,
         "child": float(summary["wall_seconds"]),
         "end_to_end": wall,
         "other_load": load.cores,
@@ -308,6 +333,29 @@ def main() -> int:
             f"(max {max(drift) * 100:.1f}%) in their own loop time; the loop ratio above "
             "(no wattspan code inside the timed loop) shows what of a ratio is drift"
         )
+    # The kernel's view of the same loops: what wattspan can do to a CPU-bound child on a
+    # core of its own is take that core from it, which the child then spends waiting in a
+    # run queue (schedstat). Host drift (a neighbour VM, steal) shows in the time on a CPU
+    # instead, so the difference in waiting is wattspan's share of the slowdown, free of
+    # that drift; not in it: cache and memory-bandwidth contention from the other core.
+    waited_b = median([r["waited"] for r in bare])
+    waited_w = median([r["waited"] for r in wrapped])
+    loop_b = median([r["loop"] for r in bare])
+    child_b = median([r["child"] for r in bare])
+    print(
+        f"the kernel's view of the child's loop (schedstat, medians): on a CPU "
+        f"{median([r['oncpu'] for r in bare]):.3f} s bare, "
+        f"{median([r['oncpu'] for r in wrapped]):.3f} s under wattspan; waiting in a run queue "
+        f"{waited_b * 1e3:.1f} ms bare, {waited_w * 1e3:.1f} ms under wattspan"
+    )
+    contention = max(waited_w - waited_b, 0.0) / loop_b if loop_b > 0 else 0.0
+    est_child = 1 + contention
+    est_e2e = 1 + contention + fixed / child_b if child_b > 0 else 0.0
+    print(
+        f"  decomposed (drift-free: run-queue wait + fixed cost, each measured in this run): "
+        f"child {est_child:.4f}x ({verdict(est_child, TARGET)}), end-to-end {est_e2e:.4f}x "
+        f"({verdict(est_e2e, E2E_TARGET)})"
+    )
     print()
     print(
         f"ratio child under wattspan / bare: {ratios['child']:.4f}x "
@@ -317,6 +365,12 @@ def main() -> int:
         f"ratio end-to-end / bare:           {ratios['end_to_end']:.4f}x "
         f"(target <= {E2E_TARGET}x: {verdict(ratios['end_to_end'], E2E_TARGET)})"
     )
+    if drift and median(drift) > E2E_TARGET - 1:
+        print(
+            f"  (wall-clock ratios on this run: the noise floor, {median(drift) * 100:.1f}% "
+            "between consecutive identical runs, is wider than the targets' margins; the "
+            "decomposed figures above are the ones this run can decide)"
+        )
     return 0
 
 

@@ -8,6 +8,10 @@ import psutil
 
 from wattspan.collectors.base import Sample, number
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from wattspan.collectors.head import Head
+
 # Modes psutil reports on Linux; others (guest) are already counted inside user/nice.
 _MODES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
 _IDLE_MODES = ("idle", "iowait")
@@ -101,6 +105,13 @@ class CpuCollector:
                 fields["utilization_ratio"] = _busy_share(deltas, total)
         self._prev[cpu] = times
         return Sample("cpu", now, {"cpu": cpu}, fields)
+
+    def seed(self, head: Head) -> list[Sample]:
+        """Start from ``head``'s node-wide reading (:mod:`.head` says why): the node's busy
+        seconds then count from the command's spawn. No per-core sample is made for it."""
+        if head.cpu_times is None or "total" in self._prev:
+            return []
+        return [self._emit(head.ts, "total", dict(head.cpu_times))]
 
     def sample(self, now: float) -> list[Sample]:
         total = self._emit(now, "total", total_times(now))

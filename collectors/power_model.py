@@ -21,6 +21,11 @@ from wattspan.collectors.cpu import busy_ratio, total_times
 # stated in every series' labels and in the README.
 DEFAULT_WATTS_PER_THREAD = 10.0
 DEFAULT_IDLE_FRACTION = 0.3
+_TAGS = {"domain": "cpu", "estimated": "true"}
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from wattspan.collectors.head import Head
 
 
 def default_tdp_watts() -> float:
@@ -51,12 +56,22 @@ class PowerModelCollector:
         idle = self.idle_fraction * self.tdp_watts
         return idle + (self.tdp_watts - idle) * min(max(utilization, 0.0), 1.0)
 
+    def _fields(self) -> dict[str, float | int | str | bool]:
+        return {"tdp_watts": self.tdp_watts, "idle_power_watts": self.power(0.0)}
+
+    def seed(self, head: Head) -> list[Sample]:
+        """Integrate from ``head``'s CPU reading on (:mod:`.head` says why): the first
+        sample's energy then covers the command's spawn onwards."""
+        if head.cpu_times is None or self._prev is not None:
+            return []
+        self._prev = (head.ts, dict(head.cpu_times))
+        fields = self._fields()
+        fields["energy_joules_total"] = self._energy
+        return [Sample("power_model", head.ts, dict(_TAGS), fields)]
+
     def sample(self, now: float) -> list[Sample]:
         times = total_times(now)
-        fields: dict[str, float | int | str | bool] = {
-            "tdp_watts": self.tdp_watts,
-            "idle_power_watts": self.power(0.0),
-        }
+        fields = self._fields()
         if self._prev is not None:
             prev_ts, prev_times = self._prev
             dt = now - prev_ts
@@ -68,7 +83,7 @@ class PowerModelCollector:
                 fields["utilization_ratio"] = u
         self._prev = (now, times)
         fields["energy_joules_total"] = self._energy
-        return [Sample("power_model", now, {"domain": "cpu", "estimated": "true"}, fields)]
+        return [Sample("power_model", now, dict(_TAGS), fields)]
 
     def energy_joules(self) -> dict[str, float]:
         return {"cpu": self._energy}

@@ -32,6 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wattspan.collectors.base import CollectorUnavailable, Sample
+from wattspan.collectors.head import zone_dirs
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from wattspan.collectors.head import Head
 
 log = logging.getLogger(__name__)
 
@@ -135,34 +140,19 @@ def _scan(root: str) -> list[_Found]:
     """Every zone directory under ``root``, top-level entries and nested subzones alike,
     deduplicated by real path (sysfs shows subzones both ways)."""
     found: dict[str, _Found] = {}
-
-    def visit(path: str, name: str) -> None:
+    for path, name in zone_dirs(root):
         m = _ZONE_RE.match(name)
         if m is None or not os.path.isdir(path):
-            return
+            continue
         key = os.path.realpath(path)
         if key in found:
-            return
+            continue
         try:
             zone_name: str | None = _read_text(os.path.join(path, "name")) or None
         except OSError:
             zone_name = None
         ids = tuple(int(x) for x in m.group(2).split(":"))
         found[key] = _Found(name, path, key, m.group(1), ids, zone_name)
-        try:
-            children = sorted(os.listdir(path))
-        except OSError:
-            return
-        for child in children:
-            if child.startswith(name + ":"):
-                visit(os.path.join(path, child), child)
-
-    try:
-        entries = sorted(os.listdir(root))
-    except OSError:
-        return []
-    for entry in entries:
-        visit(os.path.join(root, entry), entry)
     return sorted(found.values(), key=_zone_sort_key)
 
 
@@ -309,6 +299,25 @@ class RaplCollector:
 
     # -- reading -------------------------------------------------------------------
 
+    def seed(self, head: Head) -> list[Sample]:
+        """Take ``head``'s raw counters as the zones' previous reads (:mod:`.head` says why):
+        the first sample's energy then covers the command's spawn onwards. A zone already
+        read, or absent from ``head``, is left as it is."""
+        out: list[Sample] = []
+        for z in self._zones:
+            raw = head.rapl_uj.get(z.key)
+            if raw is None or z.last_raw_uj is not None:
+                continue
+            z.last_raw_uj, z.prev_ts = raw, head.ts
+            out.append(self._sample(z, head.ts, {"energy_joules_total": z.total_uj / 1e6}))
+        return out
+
+    @staticmethod
+    def _sample(z: _Zone, now: float, fields: dict[str, float | int | str | bool]) -> Sample:
+        return Sample(
+            "rapl", now, {"zone": z.zone, "domain": z.domain, "estimated": "false"}, fields
+        )
+
     def sample(self, now: float) -> list[Sample]:
         """One sample per zone: cumulative ``energy_joules_total`` and ``power_watts``."""
         out: list[Sample] = []
@@ -328,11 +337,7 @@ class RaplCollector:
             if z.prev_ts is not None and now > z.prev_ts:
                 fields["power_watts"] = delta_uj / 1e6 / (now - z.prev_ts)
             z.prev_ts = now
-            out.append(
-                Sample(
-                    "rapl", now, {"zone": z.zone, "domain": z.domain, "estimated": "false"}, fields
-                )
-            )
+            out.append(self._sample(z, now, fields))
         idle_due = not self._zones and (
             self._last_scan is None or now - self._last_scan >= _EMPTY_RESCAN_S
         )

@@ -271,3 +271,13 @@ def test_a_store_path_that_is_a_directory_is_one_line_and_exit_2(
     assert p.returncode == 2
     assert p.stderr.strip().splitlines()[-1] == f"wattspan: store {tmp_path}: is a directory"
     assert "Traceback" not in p.stderr
+
+
+def test_co2e_masses_keep_three_significant_digits_down_to_micrograms() -> None:
+    from wattspan.cli.tables import fmt_grams
+
+    assert fmt_grams(1234.0) == "1.23 kg"
+    assert fmt_grams(12.345) == "12.35 g"
+    assert fmt_grams(0.0123) == "12.30 mg"
+    assert fmt_grams(1.27e-6) == "1.27 µg"
+    assert fmt_grams(0.0) == "0.00 g" and fmt_grams(None) == "-"

@@ -144,7 +144,9 @@ def fmt_grams(g: float | None) -> str:
         return f"{g / 1000:,.2f} kg"
     if abs(g) >= 1 or g == 0:
         return f"{g:,.2f} g"
-    return f"{g * 1000:,.2f} mg"
+    if abs(g) >= 1e-3:
+        return f"{g * 1e3:,.2f} mg"
+    return f"{g * 1e6:,.2f} µg"
 
 
 def _energy_rows(t: Rows, summary: dict[str, Any]) -> None:
@@ -161,13 +163,16 @@ def _energy_rows(t: Rows, summary: dict[str, Any]) -> None:
             fmt_num(proc, "J"),
             f"{label}, {share * 100:.1f}% of the node's active energy (CPU-time share)",
         )
+    wall = summary.get("wall_seconds")
     for e in energy:
         elabel = "estimated" if e.get("estimated") else "measured (RAPL)"
-        t.add_row(
-            f"energy node {e['domain']}",
-            fmt_num(e.get("joules"), "J"),
-            f"whole node, {elabel}, avg {fmt_num(e.get('watts_avg'), 'W', 1)}",
-        )
+        note = f"whole node, {elabel}, avg {fmt_num(e.get('watts_avg'), 'W', 1)}"
+        secs = e.get("seconds")
+        # The counters run from the spawn to the final sample, which cannot come before the
+        # agent is up: for a command shorter than that, say how long the figure covers.
+        if secs is not None and wall is not None and secs - wall > max(0.02, 0.1 * wall):
+            note += f" over {secs:.3f} s, to the agent's final sample"
+        t.add_row(f"energy node {e['domain']}", fmt_num(e.get("joules"), "J"), note)
     if not energy:
         t.add_row("energy", "-", "no RAPL and power model off")
     if summary.get("idle_power_watts") is not None:
