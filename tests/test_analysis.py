@@ -293,6 +293,10 @@ def test_metric_mode_and_summaries(store: Store) -> None:
     assert metric_mode("ml.error_rate") == "min"
     assert metric_mode("ml.accuracy") == "max"
     assert metric_mode("ml.lossless_ratio") == "max"
+    assert metric_mode("wattspan.stream.window.latency.p99") == "min"
+    assert metric_mode("train.step_seconds") == "min"
+    assert metric_mode("stream.events_per_joule") == "max"
+    assert metric_mode("ml.samples_per_second") == "max"
     s = metric_summaries(store, RUN_B)
     assert (s["ml.loss"].first, s["ml.loss"].last, s["ml.loss"].best) == (1.4, 0.35, 0.35)
     assert s["ml.accuracy"].best_step == 4
@@ -551,6 +555,23 @@ def test_show_details(store: Store) -> None:
     for r in show_details(store, store.resolve_run(RUN_B), target=0.99):
         other.print(r)
     assert "not reached (best 0.93)" in other.export_text()
+
+
+def test_show_keeps_metric_names_apart_on_a_narrow_terminal(tmp_path: Path) -> None:
+    # The stream engine's latency metrics share 32 characters of prefix: at 80 columns
+    # they used to end in the same ellipsis, four rows that looked alike.
+    s = Store(tmp_path / "n.db")
+    s.add_run(Run(id="narrow", name="narrow", host="h", start_ts=0.0, kind="run"))
+    names = [f"wattspan.stream.window.latency.{q}" for q in ("count", "p50", "p99", "sum")]
+    s.write_metrics([MetricRow("narrow", 1.0, n, 0.123456789) for n in names])
+    console = Console(record=True, width=80)
+    for r in show_details(s, s.resolve_run("narrow")):
+        console.print(r)
+    cells = "".join(
+        line.split("│")[1].strip() for line in console.export_text().splitlines() if "│" in line
+    )
+    for n in names:
+        assert f"{n} (min)" in cells, cells
 
 
 def test_export_kinds_of_the_parser_match_the_analysis() -> None:

@@ -141,6 +141,30 @@ def test_names_that_match_several_runs_or_none(
     assert "did you mean train-adam" in capsys.readouterr().err
 
 
+def test_compare_takes_every_run_of_a_shared_name(
+    store_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `compare train-sgd` with two runs of that name compares them, oldest as the baseline,
+    # where it used to take the newest alone and then ask for a second run.
+    store = make_store(store_path)
+    newer = "aaaa0000-9999-4000-8000-000000000003"
+    store.create_run(Run(newer, "train-sgd", "h", 3000.0))
+    older = store.resolve_run(RUN_A)
+    assert older.name == "train-sgd" and older.start_ts < 3000.0
+    store.close()
+    db = str(store_path)
+    assert main(["compare", "--store", db, "--json", "train-sgd"]) == 0
+    out = capsys.readouterr()
+    assert [r["id"] for r in json.loads(out.out)["runs"]] == [RUN_A, newer]
+    assert "name 'train-sgd' matches 2 runs; taking them all, oldest first" in out.err
+    # A run named twice, by its name and by its id, is compared once.
+    assert main(["compare", "--store", db, "--json", "train-sgd", RUN_A, RUN_B]) == 0
+    assert [r["id"] for r in json.loads(capsys.readouterr().out)["runs"]] == [RUN_A, newer, RUN_B]
+    # `show` still means one run: the newest of the name.
+    assert main(["show", "--store", db, "--json", "train-sgd"]) == 0
+    assert json.loads(capsys.readouterr().out)["id"] == newer
+
+
 def test_tags_description_and_rm(store_path: Path) -> None:
     for name, tag in (("keep", "exp=a"), ("drop", "exp=b")):
         p = wattspan(

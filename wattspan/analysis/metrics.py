@@ -12,9 +12,13 @@ from wattspan.analysis._common import as_run, finite
 
 # Tokens that mark a metric where lower is better. Matched against the name split at
 # non-alphanumerics, so ``ml.val_loss`` and ``ml.error_rate`` are "min" but ``ml.accuracy``
-# (or a made-up ``ml.lossless_ratio``) is "max".
+# (or a made-up ``ml.lossless_ratio``) is "max". Costs are lower-is-better too: the stream
+# engine's ``wattspan.stream.window.latency.p99``, a ``step_seconds`` or ``energy_joules``;
+# a rate (``events_per_joule``, ``samples_per_second``) is not matched, its tokens being
+# singular.
 _LOWER_IS_BETTER = frozenset(
     {"loss", "error", "err", "mse", "mae", "rmse", "mape", "perplexity", "ppl", "wer", "cer"}
+    | {"latency", "delay", "duration", "seconds", "joules"}
 )
 
 

@@ -107,7 +107,8 @@ def pick_runs(
 def _select(store: Store, refs: Sequence[str], command: str, minimum: int) -> list[Run] | int:
     """Resolves ``refs``; with none, prompts on a terminal, else usage error (exit 2)."""
     if refs:
-        return resolve_runs(store, refs)
+        # Commands over several runs take a shared name as all its runs (`compare train`).
+        return resolve_runs(store, refs, every_of_name=minimum >= 2 or command == "report")
     if sys.stdin is not None and sys.stdin.isatty():
         runs = pick_runs(store, minimum=minimum)
         if runs is None:
@@ -434,8 +435,11 @@ def show_details(
     summaries = metric_summaries(store, run)
     if summaries:
         t = Table(title="valued metrics", show_header=True, header_style="bold")
-        for col in ("metric", "points", "first", "last", "best", "best at"):
-            t.add_column(col, justify="left" if col == "metric" else "right")
+        # Names often share a long prefix (wattspan.stream.window.latency.*): on a narrow
+        # terminal they wrap rather than end in the same ellipsis.
+        t.add_column("metric", justify="left", overflow="fold")
+        for col in ("points", "first", "last", "best", "best at"):
+            t.add_column(col, justify="right")
         for s in summaries.values():
             at = "-"
             if s.best_step is not None:

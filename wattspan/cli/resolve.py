@@ -56,15 +56,35 @@ def resolve_run(store: Store, ref: str, *, quiet_newest: bool = False) -> Run | 
     return run
 
 
-def resolve_runs(store: Store, refs: Sequence[str]) -> list[Run] | int:
+def _named_runs(store: Store, run: Run, ref: str) -> list[Run]:
+    """Every run of ``run``'s name when ``ref`` is that name (not an id or a prefix of
+    one), oldest first and at most :data:`LISTED` (the newest), saying so when several."""
+    if ref != run.name or run.id.startswith(ref):
+        return [run]
+    same = [r for r in store.runs() if r.name == run.name]
+    if len(same) < 2:
+        return [run]
+    kept = same[:LISTED]
+    more = f" (the newest {len(kept)})" if len(same) > len(kept) else ""
+    _err(f"name {ref!r} matches {len(same)} runs; taking them all{more}, oldest first")
+    return list(reversed(kept))
+
+
+def resolve_runs(
+    store: Store, refs: Sequence[str], *, every_of_name: bool = False
+) -> list[Run] | int:
     """Every reference resolved, or exit code 1 once one fails (after all were tried, so
-    every bad one is named)."""
+    every bad one is named). With ``every_of_name`` (``compare``, ``report``), a name that
+    several runs share stands for all of them (up to :data:`LISTED`); a run named twice
+    comes once."""
     out: list[Run] = []
     failed = False
     for ref in refs:
-        r = resolve_run(store, ref)
+        r = resolve_run(store, ref, quiet_newest=every_of_name)
         if r is None:
             failed = True
         else:
-            out.append(r)
-    return 1 if failed else out
+            out.extend(_named_runs(store, r, ref) if every_of_name else [r])
+    if failed:
+        return 1
+    return list({r.id: r for r in out}.values()) if every_of_name else out
