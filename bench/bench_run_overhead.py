@@ -32,7 +32,9 @@ into parts it measures free of that drift: the child's time waiting in a run que
 (``/proc/self/schedstat`` around its loop: what wattspan's threads take from a core the child
 runs on; a slower host shows as time on a CPU instead) and the fixed cost (end-to-end minus
 the child's wall time, both from the same run). Cache and memory-bandwidth contention from
-wattspan on another core is in neither part.
+wattspan on another core is in neither part. The last line gives one verdict per target: from
+the wall-clock ratios when the run's noise floor is inside the end-to-end margin (2 %), else
+from the decomposed figures, and says which.
 """
 
 from __future__ import annotations
@@ -192,8 +194,10 @@ def run_bare_plain(cmd: list[str], env: dict[str, str]) -> float:
 
 def calibrate(python: str, seconds: float, env: dict[str, str]) -> int:
     n = 2_000_000
-    r = run_bare(child_cmd(python, n, 1), env)
-    return max(int(n * seconds / r["loop"]), 1000)
+    # The median of three: one run on a noisy host can be 30 % off, and the targets are
+    # stated for a child of ``seconds``.
+    loop = median([run_bare(child_cmd(python, n, 1), env)["loop"] for _ in range(3)])
+    return max(int(n * seconds / loop), 1000)
 
 
 def _resolve(python: str) -> str:
@@ -350,11 +354,15 @@ def main() -> int:
     )
     contention = max(waited_w - waited_b, 0.0) / loop_b if loop_b > 0 else 0.0
     est_child = 1 + contention
-    est_e2e = 1 + contention + fixed / child_b if child_b > 0 else 0.0
+    # The target is stated for a 3 s child: the fixed cost over that, and over the child
+    # as it ran here (calibrated to it, but the host's speed drifts).
+    est_e2e = 1 + contention + fixed / args.seconds
+    est_here = 1 + contention + fixed / child_b if child_b > 0 else 0.0
     print(
         f"  decomposed (drift-free: run-queue wait + fixed cost, each measured in this run): "
-        f"child {est_child:.4f}x ({verdict(est_child, TARGET)}), end-to-end {est_e2e:.4f}x "
-        f"({verdict(est_e2e, E2E_TARGET)})"
+        f"child {est_child:.4f}x ({verdict(est_child, TARGET)}), end-to-end on a "
+        f"{args.seconds:g} s child {est_e2e:.4f}x ({verdict(est_e2e, E2E_TARGET)}; "
+        f"{est_here:.4f}x on the {child_b:.2f} s the bare child took here)"
     )
     print()
     print(
@@ -365,12 +373,23 @@ def main() -> int:
         f"ratio end-to-end / bare:           {ratios['end_to_end']:.4f}x "
         f"(target <= {E2E_TARGET}x: {verdict(ratios['end_to_end'], E2E_TARGET)})"
     )
-    if drift and median(drift) > E2E_TARGET - 1:
-        print(
-            f"  (wall-clock ratios on this run: the noise floor, {median(drift) * 100:.1f}% "
-            "between consecutive identical runs, is wider than the targets' margins; the "
-            "decomposed figures above are the ones this run can decide)"
-        )
+    # One verdict per target: the wall-clock ratio where this run's noise floor is inside
+    # the target's margin (it can then tell), else the decomposed figure, and which it was.
+    floor = median(drift) if drift else 0.0
+    noisy = floor > E2E_TARGET - 1
+    basis = (
+        f"decomposed figures: the noise floor, {floor * 100:.1f}% between consecutive "
+        "identical runs, is wider than the targets' margins"
+        if noisy
+        else f"wall-clock ratios: the noise floor, {floor * 100:.1f}%, is inside the margins"
+    )
+    child_v = est_child if noisy else ratios["child"]
+    e2e_v = est_e2e if noisy else ratios["end_to_end"]
+    print(
+        f"verdict: child {child_v:.4f}x ({verdict(child_v, TARGET)}), end-to-end "
+        f"{e2e_v:.4f}x ({verdict(e2e_v, E2E_TARGET)}), fixed cost median {fixed * 1e3:.1f} ms "
+        f"({verdict(fixed, FIXED_TARGET_S)}); from the {basis}"
+    )
     return 0
 
 
