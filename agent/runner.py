@@ -311,6 +311,10 @@ def _outlived(theirs: frozenset[int]) -> list[_Outlived]:
     return out
 
 
+def _rss_margin(head: Head) -> int:
+    return max(1 << 20, (head.hwm_bytes or 0) // 50)
+
+
 def _peak_rss(ru: resource.struct_rusage, orphans: _Reaped | None, head: Head | None) -> int:
     """The largest single process's peak RSS in bytes that wait4 saw, 0 when unknown.
 
@@ -319,7 +323,9 @@ def _peak_rss(ru: resource.struct_rusage, orphans: _Reaped | None, head: Head | 
     least this process's peak at the spawn (:class:`~wattspan.collectors.head.Head` says
     why), so it counts only above that; the orphans' is theirs."""
     own = ru.ru_maxrss * 1024
-    if head is None or head.hwm_bytes is None or own <= head.hwm_bytes:
+    # The margin covers what the kernel may count a little differently (RSS counters are
+    # per-CPU caches synced at exec): below it, the figure may still be this process's.
+    if head is None or head.hwm_bytes is None or own <= head.hwm_bytes + _rss_margin(head):
         own = 0
     return max(own, orphans.maxrss * 1024 if orphans is not None else 0)
 
@@ -709,6 +715,12 @@ def run_command(
     try:
         try:
             proc = _Child(cmd, env, child_stdout)
+            if head is not None:
+                # posix_spawn returns once the child has exec'd: this process's peak now is
+                # the one the kernel handed the child as its ru_maxrss (Head says why).
+                from wattspan.collectors.head import hwm_bytes
+
+                head.hwm_bytes = hwm_bytes()
         except (FileNotFoundError, PermissionError) as exc:
             failed = time.time()
             not_found = isinstance(exc, FileNotFoundError)

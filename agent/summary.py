@@ -145,7 +145,8 @@ class RunSummary:
         cpu = sum(_num(s, k) or 0.0 for k in _CPU)
         # An interval with no process of the tree alive at either end (a command that ended
         # before the first sample) saw nothing run: it says nothing of the peak.
-        alive = (_num(s, "processes") or 0) > 0
+        procs = _num(s, "processes")
+        alive = procs is None or procs > 0  # a sample without the count: taken as alive
         if self._prev_tree is not None and (alive or self._prev_alive):
             dt = s.ts - self._prev_tree[0]
             if dt > 0:

@@ -9,8 +9,9 @@ their first sample's delta then covers the spawn onwards, as exactly as any late
 
 Read here: ``/proc/stat``'s node-wide CPU seconds by mode (the cpu collector's busy seconds
 and the power model's utilisation), every RAPL zone's ``energy_uj``, keyed by the zone's
-real path as :mod:`.rapl` keys its zones, and this process's own peak RSS, which tells
-whether the command's ``ru_maxrss`` is the command's (:class:`Head`). Not read: NVML
+real path as :mod:`.rapl` keys its zones; and, once the spawn has returned, this process's
+own peak RSS, which tells whether the command's ``ru_maxrss`` is the command's
+(:class:`Head`). Not read: NVML
 (opening it takes tens of ms before the spawn), whose energy starts at the first sample.
 
 Only ``os`` is imported: this runs before the spawn, where every millisecond is added to the
@@ -47,10 +48,12 @@ class Head:
         self.ts = ts
         self.cpu_times = cpu_times
         self.rapl_uj = rapl_uj
-        # This process's own peak RSS (VmHWM) at the spawn. posix_spawn's child runs on
-        # its parent's memory until it execs, and the kernel then records that memory's
-        # high-water mark as the child's ``ru_maxrss``: a ``ru_maxrss`` above this figure
-        # is the command's own.
+        # This process's own peak RSS (VmHWM) once posix_spawn has returned, set by the
+        # runner (:func:`hwm_bytes`). The spawned child runs on its parent's memory until it
+        # execs (vfork), and the kernel then records that memory's high-water mark as the
+        # child's ``ru_maxrss``; posix_spawn returns after the exec, and building the
+        # child's argv and environment may have raised the mark after :func:`read`, so it
+        # is read then: a ``ru_maxrss`` above it is the command's own.
         self.hwm_bytes = hwm_bytes
 
 
@@ -60,7 +63,10 @@ def cpu_times(stat: str = "/proc/stat") -> dict[str, float] | None:
         with open(stat, "rb") as f:
             first = f.readline().split()
         ticks = os.sysconf("SC_CLK_TCK")
-        return {m: int(v) / ticks for m, v in zip(STAT_MODES, first[1:], strict=False)}
+        # Old kernels have fewer columns (steal came in 2.6.11): 0, as psutil gives them.
+        values = [int(v) / ticks for v in first[1 : 1 + len(STAT_MODES)]]
+        values += [0.0] * (len(STAT_MODES) - len(values))
+        return dict(zip(STAT_MODES, values, strict=True))
     except (OSError, ValueError):
         return None
 
@@ -123,4 +129,4 @@ def hwm_bytes(status: str = "/proc/self/status") -> int | None:
 
 def read(rapl_root: str | None, now: float) -> Head:
     """The counters at ``now``; ``rapl_root`` None or empty: RAPL is not read."""
-    return Head(now, cpu_times(), rapl_uj(rapl_root), hwm_bytes())
+    return Head(now, cpu_times(), rapl_uj(rapl_root))

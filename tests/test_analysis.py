@@ -294,6 +294,8 @@ def test_metric_mode_and_summaries(store: Store) -> None:
     assert metric_mode("ml.accuracy") == "max"
     assert metric_mode("ml.lossless_ratio") == "max"
     assert metric_mode("wattspan.stream.window.latency.p99") == "min"
+    assert metric_mode("wattspan.stream.window.latency.count") == "max"  # windows seen
+    assert metric_mode("http.server.request.duration.sum") == "max"
     assert metric_mode("train.step_seconds") == "min"
     assert metric_mode("stream.events_per_joule") == "max"
     assert metric_mode("ml.samples_per_second") == "max"
@@ -571,7 +573,8 @@ def test_show_keeps_metric_names_apart_on_a_narrow_terminal(tmp_path: Path) -> N
         line.split("│")[1].strip() for line in console.export_text().splitlines() if "│" in line
     )
     for n in names:
-        assert f"{n} (min)" in cells, cells
+        mode = "max" if n.endswith((".count", ".sum")) else "min"
+        assert f"{n} ({mode})" in cells, cells
 
 
 def test_export_kinds_of_the_parser_match_the_analysis() -> None:

@@ -4,6 +4,7 @@ CPU count from the spawn, not from the collectors' first sample tens of ms later
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,14 @@ def test_cpu_times_read_as_psutil_reads_them() -> None:
     assert ours is not None and set(ours) == set(head.STAT_MODES)
     for mode, v in ours.items():
         assert getattr(before, mode) <= v <= getattr(after, mode), mode
+
+
+def test_a_short_stat_line_gives_zeros_for_the_missing_modes(tmp_path: Path) -> None:
+    old_kernel = tmp_path / "stat"
+    old_kernel.write_text("cpu  100 0 50 1000 5 0 1\ncpu0 100 0 50 1000 5 0 1\n")
+    times = head.cpu_times(str(old_kernel))
+    assert times is not None and set(times) == set(head.STAT_MODES)
+    assert times["steal"] == 0.0 and times["softirq"] == 1 / os.sysconf("SC_CLK_TCK")
 
 
 def test_an_unreadable_stat_gives_no_cpu_times(tmp_path: Path) -> None:
@@ -162,6 +171,25 @@ def test_a_peak_between_samples_is_the_runs_peak_rss(tmp_path: Path) -> None:
     assert p.returncode == 0, p.stderr[-3000:]
     summary = json.loads(p.stdout)
     assert summary["peak_rss_bytes"] >= 200_000_000
+
+
+def test_a_large_environment_is_not_taken_for_the_commands_peak(tmp_path: Path) -> None:
+    # posix_spawn builds the child's environment in wattspan's memory, after the counters
+    # are read: 1.2 MB of it raised wattspan's own mark, which `true` inherits as its
+    # ru_maxrss. The mark is read once the spawn has returned, so `true` has no peak.
+    env = dict(os.environ, **{f"WATTSPAN_TEST_BIG_{i}": "x" * 100_000 for i in range(12)})
+    p = subprocess.run(
+        [
+            *(sys.executable, "-m", "wattspan", "run", "--json"),
+            *("--store", str(tmp_path / "w.db"), "--", "true"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "peak_rss_bytes" not in json.loads(p.stdout)
 
 
 def test_a_command_no_sample_saw_has_no_peaks_rather_than_zeros(tmp_path: Path) -> None:

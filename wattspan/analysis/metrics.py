@@ -22,10 +22,18 @@ _LOWER_IS_BETTER = frozenset(
 )
 
 
+# The parts an OTLP histogram becomes (agent/receiver/convert.py): its count and sum say how
+# much was observed, not how good it was; ``...latency.count`` is not a latency.
+_TALLIES = frozenset({"count", "sum"})
+
+
 def metric_mode(name: str) -> Literal["max", "min"]:
-    """``"min"`` for metrics where lower is better (loss, error...), else ``"max"``."""
-    tokens = {t for t in re.split(r"[^0-9a-z]+", name.lower()) if t}
-    return "min" if tokens & _LOWER_IS_BETTER else "max"
+    """``"min"`` for metrics where lower is better (loss, error, latency...), else ``"max"``
+    (a histogram's ``.count`` and ``.sum`` included)."""
+    tokens = [t for t in re.split(r"[^0-9a-z]+", name.lower()) if t]
+    if tokens and tokens[-1] in _TALLIES:
+        return "max"
+    return "min" if set(tokens) & _LOWER_IS_BETTER else "max"
 
 
 def metrics_by_name(store: Store, run: Run) -> dict[str, list[MetricRow]]:

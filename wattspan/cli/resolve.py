@@ -59,7 +59,7 @@ def resolve_run(store: Store, ref: str, *, quiet_newest: bool = False) -> Run | 
 def _named_runs(store: Store, run: Run, ref: str) -> list[Run]:
     """Every run of ``run``'s name when ``ref`` is that name (not an id or a prefix of
     one), oldest first and at most :data:`LISTED` (the newest), saying so when several."""
-    if ref != run.name or run.id.startswith(ref):
+    if ref != run.name or run.id.startswith(ref) or ref in ("latest", "last"):
         return [run]
     same = [r for r in store.runs() if r.name == run.name]
     if len(same) < 2:
