@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -121,6 +122,9 @@ def test_sigterm_flushes_and_exits_0(agent: AgentProc) -> None:
     assert samples and samples[-1].ts <= run.end_ts
     log = agent.log.read_text()
     assert "agent started" in log and "Traceback" not in log
+    # Its last line says what it took in (nothing was sent to it here).
+    last = log.strip().splitlines()[-1]
+    assert re.search(r"stopped in \d+\.\d\d s: received 0 spans \(0 rejected\)", last), last
 
 
 def _listening(port: int) -> list[str]:

@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from types import FrameType
 
 from wattspan.agent.config import load_config
@@ -84,6 +85,18 @@ def cmd_agent(args: argparse.Namespace) -> int:
         agent.maintain()
     systemd.notify("STOPPING=1")
     log.info("stopping: flushing")
+    began = time.monotonic()
     agent.stop(exit_code=0)
     agent.close_store()
+    # The last word, as a collector's: what this process took in and what it turned away
+    # (an exporter left holding records says so itself when it closes).
+    rx = agent.receiver.stats() if agent.receiver is not None else {}
+    log.info(
+        "stopped in %.2f s: received %d spans (%d rejected), %d metric points (%d rejected)",
+        time.monotonic() - began,
+        rx.get("spans_received_total", 0),
+        rx.get("spans_rejected_total", 0),
+        rx.get("metric_points_received_total", 0),
+        rx.get("metric_points_rejected_total", 0),
+    )
     return 0
