@@ -103,17 +103,25 @@ def test_power_model_and_cpu_collector_integrate_from_the_head() -> None:
     assert model.seed(head.Head(10.0, None, {})) == []
 
 
-def _run(tmp_path: Path, root: Path, *cmd: str) -> dict:
+def _run(
+    tmp_path: Path,
+    root: Path,
+    *cmd: str,
+    options: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+) -> dict:
+    """``wattspan run --json`` of ``cmd`` with RAPL read under ``root``: its summary."""
     cfg = tmp_path / "agent.toml"
     cfg.write_text(f'[collectors.rapl]\nroot = "{root}"\n')
     p = subprocess.run(
         [
-            *(sys.executable, "-m", "wattspan", "run", "--json", "--config", str(cfg)),
+            *(sys.executable, "-m", "wattspan", "run", "--json", "--config", str(cfg), *options),
             *("--store", str(tmp_path / "w.db"), "--", *cmd),
         ],
         capture_output=True,
         text=True,
         timeout=120,
+        env=env,
     )
     assert p.returncode == 0, p.stderr[-3000:]
     return json.loads(p.stdout)
@@ -158,18 +166,8 @@ def test_a_peak_between_samples_is_the_runs_peak_rss(tmp_path: Path) -> None:
     # it. wait4's ru_maxrss does; above wattspan's own peak at the spawn, it is the command's.
     big = tmp_path / "big.py"
     big.write_text("b = b'x' * 200_000_000\n")
-    p = subprocess.run(
-        [
-            *(sys.executable, "-m", "wattspan", "run", "--json", "--interval", "30"),
-            *("--store", str(tmp_path / "w.db"), "--"),
-            *("sh", "-c", f'sleep 0.3; "{sys.executable}" {big}'),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert p.returncode == 0, p.stderr[-3000:]
-    summary = json.loads(p.stdout)
+    cmd = ("sh", "-c", f'sleep 0.3; "{sys.executable}" {big}')
+    summary = _run(tmp_path, tmp_path / "no-powercap", *cmd, options=("--interval", "30"))
     assert summary["peak_rss_bytes"] >= 200_000_000
 
 
@@ -178,18 +176,7 @@ def test_a_large_environment_is_not_taken_for_the_commands_peak(tmp_path: Path) 
     # are read: 1.2 MB of it raised wattspan's own mark, which `true` inherits as its
     # ru_maxrss. The mark is read once the spawn has returned, so `true` has no peak.
     env = dict(os.environ, **{f"WATTSPAN_TEST_BIG_{i}": "x" * 100_000 for i in range(12)})
-    p = subprocess.run(
-        [
-            *(sys.executable, "-m", "wattspan", "run", "--json"),
-            *("--store", str(tmp_path / "w.db"), "--", "true"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
-    assert p.returncode == 0, p.stderr[-3000:]
-    assert "peak_rss_bytes" not in json.loads(p.stdout)
+    assert "peak_rss_bytes" not in _run(tmp_path, tmp_path / "no-powercap", "true", env=env)
 
 
 def test_a_command_no_sample_saw_has_no_peaks_rather_than_zeros(tmp_path: Path) -> None:
