@@ -26,7 +26,10 @@ def test_cpu_times_read_as_psutil_reads_them() -> None:
     after = psutil.cpu_times()
     assert ours is not None and set(ours) == set(head.STAT_MODES)
     for mode, v in ours.items():
-        assert getattr(before, mode) <= v <= getattr(after, mode), mode
+        # proc(5): idle and iowait, computed by tickless kernels at each read, may step back
+        # a little between reads; the other modes only grow.
+        slack = 0.1 if mode in ("idle", "iowait") else 0.0
+        assert getattr(before, mode) - slack <= v <= getattr(after, mode) + slack, mode
 
 
 def test_a_short_stat_line_gives_zeros_for_the_missing_modes(tmp_path: Path) -> None:
