@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._util import machine
+from bench.bench_stream import best
 from wattspan.cli.stream_cmd import parse_count
 from wattspan.engines.stream import Engine, collect, datasets
 from wattspan.engines.stream import queries as Q
@@ -36,15 +36,6 @@ from wattspan.engines.stream.schema import YSB_VIEW
 
 TARGET = 1.7
 TASK_BYTES = 1 << 20
-
-
-def best(f: Callable[[], Any], repeat: int) -> float:
-    out = float("inf")
-    for _ in range(repeat):
-        t = time.perf_counter()
-        f()
-        out = min(out, time.perf_counter() - t)
-    return out
 
 
 def threaded(fn: Callable[[list[tuple[int, int]]], None], parts: list[list[tuple[int, int]]]):
