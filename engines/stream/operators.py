@@ -232,6 +232,18 @@ class Join(Step):
     on: str
     take: tuple[str, ...]
     as_codes: frozenset[str] = frozenset()
+    # Derived by :meth:`set_codes` once ``keep`` and the codes are known: the taken columns
+    # still needed, and the one ranked column a dense table gathers straight from the key
+    # when it is all the join takes (YSB's), instead of working both out again per task.
+    _taken: tuple[str, ...] = field(default=(), init=False, repr=False)
+    _direct: str | None = field(default=None, init=False, repr=False)
+
+    def set_codes(self, codes: frozenset[str]) -> None:
+        """Set ``as_codes`` (at compile time, after ``keep``) and what follows from it."""
+        self.as_codes = codes
+        self._taken = tuple(c for c in self.take if c in self.keep)
+        one = self._taken[0] if len(self._taken) == 1 else None
+        self._direct = one if one in codes and self.table._dense else None
 
     def reads(self) -> set[str]:
         return {self.on}
@@ -249,17 +261,11 @@ class Join(Step):
         return [*available, *self.take]
 
     def apply(self, cols: Cols, xp: Any) -> Cols:
-        taken = [c for c in self.take if c in self.keep]
-        # One ranked column from a dense table: its rank is gathered straight from the key
-        # (the lookup composed with the ranks), and stands for the row index below.
-        direct = (
-            len(taken) == 1
-            and taken[0] in self.as_codes
-            and self.table._dense
-            and xp is np  # (CuPy's take has no clip mode; lookup's other branch is fine)
-        )
-        lut = "__lutrank__" + taken[0] if direct else "__lut__"
-        idx = self.table.lookup(cols[self.on], xp, lut)
+        # The direct column's rank is gathered straight from the key (the lookup composed
+        # with the ranks) and stands for the row index below. NumPy only: CuPy's take has no
+        # clip mode, and lookup's other branch is fine.
+        direct = self._direct if xp is np else None
+        idx = self.table.lookup(cols[self.on], xp, "__lutrank__" + direct if direct else "__lut__")
         # Inner join: compress only when some key missed (YSB's never do).
         if len(idx) and int(idx.min()) < 0:
             hit = xp.flatnonzero(idx >= 0)
@@ -267,10 +273,10 @@ class Join(Step):
             cols = {k: xp.take(v, hit) for k, v in cols.items() if k in self.keep}
         out = {k: cols[k] for k in self.keep if k not in self.take}
         if direct:
-            out[taken[0]] = idx
+            out[direct] = idx
             return out
         arrs = self.table.on(xp)
-        for c in taken:
+        for c in self._taken:
             out[c] = arrs["__rank__" + c if c in self.as_codes else c][idx]
         return out
 

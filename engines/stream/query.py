@@ -182,7 +182,7 @@ class Plan:
                 continue
             later = set().union(*(s.reads() for s in steps[i + 1 :])) | set(value_cols)
             codes = frozenset(c for c in st.take if c in q.keys and c not in later)
-            st.as_codes = codes
+            st.set_codes(codes)
             for j, k in enumerate(q.keys):
                 if k in codes:
                     key_decode[j] = st.table.uniques[k]
