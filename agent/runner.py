@@ -708,19 +708,14 @@ def run_command(
         # The energy and CPU counters at the spawn (collectors/head.py says why; < 0.5 ms).
         from wattspan.collectors import head as _head
 
-        rapl = config.sections.get("collectors.rapl", {})
-        root = rapl.get("root", "/sys/class/powercap") if rapl.get("enabled", True) else None
-        head = _head.read(root, time.time())
+        rapl = config["collectors.rapl"]
+        head = _head.read(rapl["root"] if rapl["enabled"] else None, time.time())
     start = time.time()
     try:
         try:
             proc = _Child(cmd, env, child_stdout)
             if head is not None:
-                # posix_spawn returns once the child has exec'd: this process's peak now is
-                # the one the kernel handed the child as its ru_maxrss (Head says why).
-                from wattspan.collectors.head import hwm_bytes
-
-                head.hwm_bytes = hwm_bytes()
+                head.spawned()
         except (FileNotFoundError, PermissionError) as exc:
             failed = time.time()
             not_found = isinstance(exc, FileNotFoundError)

@@ -48,13 +48,17 @@ class Head:
         self.ts = ts
         self.cpu_times = cpu_times
         self.rapl_uj = rapl_uj
-        # This process's own peak RSS (VmHWM) once posix_spawn has returned, set by the
-        # runner (:func:`hwm_bytes`). The spawned child runs on its parent's memory until it
-        # execs (vfork), and the kernel then records that memory's high-water mark as the
-        # child's ``ru_maxrss``; posix_spawn returns after the exec, and building the
-        # child's argv and environment may have raised the mark after :func:`read`, so it
-        # is read then: a ``ru_maxrss`` above it is the command's own.
         self.hwm_bytes = hwm_bytes
+
+    def spawned(self) -> None:
+        """Note this process's own peak RSS (VmHWM) once posix_spawn has returned.
+
+        The spawned child runs on its parent's memory until it execs (vfork), and the kernel
+        then records that memory's high-water mark as the child's ``ru_maxrss``; posix_spawn
+        returns after the exec, and building the child's argv and environment may have
+        raised the mark after :func:`read`, so it is read then: a ``ru_maxrss`` above it is
+        the command's own."""
+        self.hwm_bytes = hwm_bytes()
 
 
 def cpu_times(stat: str = "/proc/stat") -> dict[str, float] | None:
