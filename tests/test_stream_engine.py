@@ -141,6 +141,60 @@ def test_ysb_on_generated_events() -> None:
     assert got["count"].sum() == sum(int((b["event_type"] == 0).sum()) for b in batches)
 
 
+def test_a_fused_task_kernel_stands_in_for_operators_and_partials() -> None:
+    """Processor(fused=...) runs the given task kernel instead of the operators and the
+    partials kernel, on every task, and the engine uses what it returns."""
+    from wattspan.engines.stream import datasets
+    from wattspan.engines.stream.fragments import task_partials
+    from wattspan.engines.stream.kernels import scalar_partials
+
+    gen = datasets.generator("ysb", seed=3)
+    batches = list(gen.batches(60_000, chunk_rows=25_000))
+    q = Q.ysb(gen.ads["ad_id"], gen.ads["campaign_id"])
+    calls: list[int] = []
+
+    def scalar(task: Any) -> Any:  # another implementation of the same partials
+        calls.append(task.id)
+        return task_partials(task, np, scalar_partials)
+
+    def doubled(task: Any) -> Any:
+        part = task_partials(task)
+        part.count = part.count * 2
+        return part
+
+    size = 64 << 10
+    want = reference(q, batches)
+    got = run_frame(
+        Engine(processors=[Processor("cpu", 2, fused=scalar)], task_size=size), q, batches
+    )
+    assert_same(got, want)
+    n_tasks = -(-60_000 * YSB_SCHEMA.row_bytes // size)
+    assert sorted(calls) == list(range(n_tasks)) and n_tasks > 4
+    twice = run_frame(
+        Engine(processors=[Processor("cpu", 2, fused=doubled)], task_size=size), q, batches
+    )
+    assert list(twice["count"]) == [2 * c for c in want["count"]]
+
+
+def test_finished_results_wake_the_caller_once_enough_are_in() -> None:
+    import threading
+
+    from wattspan.engines.stream.engine import _Finished
+
+    fin = _Finished()
+    got: list[list[Any]] = []
+    waiter = threading.Thread(target=lambda: got.append(fin.take(3)))
+    waiter.start()
+    fin.put("r0")  # type: ignore[arg-type]
+    fin.put("r1")  # type: ignore[arg-type]
+    waiter.join(0.2)
+    assert waiter.is_alive() and not got  # two of the three it asked for
+    fin.put("r2")  # type: ignore[arg-type]
+    waiter.join(5)
+    assert got == [["r0", "r1", "r2"]]
+    assert fin.take(0) == []  # nothing left, and no wait
+
+
 # --- random queries ------------------------------------------------------------------
 
 RSCHEMA = Schema(

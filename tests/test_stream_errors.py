@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 import numpy as np
 import pytest
 
 from wattspan.engines.stream import Agg, Engine, Query, Schema, StreamError, col, collect
+from wattspan.engines.stream.workers import Processor
 
 S = Schema({"t": np.int64, "k": np.int32, "v": np.float32}, time="t")
 Q = Query(S).window(size=10, slide=5, range_="t").group_by("k").agg(s=Agg.sum("v"))
@@ -97,3 +101,34 @@ def test_bad_queries(build: object, needle: str) -> None:
     with pytest.raises(StreamError) as e:
         build().compile()  # type: ignore[operator]
     assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_unordered_rows_inside_a_task_name_the_offset(workers: int) -> None:
+    # Tasks of 4 rows: the drop (6 -> 5) is inside the second task, a view of the batch,
+    # which checks its own rows on its worker.
+    with pytest.raises(StreamError) as e:
+        collect(
+            Engine(workers, task_size=4 * S.row_bytes).run(Q, [batch([0, 1, 2, 3, 4, 6, 5, 7])]), Q
+        )
+    msg = str(e.value)
+    assert msg.startswith("batch 0, row 6 (stream row 6): timestamp 5 is before")
+    assert "previous row's 6" in msg
+
+
+class SlowFirst(Processor):
+    """Task 1 finishes last, so task 3's error reaches the engine first."""
+
+    def run(self, task: Any, worker: str) -> Any:
+        if task.id == 1:
+            time.sleep(0.2)
+        return super().run(task, worker)
+
+
+def test_errors_are_raised_in_task_order() -> None:
+    # Tasks of 4 rows; task 1 (rows 4-7) and task 3 (rows 12-15) both go back in time.
+    t = [0, 1, 2, 3, 4, 6, 5, 7, 8, 9, 10, 11, 12, 14, 13, 15]
+    eng = Engine(processors=[SlowFirst("cpu", 2)], task_size=4 * S.row_bytes)
+    with pytest.raises(StreamError) as e:
+        collect(eng.run(Q, [batch(t)]), Q)
+    assert "batch 0, row 6 " in str(e.value), str(e.value)

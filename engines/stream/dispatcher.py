@@ -3,7 +3,9 @@ bytes (whole rows of the input schema), independent of where windows begin or en
 
 A task is a view of one batch where it can be, a copy of the pieces where it spans batch
 boundaries. Timestamps must not decrease, within a batch or across batches: the first row
-that goes back in time is reported with its batch and offsets.
+that goes back in time is reported with its batch and offsets. The dispatcher checks each
+task's first row against the row before it; a task cut from one batch checks its other rows
+itself, on its worker (``Task.batch_row``), and the engine raises errors in task order.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 from .errors import StreamError
 from .fragments import Task
 from .query import Plan
+from .schema import check_order
 
 DEFAULT_TASK_SIZE = 1 << 20  # SABER's default: 1 MiB of input per task
 
@@ -45,12 +48,13 @@ class Dispatcher:
             n = schema.validate(batch, bi)
             if n == 0:
                 continue
-            if time_col is not None:
-                self._check_time(batch[time_col], bi)
             view = {c: batch[c] for c in cols}
+            t = batch[time_col] if time_col is not None else None
             pos = 0
             if carry:
                 take = min(r - carry_rows, n)
+                if t is not None:
+                    self._check_time(t, bi, 0, take)
                 carry.append({c: v[:take] for c, v in view.items()})
                 carry_rows += take
                 pos = take
@@ -58,9 +62,16 @@ class Dispatcher:
                     yield self._task(_concat(carry), carry_rows, carry_batch)
                     carry, carry_rows = [], 0
             while n - pos >= r:
-                yield self._task({c: v[pos : pos + r] for c, v in view.items()}, r, bi)
+                # A task cut from one batch checks the order of its own rows on its worker:
+                # a serial pass here would cost the calling thread two numpy calls a task,
+                # each a hand-over of the interpreter lock (bench/bench_stream_fused.py).
+                if t is not None:
+                    self._check_time(t, bi, pos, pos + r, rows=False)
+                yield self._task({c: v[pos : pos + r] for c, v in view.items()}, r, bi, pos)
                 pos += r
             if pos < n:
+                if t is not None:
+                    self._check_time(t, bi, pos, n)
                 if not carry:
                     carry_batch = bi
                 carry.append({c: v[pos:] for c, v in view.items()})
@@ -68,27 +79,26 @@ class Dispatcher:
         if carry:
             yield self._task(_concat(carry), carry_rows, carry_batch)
 
-    def _check_time(self, t: np.ndarray, bi: int) -> None:
-        first = int(t[0])
+    def _check_time(self, times: np.ndarray, bi: int, a: int, b: int, rows: bool = True) -> None:
+        """Rows ``a..b`` of batch ``bi`` against the row before them (the pieces of a batch
+        come in order), and against each other unless ``rows`` is false (the task does it)."""
+        first = int(times[a])
         if self._last_time is not None and first < self._last_time:
+            before = "the previous batch's last timestamp" if a == 0 else "the previous row's"
             raise StreamError(
-                f"batch {bi}, row 0 (stream row {self._seen}): timestamp {first} is "
-                f"before the previous batch's last timestamp {self._last_time}"
+                f"batch {bi}, row {a} (stream row {self._seen}): timestamp {first} is "
+                f"before {before} {self._last_time}"
             )
         if first < 0:
-            raise StreamError(f"batch {bi}, row 0: negative timestamp {first}")
-        if len(t) > 1:
-            back = t[1:] < t[:-1]
-            if back.any():
-                i = int(np.argmax(back)) + 1
-                raise StreamError(
-                    f"batch {bi}, row {i} (stream row {self._seen + i}): timestamp "
-                    f"{int(t[i])} is before the previous row's {int(t[i - 1])}"
-                )
-        self._last_time = int(t[-1])
-        self._seen += len(t)
+            raise StreamError(f"batch {bi}, row {a}: negative timestamp {first}")
+        if rows:
+            check_order(times[a:b], bi, a, self._seen)
+        self._last_time = int(times[b - 1])
+        self._seen += b - a
 
-    def _task(self, cols: dict[str, np.ndarray], rows: int, bi: int) -> Task:
+    def _task(
+        self, cols: dict[str, np.ndarray], rows: int, bi: int, batch_row: int | None = None
+    ) -> Task:
         row0 = self.rows_in
         if self.plan.window.rows:
             first, last = row0, row0 + rows - 1
@@ -106,6 +116,7 @@ class Dispatcher:
             last=last,
             prev_last=self._prev_last,
             batch=bi,
+            batch_row=batch_row,
         )
         self._next_id += 1
         self.rows_in += rows

@@ -8,7 +8,10 @@
 The calling thread cuts tasks and runs the result stage; processor threads run the tasks.
 At most ``max_in_flight`` tasks are between the dispatcher and the result stage (the ring
 of result slots), which bounds memory and makes a slow task hold back the stream, as in
-SABER. ``workers=0`` runs every task inline in the calling thread (no threads at all).
+SABER; with the ring full the calling thread sleeps until half of it has finished, so that
+it wakes once per batch of results, not per task. An error (a worker's, or the dispatcher's
+for bad input further on) is raised in task order, after the tasks before it.
+``workers=0`` runs every task inline in the calling thread (no threads at all).
 
 Instrumentation attaches through ``observer`` (see :class:`Observer`): it is called on the
 calling thread for each task in task order and for each batch of windows emitted, with the
@@ -18,7 +21,6 @@ end times.
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from collections import Counter
@@ -129,6 +131,7 @@ class Engine:
         self.observer = observer
         self.stats = RunStats()
         self._task_cpu: dict[int, float] = {}  # task id -> CPU seconds, until observed
+        self._failed: dict[int, BaseException] = {}  # task id -> its error, until raised
         self.scheduler: Scheduler | None = None
 
     def run(
@@ -140,6 +143,7 @@ class Engine:
         disp = Dispatcher(plan, self.task_size)
         self.stats = RunStats()
         self._task_cpu = {}
+        self._failed = {}
         t0 = time.perf_counter()
         try:
             if not self.processors:
@@ -162,7 +166,7 @@ class Engine:
         sched = make_scheduler(self.scheduler_spec, **self.sched_kw)
         sched.attach({p.kind: p.workers for p in self.processors})
         self.scheduler = sched
-        done_q: queue.SimpleQueue[TaskResult] = queue.SimpleQueue()
+        finished = _Finished()
         # A worker thread's CPU clock when its last task was handed back: a thread's clock
         # starts at 0, so the first task's figure is the thread's whole CPU so far.
         marks = threading.local()
@@ -173,23 +177,40 @@ class Engine:
             task_cpu[res.task_id] = now - getattr(marks, "cpu", 0.0)
             marks.cpu = now
             sched.done(proc.kind, task, res.t_end - res.t_start)
-            done_q.put(res)
+            finished.put(res)
+
+        # With the ring full, wait for half of it: the workers keep the other half queued.
+        batch = max(1, stage.size // 2)
+        submitted = received = 0
+
+        def consume(want: int) -> Iterator[WindowBatch]:
+            nonlocal received
+            got = finished.take(min(want, submitted - received))
+            received += len(got)
+            for res in got:
+                yield from self._consume(stage, res, None)
 
         for p in self.processors:
             p.start(sched.take, done)
+        tasks = disp.tasks(batches)
         try:
-            for task in disp.tasks(batches):
+            while True:
+                try:
+                    task = next(tasks)
+                except StopIteration:
+                    break
+                except StreamError:
+                    # Bad input further on: the tasks before it come first, their errors too.
+                    while received < submitted:
+                        yield from consume(submitted)
+                    raise
                 while not stage.free(task.id):
-                    yield from self._consume(stage, done_q.get(), None)
+                    yield from consume(batch)
                 sched.submit(task)
-                while True:
-                    try:
-                        res = done_q.get_nowait()
-                    except queue.Empty:
-                        break
-                    yield from self._consume(stage, res, None)
-            while stage.next_task < disp._next_id:
-                yield from self._consume(stage, done_q.get(), None)
+                submitted += 1
+                yield from consume(0)
+            while received < submitted:
+                yield from consume(batch)
         finally:
             sched.cancel()
             for p in self.processors:
@@ -199,7 +220,12 @@ class Engine:
         self, stage: ResultStage, res: TaskResult, kind: str | None
     ) -> Iterator[WindowBatch]:
         if res.error is not None:
-            raise res.error
+            # Raised in task order, like the results: the first bad row of the stream is the
+            # one reported, whichever worker found its error first.
+            self._failed[res.task_id] = res.error
+            if res.task_id == stage.next_task:
+                raise res.error
+            return
         if kind is not None:  # ran inline on the calling thread
             res.kind, res.worker = kind, "inline"
         stage.put(res)
@@ -231,6 +257,8 @@ class Engine:
                 self._task_cpu.pop(r.task_id, None)
             if batch is not None:
                 yield self._emitted(plan, batch)
+        if self._failed and stage.next_task in self._failed:
+            raise self._failed[stage.next_task]
 
     def _emitted(self, plan: Plan, batch: WindowBatch) -> WindowBatch:
         ends = batch.window_ends
@@ -241,6 +269,40 @@ class Engine:
                 EmitEvent(batch.task_id, plan.name, len(ends), len(batch), ends, time.time())
             )
         return batch
+
+
+class _Finished:
+    """Finished tasks on their way from the workers to the calling thread.
+
+    The calling thread asks for ``want`` results and sleeps until that many are in: one
+    wake-up per batch of results rather than per task. Each wake-up takes the interpreter
+    lock from a worker, and at 1 MiB tasks waking per task cost the 2-thread pool a third
+    of its throughput with GIL-free kernels (``bench/bench_stream_fused.py``).
+    """
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition(threading.Lock())
+        self._items: list[TaskResult] = []
+        self._want = 1 << 62  # nobody waiting: no notify
+
+    def put(self, res: TaskResult) -> None:
+        with self._cv:
+            self._items.append(res)
+            if len(self._items) >= self._want:
+                self._cv.notify()
+
+    def take(self, want: int) -> list[TaskResult]:
+        """Every result in, once there are at least ``want`` (0: without waiting)."""
+        with self._cv:
+            if len(self._items) < want:
+                self._want = want
+                try:
+                    while len(self._items) < want:
+                        self._cv.wait()
+                finally:
+                    self._want = 1 << 62
+            out, self._items = self._items, []
+            return out
 
 
 def collect(batches: Iterable[WindowBatch], plan: Plan | Query) -> dict[str, np.ndarray]:

@@ -36,8 +36,13 @@ from .backend import to_device, to_host
 from .kernels import Partials, pane_partials, windows_from_partials
 from .operators import run_steps
 from .query import ROW_COLUMN, Plan
+from .schema import check_order
 
 PartialsFn = Callable[..., Partials]
+# A fused task kernel: a task's rows -> its pane partials, the operators and the partials
+# kernel in one call (a compiled, per-query function, as LightSaber generates them). It
+# must give what ``task_partials`` gives; the rest of the batch function is shared.
+TaskKernel = Callable[["Task"], Partials]
 # A task with fewer complete windows than this leaves them to the result stage (see
 # run_task); more, and it computes them itself, in parallel with the other workers.
 DEFER_WINDOWS = 64
@@ -58,6 +63,9 @@ class Task:
     last: int
     prev_last: int
     batch: int = 0
+    # Where the rows start in batch ``batch`` when the task is a view of that one batch: its
+    # rows' time order is then still to be checked (by run_task); None once checked.
+    batch_row: int | None = None
     t_dispatch: float = 0.0
 
 
@@ -132,16 +140,15 @@ def _complete(
     return plan.finalize(rows.map(to_host)) if len(rows) else None
 
 
-def run_task(task: Task, xp: Any = np, partials: PartialsFn = pane_partials) -> TaskResult:
-    """The batch function: one task's rows -> finished complete windows + boundary panes."""
-    t0 = time.time()
+def task_partials(task: Task, xp: Any = np, partials: PartialsFn = pane_partials) -> Partials:
+    """The operators over a task's rows, then their pane partials."""
     plan = task.plan
     win = plan.window
     cols: dict[str, Any] = {c: to_device(xp, task.cols[c]) for c in plan.input_cols}
     if win.rows:
         cols[ROW_COLUMN] = xp.arange(task.row0, task.row0 + task.rows, dtype=np.int64)
     cols = run_steps(plan.steps, cols, xp)
-    part = partials(
+    return partials(
         cols[plan.time_col],
         [cols[k] for k in plan.keys],
         {c: cols[c] for c in plan.value_dtypes},
@@ -150,6 +157,21 @@ def run_task(task: Task, xp: Any = np, partials: PartialsFn = pane_partials) -> 
         xp,
         plan.key_ranges,
     )
+
+
+def run_task(
+    task: Task,
+    xp: Any = np,
+    partials: PartialsFn = pane_partials,
+    fused: TaskKernel | None = None,
+) -> TaskResult:
+    """The batch function: one task's rows -> finished complete windows + boundary panes."""
+    t0 = time.time()
+    plan = task.plan
+    win = plan.window
+    if task.batch_row is not None and not win.rows:
+        check_order(task.cols[plan.time_col], task.batch, task.batch_row, task.row0)
+    part = fused(task) if fused is not None else task_partials(task, xp, partials)
     k_lo, k_open = win.task_bounds(task.prev_last, task.last)
     complete = None
     inc = xp is np and incremental.supports(plan)

@@ -29,6 +29,19 @@ import numpy as np
 from .errors import StreamError
 
 
+def check_order(t: np.ndarray, batch: int, row: int, stream_row: int) -> None:
+    """Raise if ``t`` (rows ``row..`` of batch ``batch``, ``stream_row..`` of the stream)
+    goes back in time anywhere, naming the first row that does."""
+    if len(t) > 1:
+        back = t[1:] < t[:-1]
+        if back.any():
+            i = int(np.argmax(back)) + 1
+            raise StreamError(
+                f"batch {batch}, row {row + i} (stream row {stream_row + i}): timestamp "
+                f"{int(t[i])} is before the previous row's {int(t[i - 1])}"
+            )
+
+
 class Schema(Mapping[str, np.dtype]):
     """Ordered column -> dtype mapping; ``time`` names the event-time column (int64), if any.
 

@@ -21,13 +21,16 @@ Threads were 5-6x the throughput of processes at every width (a process pays the
 shared memory and a pickle round trip per task), so the pool keeps threads. Since then the
 inline engine got about 1.5x faster per task (glibc's freed memory kept, leaner kernels),
 and at 1 MiB tasks the interpreter lock, handed over at each of a task's ~50 numpy calls,
-now decides: the kernel alone runs at 0.66-0.83x in two threads against one, and the engine
-with 2 threads at 0.90-0.99x of 1 (1.21-1.41x at 16 MiB tasks); docs/stream.md ("Workers
-and task size") has the figures of 2026-12-02.
+now decides: the kernel alone runs at 0.93x in two threads against one, and the engine with
+2 threads at 0.97x of 1 (1.53x at 16 MiB tasks). With a GIL-free fused kernel plugged in
+(``fused=``) the engine reaches 1.32x at 1 MiB; docs/stream.md ("Workers and task size")
+has the figures of 2026-12-02.
 
 A :class:`Processor` is one *processor kind* for the scheduler: a name (``kind``), a
 number of workers, the array namespace its kernels run on (``xp``) and the partials kernel
-(vectorised, or the deliberately scalar reference kernel for tests and benches).
+(vectorised, or the deliberately scalar reference kernel for tests and benches), or a
+*fused* task kernel that replaces the operators and the partials kernel in one call (see
+``fragments.TaskKernel``; ``bench/bench_stream_fused.py`` plugs a numba one in).
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from .errors import StreamError
-from .fragments import PartialsFn, Task, TaskResult, run_task
+from .fragments import PartialsFn, Task, TaskKernel, TaskResult, run_task
 from .kernels import pane_partials, scalar_partials
 
 KERNELS: dict[str, PartialsFn] = {"vector": pane_partials, "scalar": scalar_partials}
@@ -55,6 +58,7 @@ class Processor:
         *,
         xp: Any = np,
         kernel: str | PartialsFn = "vector",
+        fused: TaskKernel | None = None,
     ) -> None:
         if workers < 1:
             raise StreamError(f"processor {kind!r} needs at least one worker, got {workers}")
@@ -67,6 +71,7 @@ class Processor:
             self.partials: PartialsFn = KERNELS[kernel]
         else:
             self.partials = kernel
+        self.fused = fused
         self._threads: list[threading.Thread] = []
 
     @property
@@ -74,7 +79,7 @@ class Processor:
         return True
 
     def run(self, task: Task, worker: str) -> TaskResult:
-        res = run_task(task, self.xp, self.partials)
+        res = run_task(task, self.xp, self.partials, self.fused)
         res.kind = self.kind
         res.worker = worker
         return res
