@@ -101,7 +101,8 @@ def _attach(spec: dict[str, tuple[str, str, int]], plan: Any) -> None:
 def _run_slice(args: tuple[int, int, int, int, int, int]) -> Any:
     tid, a, z, first, last, prev = args
     cols = {c: v[1][a:z] for c, v in _SHM.items() if c != "plan"}
-    task = Task(tid, _SHM["plan"], cols, z - a, 0, a, first, last, prev)
+    # batch_row: the task checks its rows' time order, as the engine's tasks do.
+    task = Task(tid, _SHM["plan"], cols, z - a, 0, a, first, last, prev, batch_row=a)
     return run_task(task)
 
 

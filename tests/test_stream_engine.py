@@ -168,7 +168,7 @@ def test_a_fused_task_kernel_stands_in_for_operators_and_partials() -> None:
         Engine(processors=[Processor("cpu", 2, fused=scalar)], task_size=size), q, batches
     )
     assert_same(got, want)
-    n_tasks = -(-60_000 * YSB_SCHEMA.row_bytes // size)
+    n_tasks = -(-60_000 // (size // YSB_SCHEMA.row_bytes))
     assert sorted(calls) == list(range(n_tasks)) and n_tasks > 4
     twice = run_frame(
         Engine(processors=[Processor("cpu", 2, fused=doubled)], task_size=size), q, batches
@@ -193,6 +193,15 @@ def test_finished_results_wake_the_caller_once_enough_are_in() -> None:
     waiter.join(5)
     assert got == [["r0", "r1", "r2"]]
     assert fin.take(0) == []  # nothing left, and no wait
+    # A worker with nothing queued wakes the caller at once, whatever it asked for.
+    waiter = threading.Thread(target=lambda: got.append(fin.take(4)))
+    waiter.start()
+    fin.put("r3")  # type: ignore[arg-type]
+    waiter.join(0.2)
+    assert waiter.is_alive()
+    fin.put("r4", wake=True)  # type: ignore[arg-type]
+    waiter.join(5)
+    assert got[-1] == ["r3", "r4"]
 
 
 # --- random queries ------------------------------------------------------------------

@@ -132,3 +132,40 @@ def test_errors_are_raised_in_task_order() -> None:
     with pytest.raises(StreamError) as e:
         collect(eng.run(Q, [batch(t)]), Q)
     assert "batch 0, row 6 " in str(e.value), str(e.value)
+
+
+def test_an_earlier_tasks_error_comes_before_the_dispatchers_later_one() -> None:
+    # Task 1 (rows 4-7) goes back at row 6, found on its worker; the dispatcher finds the
+    # tail piece (rows 8-9) going back at row 9 right after task 1 is handed out. Row 6
+    # must be the one reported, and a later batch's missing column likewise waits its turn.
+    eng = Engine(processors=[SlowFirst("cpu", 2)], task_size=4 * S.row_bytes)
+    with pytest.raises(StreamError) as e:
+        collect(eng.run(Q, [batch([0, 1, 2, 3, 4, 6, 5, 7, 8, 7])]), Q)
+    assert "batch 0, row 6 " in str(e.value), str(e.value)
+    broken = batch([9, 10])
+    del broken["v"]
+    eng = Engine(processors=[SlowFirst("cpu", 2)], task_size=4 * S.row_bytes)
+    with pytest.raises(StreamError) as e:
+        collect(eng.run(Q, [batch([0, 1, 2, 3, 4, 6, 5, 7]), broken]), Q)
+    assert "batch 0, row 6 " in str(e.value), str(e.value)
+
+
+def test_a_failing_source_waits_for_the_tasks_before_it() -> None:
+    def source():  # type: ignore[no-untyped-def]
+        yield batch([0, 1, 2, 3, 4, 6, 5, 7])
+        raise OSError("disk went away")
+
+    eng = Engine(processors=[SlowFirst("cpu", 2)], task_size=4 * S.row_bytes)
+    with pytest.raises(StreamError) as e:
+        collect(eng.run(Q, source()), Q)
+    assert "batch 0, row 6 " in str(e.value)
+
+    def good_then_gone():  # type: ignore[no-untyped-def]
+        yield batch(list(range(30)))
+        raise OSError("disk went away")
+
+    got: list[int] = []
+    with pytest.raises(OSError, match="disk went away"):
+        for w in Engine(2, task_size=4 * S.row_bytes).run(Q, good_then_gone()):
+            got.extend(int(x) for x in w.columns["window_start"])
+    assert got  # the windows before the failure were emitted first

@@ -52,6 +52,16 @@ def test_fcfs_hands_out_in_queue_order_to_any_kind() -> None:
     assert s.take("a") is None
 
 
+def test_starving_says_whether_a_kind_has_anything_queued() -> None:
+    s = Static({"cpu": 1, "gpu": 0})
+    s.attach({"cpu": 1, "gpu": 1})
+    assert s.starving("cpu") and s.starving("gpu")
+    s.submit(tasks(1)[0])
+    assert not s.starving("cpu") and s.starving("gpu")  # the gpu gets no share
+    s.take("cpu")
+    assert s.starving("cpu")
+
+
 def test_static_binds_tasks_by_weight() -> None:
     s = Static({"cpu": 1, "gpu": 3})
     s.attach({"cpu": 2, "gpu": 1})

@@ -67,7 +67,8 @@ class Dispatcher:
                 # each a hand-over of the interpreter lock (bench/bench_stream_fused.py).
                 if t is not None:
                     self._check_time(t, bi, pos, pos + r, rows=False)
-                yield self._task({c: v[pos : pos + r] for c, v in view.items()}, r, bi, pos)
+                piece = {c: v[pos : pos + r] for c, v in view.items()}
+                yield self._task(piece, r, bi, pos if t is not None else None)
                 pos += r
             if pos < n:
                 if t is not None:

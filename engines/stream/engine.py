@@ -8,8 +8,10 @@
 The calling thread cuts tasks and runs the result stage; processor threads run the tasks.
 At most ``max_in_flight`` tasks are between the dispatcher and the result stage (the ring
 of result slots), which bounds memory and makes a slow task hold back the stream, as in
-SABER; with the ring full the calling thread sleeps until half of it has finished, so that
-it wakes once per batch of results, not per task. An error (a worker's, or the dispatcher's
+SABER; with the ring full the calling thread sleeps until another half ring of tasks has
+finished (or the workers run out of queued tasks), so that it wakes once per batch of
+results, not per task: windows are emitted up to half a ring of tasks later than they
+could be. An error (a worker's, or the dispatcher's
 for bad input further on) is raised in task order, after the tasks before it.
 ``workers=0`` runs every task inline in the calling thread (no threads at all).
 
@@ -131,7 +133,6 @@ class Engine:
         self.observer = observer
         self.stats = RunStats()
         self._task_cpu: dict[int, float] = {}  # task id -> CPU seconds, until observed
-        self._failed: dict[int, BaseException] = {}  # task id -> its error, until raised
         self.scheduler: Scheduler | None = None
 
     def run(
@@ -143,7 +144,6 @@ class Engine:
         disp = Dispatcher(plan, self.task_size)
         self.stats = RunStats()
         self._task_cpu = {}
-        self._failed = {}
         t0 = time.perf_counter()
         try:
             if not self.processors:
@@ -177,18 +177,21 @@ class Engine:
             task_cpu[res.task_id] = now - getattr(marks, "cpu", 0.0)
             marks.cpu = now
             sched.done(proc.kind, task, res.t_end - res.t_start)
-            finished.put(res)
+            # Nothing left queued for this kind: wake the calling thread now, before the
+            # workers idle, rather than when its batch of results is complete.
+            finished.put(res, wake=sched.starving(proc.kind))
 
         # With the ring full, wait for half of it: the workers keep the other half queued.
         batch = max(1, stage.size // 2)
         submitted = received = 0
+        failed: dict[int, BaseException] = {}  # task id -> its error, until raised in order
 
         def consume(want: int) -> Iterator[WindowBatch]:
             nonlocal received
             got = finished.take(min(want, submitted - received))
             received += len(got)
             for res in got:
-                yield from self._consume(stage, res, None)
+                yield from self._consume(stage, res, None, failed)
 
         for p in self.processors:
             p.start(sched.take, done)
@@ -199,12 +202,18 @@ class Engine:
                     task = next(tasks)
                 except StopIteration:
                     break
-                except StreamError:
-                    # Bad input further on: the tasks before it come first, their errors too.
+                except Exception as e:  # bad input further on, or a source that failed
+                    bad = e
+                else:
+                    bad = None
+                if bad is not None:
+                    # The tasks before it come first, and so do their errors.
                     while received < submitted:
                         yield from consume(submitted)
-                    raise
+                    raise bad
                 while not stage.free(task.id):
+                    if received == submitted:  # nothing can free a slot: a bug, not a wait
+                        raise RuntimeError(f"result ring full at task {task.id}, none in flight")
                     yield from consume(batch)
                 sched.submit(task)
                 submitted += 1
@@ -217,14 +226,18 @@ class Engine:
                 p.join()
 
     def _consume(
-        self, stage: ResultStage, res: TaskResult, kind: str | None
+        self,
+        stage: ResultStage,
+        res: TaskResult,
+        kind: str | None,
+        failed: dict[int, BaseException] | None = None,
     ) -> Iterator[WindowBatch]:
         if res.error is not None:
             # Raised in task order, like the results: the first bad row of the stream is the
             # one reported, whichever worker found its error first.
-            self._failed[res.task_id] = res.error
-            if res.task_id == stage.next_task:
+            if failed is None or res.task_id == stage.next_task:
                 raise res.error
+            failed[res.task_id] = res.error
             return
         if kind is not None:  # ran inline on the calling thread
             res.kind, res.worker = kind, "inline"
@@ -257,8 +270,8 @@ class Engine:
                 self._task_cpu.pop(r.task_id, None)
             if batch is not None:
                 yield self._emitted(plan, batch)
-        if self._failed and stage.next_task in self._failed:
-            raise self._failed[stage.next_task]
+        if failed and stage.next_task in failed:
+            raise failed[stage.next_task]
 
     def _emitted(self, plan: Plan, batch: WindowBatch) -> WindowBatch:
         ends = batch.window_ends
@@ -271,36 +284,44 @@ class Engine:
         return batch
 
 
+_NOBODY = 1 << 62  # _Finished._want while nobody waits: no notify
+
+
 class _Finished:
     """Finished tasks on their way from the workers to the calling thread.
 
     The calling thread asks for ``want`` results and sleeps until that many are in: one
     wake-up per batch of results rather than per task. Each wake-up takes the interpreter
-    lock from a worker, and at 1 MiB tasks waking per task cost the 2-thread pool a third
-    of its throughput with GIL-free kernels (``bench/bench_stream_fused.py``).
+    lock from a worker: at 1 MiB tasks with GIL-free kernels, waking per task (with the
+    dispatcher's serial order check) held 2 threads to 1.16x of one, 1.32x now
+    (``bench/bench_stream_fused.py``). A worker that finds nothing queued for it wakes the
+    calling thread at once (``put(wake=True)``), so a wait never leaves the workers idle.
     """
 
     def __init__(self) -> None:
         self._cv = threading.Condition(threading.Lock())
         self._items: list[TaskResult] = []
-        self._want = 1 << 62  # nobody waiting: no notify
+        self._want = _NOBODY
 
-    def put(self, res: TaskResult) -> None:
+    def put(self, res: TaskResult, wake: bool = False) -> None:
         with self._cv:
             self._items.append(res)
+            if wake and self._want != _NOBODY:
+                self._want = 1  # what is in will do
             if len(self._items) >= self._want:
                 self._cv.notify()
 
     def take(self, want: int) -> list[TaskResult]:
-        """Every result in, once there are at least ``want`` (0: without waiting)."""
+        """Every result in, once there are at least ``want`` (0: without waiting) or a
+        ``put(wake=True)`` came."""
         with self._cv:
             if len(self._items) < want:
                 self._want = want
                 try:
-                    while len(self._items) < want:
+                    while len(self._items) < self._want:
                         self._cv.wait()
                 finally:
-                    self._want = 1 << 62
+                    self._want = _NOBODY
             out, self._items = self._items, []
             return out
 

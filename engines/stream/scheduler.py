@@ -65,6 +65,11 @@ class Scheduler:
             self._record(kind, task, seconds)
             self._cv.notify_all()
 
+    def starving(self, kind: str) -> bool:
+        """Nothing queued that a processor of ``kind`` could take next."""
+        with self._cv:
+            return self._empty(kind)
+
     def close(self) -> None:
         """No more tasks: workers finish what is queued, then stop."""
         with self._cv:
