@@ -133,7 +133,7 @@ def test_runs_hold_the_query_and_task_spans(grid: dict[str, Any]) -> None:
         for r in measured:
             run = runs[r.run_id]
             cmd = run.command
-            assert cmd[1:3] == ["-m", "wattspan.engines.stream.cli_worker"]
+            assert cmd[1:4] == ["-P", "-m", "wattspan.engines.stream.cli_worker"]
             assert cmd[cmd.index("--workers") + 1] == str(r.params["workers"])
             tags = run.summary["tags"]
             assert tags["engine"] == "stream" and tags["query"] == "ysb"

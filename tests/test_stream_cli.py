@@ -177,6 +177,22 @@ def test_rate_replays_the_input_and_measures_event_time_latency(data: Path, tmp_
     assert 0 <= s["latency_seconds"]["p50"] < 0.25
 
 
+def test_runs_from_a_directory_with_a_wattspan_folder(data: Path, tmp_path: Path) -> None:
+    """From a checkout's top level with a regular install, `python -m` in the worker found
+    the checkout's `wattspan/` (the root package alone) first: "No module named
+    'wattspan.engines'". The stand-in here fails louder still if it is imported."""
+    shadow = tmp_path / "wattspan"
+    shadow.mkdir()
+    (shadow / "__init__.py").write_text("raise ImportError('the shadowing folder was imported')\n")
+    p = subprocess.run(
+        [sys.executable, "-P", "-m", "wattspan", "stream", "run", "ysb", "--input", str(data),
+         "--store", str(tmp_path / "w.db"), "--json"],
+        capture_output=True, text=True, timeout=180, cwd=tmp_path,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["stream"]["events"] == EVENTS
+
+
 def _one_line_exit_2(p: subprocess.CompletedProcess[str], words: str) -> None:
     assert p.returncode == 2, (p.stdout, p.stderr)
     lines = p.stderr.strip().splitlines()

@@ -109,6 +109,10 @@ def worker_argv(
     writes the results."""
     cmd = [
         sys.executable,
+        # -P: the working directory is not put first on sys.path, so a checkout's `wattspan/`
+        # folder (the root package alone, without the mapped subpackages) run from its top
+        # level does not shadow the installed package.
+        "-P",
         "-m",
         __name__,
         args.query,

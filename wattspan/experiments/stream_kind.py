@@ -85,6 +85,7 @@ class StreamExecutor(CommandExecutor):
         out.parent.mkdir(parents=True, exist_ok=True)
         cmd = [
             sys.executable,
+            "-P",  # as worker_argv: a checkout's `wattspan/` folder must not shadow the install
             "-m",
             "wattspan",
             "stream",
