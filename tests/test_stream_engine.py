@@ -176,6 +176,25 @@ def test_a_fused_task_kernel_stands_in_for_operators_and_partials() -> None:
     assert list(twice["count"]) == [2 * c for c in want["count"]]
 
 
+class BrokenContext(Processor):
+    """A processor whose worker cannot even start (a CUDA stream that fails, say)."""
+
+    def _worker_context(self, index: int) -> Any:
+        raise RuntimeError("no device context")
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_that_dies_outside_a_task_is_an_error_not_a_hang() -> None:
+    from wattspan.engines.stream import StreamError, datasets
+
+    gen = datasets.generator("ysb", seed=3)
+    b = gen.take(50_000)
+    q = Q.ysb(gen.ads["ad_id"], gen.ads["campaign_id"])
+    eng = Engine(processors=[BrokenContext("gpu", 1)], task_size=64 << 10)
+    with pytest.raises(StreamError, match="stream worker gpu-0 stopped: RuntimeError: no device"):
+        collect(eng.run(q, [b]), q)
+
+
 def test_finished_results_wake_the_caller_once_enough_are_in() -> None:
     import threading
 

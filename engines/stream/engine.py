@@ -194,7 +194,7 @@ class Engine:
                 yield from self._consume(stage, res, None, failed)
 
         for p in self.processors:
-            p.start(sched.take, done)
+            p.start(sched.take, done, finished.fail)
         tasks = disp.tasks(batches)
         try:
             while True:
@@ -302,6 +302,16 @@ class _Finished:
         self._cv = threading.Condition(threading.Lock())
         self._items: list[TaskResult] = []
         self._want = _NOBODY
+        self._died: StreamError | None = None
+
+    def fail(self, worker: str, exc: BaseException) -> None:
+        """A worker stopped outside a task: the next ``take`` raises, waiting or not."""
+        with self._cv:
+            if self._died is None:
+                err = StreamError(f"stream worker {worker} stopped: {type(exc).__name__}: {exc}")
+                err.__cause__ = exc
+                self._died = err
+            self._cv.notify()
 
     def put(self, res: TaskResult, wake: bool = False) -> None:
         with self._cv:
@@ -318,10 +328,12 @@ class _Finished:
             if len(self._items) < want:
                 self._want = want
                 try:
-                    while len(self._items) < self._want:
+                    while len(self._items) < self._want and self._died is None:
                         self._cv.wait()
                 finally:
                     self._want = _NOBODY
+            if self._died is not None:
+                raise self._died
             out, self._items = self._items, []
             return out
 

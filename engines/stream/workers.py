@@ -94,10 +94,22 @@ class Processor:
         self,
         take: Callable[[str], Task | None],
         done: Callable[[Processor, Task, TaskResult], None],
+        died: Callable[[str, BaseException], None] | None = None,
     ) -> None:
-        """Start the workers: each takes tasks until ``take`` answers ``None``."""
+        """Start the workers: each takes tasks until ``take`` answers ``None``. A worker that
+        fails outside a task (its context, the scheduler, ``done``) calls ``died`` with its
+        name and the error: its task's result may never come, and a caller waiting for it
+        must hear so rather than wait forever."""
 
         def loop(i: int) -> None:
+            try:
+                work(i)
+            except BaseException as e:
+                if died is None:
+                    raise
+                died(f"{self.kind}-{i}", e)
+
+        def work(i: int) -> None:
             name = f"{self.kind}-{i}"
             with self._worker_context(i):
                 while True:
