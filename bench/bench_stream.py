@@ -102,7 +102,9 @@ def _run_slice(args: tuple[int, int, int, int, int, int]) -> Any:
     tid, a, z, first, last, prev = args
     cols = {c: v[1][a:z] for c, v in _SHM.items() if c != "plan"}
     # batch_row: the task checks its rows' time order, as the engine's tasks do.
-    task = Task(tid, _SHM["plan"], cols, z - a, 0, a, first, last, prev, batch_row=a)
+    plan = _SHM["plan"]
+    row = None if plan.window.rows else a
+    task = Task(tid, plan, cols, z - a, 0, a, first, last, prev, batch_row=row)
     return run_task(task)
 
 

@@ -168,12 +168,16 @@ class ResultStage:
         self.slots[i] = res
 
     def drain(self) -> list[tuple[TaskResult, WindowBatch | None]]:
-        """Consume every slot that is next in task order."""
+        """Consume every slot that is next in task order. A failed task's result ends the
+        list (with no windows) and stays in its slot: errors come in task order too."""
         out = []
         while True:
             i = self.next_task % self.size
             res = self.slots[i]
             if res is None or res.task_id != self.next_task:
+                return out
+            if res.error is not None:
+                out.append((res, None))
                 return out
             self.slots[i] = None
             self.next_task += 1

@@ -11,8 +11,8 @@ of result slots), which bounds memory and makes a slow task hold back the stream
 SABER; with the ring full the calling thread sleeps until another half ring of tasks has
 finished (or the workers run out of queued tasks), so that it wakes once per batch of
 results, not per task: windows are emitted up to half a ring of tasks later than they
-could be. An error (a worker's, or the dispatcher's
-for bad input further on) is raised in task order, after the tasks before it.
+could be. An error (a worker's, or the dispatcher's for bad input further on) is raised
+in task order, after the tasks before it.
 ``workers=0`` runs every task inline in the calling thread (no threads at all).
 
 Instrumentation attaches through ``observer`` (see :class:`Observer`): it is called on the
@@ -176,22 +176,25 @@ class Engine:
             now = time.thread_time()
             task_cpu[res.task_id] = now - getattr(marks, "cpu", 0.0)
             marks.cpu = now
-            sched.done(proc.kind, task, res.t_end - res.t_start)
             # Nothing left queued for this kind: wake the calling thread now, before the
             # workers idle, rather than when its batch of results is complete.
-            finished.put(res, wake=sched.starving(proc.kind))
+            starving = sched.done(proc.kind, task, res.t_end - res.t_start)
+            finished.put(res, wake=starving)
 
         # With the ring full, wait for half of it: the workers keep the other half queued.
         batch = max(1, stage.size // 2)
         submitted = received = 0
-        failed: dict[int, BaseException] = {}  # task id -> its error, until raised in order
 
         def consume(want: int) -> Iterator[WindowBatch]:
             nonlocal received
             got = finished.take(min(want, submitted - received))
             received += len(got)
             for res in got:
-                yield from self._consume(stage, res, None, failed)
+                yield from self._consume(stage, res, None)
+
+        def consume_all() -> Iterator[WindowBatch]:
+            while received < submitted:
+                yield from consume(batch)
 
         for p in self.processors:
             p.start(sched.take, done, finished.fail)
@@ -208,8 +211,7 @@ class Engine:
                     bad = None
                 if bad is not None:
                     # The tasks before it come first, and so do their errors.
-                    while received < submitted:
-                        yield from consume(submitted)
+                    yield from consume_all()
                     raise bad
                 while not stage.free(task.id):
                     if received == submitted:  # nothing can free a slot: a bug, not a wait
@@ -218,33 +220,25 @@ class Engine:
                 sched.submit(task)
                 submitted += 1
                 yield from consume(0)
-            while received < submitted:
-                yield from consume(batch)
+            yield from consume_all()
         finally:
             sched.cancel()
             for p in self.processors:
                 p.join()
 
     def _consume(
-        self,
-        stage: ResultStage,
-        res: TaskResult,
-        kind: str | None,
-        failed: dict[int, BaseException] | None = None,
+        self, stage: ResultStage, res: TaskResult, kind: str | None
     ) -> Iterator[WindowBatch]:
-        if res.error is not None:
-            # Raised in task order, like the results: the first bad row of the stream is the
-            # one reported, whichever worker found its error first.
-            if failed is None or res.task_id == stage.next_task:
-                raise res.error
-            failed[res.task_id] = res.error
-            return
         if kind is not None:  # ran inline on the calling thread
             res.kind, res.worker = kind, "inline"
         stage.put(res)
         plan = stage.plan
         st = self.stats
         for r, batch in stage.drain():
+            if r.error is not None:
+                # In task order, like the results: the first bad row of the stream is the
+                # one reported, whichever worker found its error first.
+                raise r.error
             st.tasks[r.kind] += 1
             st.busy[r.kind] = st.busy.get(r.kind, 0.0) + (r.t_end - r.t_start)
             st.rows += r.rows
@@ -270,8 +264,6 @@ class Engine:
                 self._task_cpu.pop(r.task_id, None)
             if batch is not None:
                 yield self._emitted(plan, batch)
-        if failed and stage.next_task in failed:
-            raise failed[stage.next_task]
 
     def _emitted(self, plan: Plan, batch: WindowBatch) -> WindowBatch:
         ends = batch.window_ends

@@ -63,8 +63,9 @@ class Task:
     last: int
     prev_last: int
     batch: int = 0
-    # Where the rows start in batch ``batch`` when the task is a view of that one batch: its
-    # rows' time order is then still to be checked (by run_task); None once checked.
+    # Where the rows start in batch ``batch`` when the task is a view of that one batch on
+    # an event-time column: run_task then checks its rows' time order. None: nothing left to
+    # check (the dispatcher did, or row windows).
     batch_row: int | None = None
     t_dispatch: float = 0.0
 
@@ -169,7 +170,7 @@ def run_task(
     t0 = time.time()
     plan = task.plan
     win = plan.window
-    if task.batch_row is not None and not win.rows:
+    if task.batch_row is not None:
         check_order(task.cols[plan.time_col], task.batch, task.batch_row, task.row0)
     part = fused(task) if fused is not None else task_partials(task, xp, partials)
     k_lo, k_open = win.task_bounds(task.prev_last, task.last)

@@ -59,11 +59,13 @@ class Scheduler:
                     return None
                 self._cv.wait(0.05)
 
-    def done(self, kind: str, task: Task, seconds: float) -> None:
-        """A processor of ``kind`` finished ``task`` in ``seconds``."""
+    def done(self, kind: str, task: Task, seconds: float) -> bool:
+        """A processor of ``kind`` finished ``task`` in ``seconds``; whether it is now
+        :meth:`starving` (answered under the same lock: this runs once per task)."""
         with self._cv:
             self._record(kind, task, seconds)
             self._cv.notify_all()
+            return self._empty(kind)
 
     def starving(self, kind: str) -> bool:
         """Nothing queued that a processor of ``kind`` could take next."""
