@@ -285,7 +285,7 @@ class _Finished:
     The calling thread asks for ``want`` results and sleeps until that many are in: one
     wake-up per batch of results rather than per task. Each wake-up takes the interpreter
     lock from a worker: at 1 MiB tasks with GIL-free kernels, waking per task (with the
-    dispatcher's serial order check) held 2 threads to 1.16x of one, 1.32x now
+    dispatcher's serial order check) held 2 threads to 1.16x of one, 1.32-1.36x now
     (``bench/bench_stream_fused.py``). A worker that finds nothing queued for it wakes the
     calling thread at once (``put(wake=True)``), so a wait never leaves the workers idle.
     """

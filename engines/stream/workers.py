@@ -23,7 +23,7 @@ inline engine got about 1.5x faster per task (glibc's freed memory kept, leaner 
 and at 1 MiB tasks the interpreter lock, handed over at each of a task's ~50 numpy calls,
 now decides: the kernel alone runs at 0.93x in two threads against one, and the engine with
 2 threads at 0.97x of 1 (1.53x at 16 MiB tasks). With a GIL-free fused kernel plugged in
-(``fused=``) the engine reaches 1.32x at 1 MiB; docs/stream.md ("Workers and task size")
+(``fused=``) the engine reaches 1.32-1.36x at 1 MiB; docs/stream.md ("Workers and task size")
 has the figures of 2026-12-02.
 
 A :class:`Processor` is one *processor kind* for the scheduler: a name (``kind``), a
