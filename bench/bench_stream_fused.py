@@ -17,6 +17,13 @@ stage) with a fused task kernel plugged in through ``Processor(fused=...)``: a n
 function from a task's rows to its pane partials, checked equal to the engine's own on every
 task. Its 2-thread ratio says how much of the gap the kernels close and how much is the
 engine's per-task Python around them (dispatch, the batch function's tail, the result stage).
+
+The last section measures that Python directly: the engine with the fused kernel followed by
+a GIL-free spin of S microseconds per task (pure register work, so it scales on any two
+cores), for several S. With a kernel of K us a task, one worker takes about K + a us per task
+and two about (K + P) / 2 + b, P being the per-task time that holds the interpreter lock;
+the rows give the ratio as a function of K, and the script prints the kernel cost per task
+above which two workers reach the target at this task size.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from __future__ import annotations
 import argparse
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -127,9 +135,12 @@ def main() -> int:
 
     engine_total = int(collect(Engine(0).run(q, [b]), q)["count"].sum())
 
-    def engine(workers: int, fused: bool = False) -> Engine:
-        kw: dict[str, Any] = {"fused": fused_task} if fused else {}
+    def engine_with(workers: int, kernel: Callable[[Task], Partials] | None) -> Engine:
+        kw: dict[str, Any] = {"fused": kernel} if kernel is not None else {}
         return Engine(processors=[Processor("cpu", workers, **kw)], task_size=task_bytes)
+
+    def engine(workers: int, fused: bool = False) -> Engine:
+        return engine_with(workers, fused_task if fused else None)
 
     fused_total = collect(engine(2, fused=True).run(q, [b]), q)
     assert int(fused_total["count"].sum()) == engine_total
@@ -155,7 +166,75 @@ def main() -> int:
         )
     print(f"  fused / engine, 2 threads: {f2 / e2:.2f}x")
     print(f"  engine with the fused kernel / engine, 2 threads: {g2 / e2:.2f}x")
+    floor(numba, engine_total, tasks, fused_task, engine_with, q, b, r)
     return 0
+
+
+def floor(
+    numba: Any,
+    total: int,
+    tasks: list[Task],
+    fused_task: Callable[[Task], Partials],
+    engine_with: Callable[[int, Callable[[Task], Partials]], Engine],
+    q: Any,
+    b: dict[str, np.ndarray],
+    r: int,
+) -> None:
+    """The engine's per-task Python, from the ratio at several kernel costs (docstring)."""
+
+    @numba.njit(nogil=True, cache=False)
+    def spin(n: int) -> int:  # register work only: no memory traffic to share
+        x = 1
+        for i in range(n):
+            x = (x * 1103515245 + i) & 0xFFFFFFFF
+        return x
+
+    spin(10)
+    n_cal = 2_000_000
+    per_iter = min(_timed(lambda: spin(n_cal)) for _ in range(5)) / n_cal
+    k0 = best(lambda: [fused_task(t) for t in tasks], r) / len(tasks)
+    print(
+        f"# the engine's per-task floor: the fused kernel ({k0 * 1e6:.0f} us a task alone) "
+        "plus a GIL-free spin of S us a task"
+    )
+    rows: list[tuple[float, float]] = []  # (kernel us a task, 2/1 ratio)
+    for extra_us in (0, 50, 100, 200, 400):
+        iters = int(extra_us * 1e-6 / per_iter)
+
+        def slow(task: Task, iters: int = iters) -> Partials:
+            out = fused_task(task)
+            if iters:
+                spin(iters)
+            return out
+
+        us = []
+        for w in (1, 2):
+            e = engine_with(w, slow)
+            got = collect(e.run(q, [b]), q)
+            assert int(got["count"].sum()) == total
+            us.append(best(lambda w=w: collect(engine_with(w, slow).run(q, [b]), q), r))
+        per1, per2 = (u / len(tasks) * 1e6 for u in us)
+        k = k0 * 1e6 + extra_us
+        rows.append((k, per1 / per2))
+        print(
+            f"  kernel {k:5.0f} us/task: 1 worker {per1:6.1f} us/task (kernel + {per1 - k:4.1f}), "
+            f"2 workers {per2:6.1f} us/task: {per1 / per2:.2f}x "
+            f"({'target met' if per1 / per2 >= TARGET else 'target missed'})"
+        )
+    above = [k for k, ratio in rows if ratio >= TARGET]
+    if above:
+        print(
+            f"  two workers reach {TARGET}x once a task's kernel takes about {above[0]:.0f} us "
+            f"or more here; the fused YSB kernel takes {k0 * 1e6:.0f} us"
+        )
+    else:
+        print(f"  two workers stay below {TARGET}x up to a {rows[-1][0]:.0f} us kernel here")
+
+
+def _timed(f: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
+    f()
+    return time.perf_counter() - t0
 
 
 if __name__ == "__main__":
