@@ -7,13 +7,14 @@ import os
 import psutil
 
 from wattspan.collectors.base import Sample, number
+from wattspan.collectors.head import STAT_MODES, stat_times
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from wattspan.collectors.head import Head
 
 # Modes psutil reports on Linux; others (guest) are already counted inside user/nice.
-_MODES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+_MODES = STAT_MODES
 _IDLE_MODES = ("idle", "iowait")
 # Cumulative fields of the ``cpu`` sample whose sum is busy CPU time (attribution's ``C``).
 BUSY_FIELDS = tuple(f"{m}_seconds_total" for m in _MODES if m not in _IDLE_MODES)
@@ -25,25 +26,75 @@ def busy_seconds(s: Sample) -> float:
     return sum(v for k in BUSY_FIELDS if (v := number(s, k)) is not None)
 
 
-def _times_dict(t: object) -> dict[str, float]:
-    return {m: float(getattr(t, m, 0.0)) for m in _MODES}
+class Stat:
+    """One read of ``/proc/stat``: node-wide and per-core seconds by mode (psutil's
+    computation), context switches and interrupts since boot (None where the kernel's file
+    has no such line)."""
+
+    __slots__ = ("cores", "ctxt", "intr", "total")
+
+    def __init__(
+        self,
+        total: dict[str, float],
+        cores: list[tuple[str, dict[str, float]]],
+        ctxt: int | None,
+        intr: int | None,
+    ) -> None:
+        self.total = total
+        self.cores = cores
+        self.ctxt = ctxt
+        self.intr = intr
 
 
-# The last node-wide reading and the tick (``now``) it was taken for. Every collector of one
-# tick is called with the same ``now``, so the power model reuses the cpu collector's reading
+def read_stat(path: str = "/proc/stat") -> Stat:
+    """Everything a tick needs from ``/proc/stat`` in one read: psutil's ``cpu_times()``,
+    ``cpu_times(percpu=True)`` and ``cpu_stats()`` read and parse the file once each. A core
+    is named by its number in the file (``cpu3`` -> ``"3"``), so an offline core leaves a
+    gap rather than renaming the ones after it. ``ValueError`` if the file has no node-wide
+    line or a garbled ``cpu`` line, ``OSError`` if it cannot be read."""
+    with open(path, "rb") as f:
+        data = f.read()
+    ticks = os.sysconf("SC_CLK_TCK")
+    total: dict[str, float] | None = None
+    cores: list[tuple[str, dict[str, float]]] = []
+    ctxt = intr = None
+    for line in data.splitlines():
+        if line.startswith(b"cpu"):
+            fields = line.split()
+            name = fields[0][3:].decode()
+            if name:
+                cores.append((name, stat_times(fields, ticks)))
+            else:
+                total = stat_times(fields, ticks)
+        elif line.startswith(b"ctxt "):
+            ctxt = int(line.split()[1])
+        elif line.startswith(b"intr "):
+            intr = int(line.split(None, 2)[1])  # the total; the per-source counts follow
+    if total is None:
+        raise ValueError(f"{path} has no node-wide cpu line")
+    return Stat(total, cores, ctxt, intr)
+
+
+# The last reading and the tick (``now``) it was taken for. Every collector of one tick is
+# called with the same ``now``, so the power model reuses the cpu collector's reading
 # instead of having /proc/stat generated and parsed again (costly on many-core hosts).
-_last_total: tuple[float, dict[str, float]] | None = None
+_last: tuple[float, Stat] | None = None
+
+
+def stat_at(now: float) -> Stat:
+    """``/proc/stat`` read once per tick ``now`` (do not mutate what it holds)."""
+    global _last
+    last = _last
+    if last is not None and last[0] == now:
+        return last[1]
+    st = read_stat()
+    _last = (now, st)
+    return st
 
 
 def total_times(now: float) -> dict[str, float]:
     """Node-wide CPU seconds by mode, read once per tick ``now`` (do not mutate the dict)."""
-    global _last_total
-    last = _last_total
-    if last is not None and last[0] == now:
-        return last[1]
-    times = _times_dict(psutil.cpu_times())
-    _last_total = (now, times)
-    return times
+    return stat_at(now).total
 
 
 def _busy_share(deltas: dict[str, float], total: float) -> float:
@@ -60,7 +111,7 @@ def busy_ratio(prev: dict[str, float], cur: dict[str, float]) -> float:
 
 
 class CpuCollector:
-    """Samples ``/proc/stat`` through psutil.
+    """Samples ``/proc/stat``, read once per tick (:func:`read_stat`).
 
     Emits one ``cpu`` sample tagged ``cpu=total`` and, with ``percpu``, one per logical CPU.
     Fields: ``<mode>_seconds_total`` (cumulative CPU seconds), ``<mode>_ratio`` (share of the
@@ -114,19 +165,21 @@ class CpuCollector:
         return [self._emit(head.ts, "total", dict(head.cpu_times))]
 
     def sample(self, now: float) -> list[Sample]:
-        total = self._emit(now, "total", total_times(now))
+        st = stat_at(now)
+        total = self._emit(now, "total", st.total)
         hz = self._frequency(now)
         if hz is not None:  # absent is better than a made-up number
             total.fields["frequency_hertz"] = hz
         load1, load5, load15 = os.getloadavg()
         total.fields.update({"load1": load1, "load5": load5, "load15": load15})
-        stats = psutil.cpu_stats()
-        total.fields["context_switches_total"] = stats.ctx_switches
-        total.fields["interrupts_total"] = stats.interrupts
+        if st.ctxt is not None:
+            total.fields["context_switches_total"] = st.ctxt
+        if st.intr is not None:
+            total.fields["interrupts_total"] = st.intr
         out = [total]
         if self.percpu:
-            for i, t in enumerate(psutil.cpu_times(percpu=True)):
-                out.append(self._emit(now, str(i), _times_dict(t)))
+            for name, t in st.cores:
+                out.append(self._emit(now, name, t))
         return out
 
     def close(self) -> None:

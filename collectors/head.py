@@ -61,16 +61,21 @@ class Head:
         self.hwm_bytes = hwm_bytes()
 
 
+def stat_times(fields: list[bytes], ticks: int) -> dict[str, float]:
+    """Seconds by mode from a ``/proc/stat`` ``cpu`` line split into fields (the name first),
+    as psutil computes them; ``ValueError`` for a field that is not a number."""
+    # Old kernels have fewer columns (steal came in 2.6.11): 0, as psutil gives them.
+    values = [int(v) / ticks for v in fields[1 : 1 + len(STAT_MODES)]]
+    values += [0.0] * (len(STAT_MODES) - len(values))
+    return dict(zip(STAT_MODES, values, strict=True))
+
+
 def cpu_times(stat: str = "/proc/stat") -> dict[str, float] | None:
     """Node-wide CPU seconds by mode, as ``psutil.cpu_times()`` computes them."""
     try:
         with open(stat, "rb") as f:
             first = f.readline().split()
-        ticks = os.sysconf("SC_CLK_TCK")
-        # Old kernels have fewer columns (steal came in 2.6.11): 0, as psutil gives them.
-        values = [int(v) / ticks for v in first[1 : 1 + len(STAT_MODES)]]
-        values += [0.0] * (len(STAT_MODES) - len(values))
-        return dict(zip(STAT_MODES, values, strict=True))
+        return stat_times(first, os.sysconf("SC_CLK_TCK"))
     except (OSError, ValueError):
         return None
 

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -170,3 +171,62 @@ def test_descendants_from_the_kernel_match_psutils_scan() -> None:
         tree.kill()
         tree.wait()
     assert _descendants(2**22 + 7) == []  # gone: an empty tree, not an error
+
+
+def test_one_read_of_proc_stat_gives_what_psutils_three_reads_give() -> None:
+    import psutil
+
+    before = (psutil.cpu_times(), psutil.cpu_times(percpu=True), psutil.cpu_stats())
+    st = cpu.read_stat()
+    after = (psutil.cpu_times(), psutil.cpu_times(percpu=True), psutil.cpu_stats())
+
+    def between(ours: dict[str, float], lo: object, hi: object) -> None:
+        for mode, v in ours.items():
+            # proc(5): idle and iowait may step back a little between reads on tickless
+            # kernels; the other modes only grow.
+            slack = 0.1 if mode in ("idle", "iowait") else 0.0
+            assert getattr(lo, mode) - slack <= v <= getattr(hi, mode) + slack, mode
+
+    between(st.total, before[0], after[0])
+    assert [name for name, _ in st.cores] == [str(i) for i in range(len(before[1]))]
+    for (_, ours), lo, hi in zip(st.cores, before[1], after[1], strict=True):
+        between(ours, lo, hi)
+    assert st.ctxt is not None and before[2].ctx_switches <= st.ctxt <= after[2].ctx_switches
+    assert st.intr is not None and before[2].interrupts <= st.intr <= after[2].interrupts
+
+
+def test_proc_stat_of_an_old_kernel_with_an_offline_core(tmp_path: Path) -> None:
+    stat = tmp_path / "stat"
+    ticks = os.sysconf("SC_CLK_TCK")
+    # No steal column (before 2.6.11), cpu1 offline, no ctxt line; intr's per-source counts
+    # after the total are not the total.
+    stat.write_text(
+        "cpu  200 0 100 2000 10 0 2\ncpu0 100 0 50 1000 5 0 1\ncpu2 100 0 50 1000 5 0 1\n"
+        "intr 12345 1 2 3\nbtime 1700000000\n"
+    )
+    st = cpu.read_stat(str(stat))
+    assert st.total["user"] == 200 / ticks and st.total["steal"] == 0.0
+    assert [name for name, _ in st.cores] == ["0", "2"]
+    assert st.intr == 12345 and st.ctxt is None
+    for bad in ("intr 1\n", "cpu  1 x 3\n"):
+        stat.write_text(bad)
+        with pytest.raises(ValueError):
+            cpu.read_stat(str(stat))
+
+
+def test_a_tick_reads_proc_stat_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    reads = []
+    real = cpu.read_stat
+
+    def counted(path: str = "/proc/stat") -> cpu.Stat:
+        reads.append(path)
+        return real(path)
+
+    monkeypatch.setattr(cpu, "read_stat", counted)
+    now = time.time()
+    c = cpu.create(percpu=True)
+    out = c.sample(now)
+    power_model.create().sample(now)
+    assert reads == ["/proc/stat"]
+    assert {"context_switches_total", "interrupts_total"} <= set(out[0].fields)
+    assert len(out) == 1 + len(cpu.read_stat().cores)

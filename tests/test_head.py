@@ -95,7 +95,7 @@ def test_power_model_and_cpu_collector_integrate_from_the_head() -> None:
     # One core of two busy for the 0.5 s up to the first sample, read through the real
     # /proc/stat path: give both collectors that reading for their first tick.
     later = dict(modes, idle=100.5, user=0.5)
-    cpu._last_total = (10.5, later)
+    cpu._last = (10.5, cpu.Stat(later, [], None, None))
     [s1] = model.sample(10.5)
     assert s1.fields["utilization_ratio"] == pytest.approx(0.5)
     assert s1.fields["energy_joules_total"] == pytest.approx((30.0 + 70.0 * 0.5) * 0.5)
