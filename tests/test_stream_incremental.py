@@ -232,6 +232,44 @@ def test_key_coder_orders_like_the_keys() -> None:
     assert (np.diff(code[order]) >= 0).all()
 
 
+def test_a_known_key_range_is_never_scanned_and_survives_widening() -> None:
+    """A key whose range the plan knows (a join's ranks) starts in the coder and is not
+    scanned per task (``covers`` never calls its min or max); the other key still widens the
+    codes as it grows, and the known one keeps its order through every re-coding."""
+
+    class Unscanned(np.ndarray):
+        def min(self, *a: Any, **k: Any) -> Any:
+            raise AssertionError("a known range was scanned")
+
+        max = min
+
+    rng = np.random.default_rng(8)
+    coder = KeyCoder([np.dtype(np.int32), np.dtype(np.int64)], [(0, 9), None])
+    assert (coder.lo[0], coder.span[0]) == (0, 10) and coder.span[1] == 0
+    seen: list[list[np.ndarray]] = []
+    for top in (5, 50, 5_000, 500_000):
+        keys = [
+            rng.integers(0, 10, 300).astype(np.int32).view(Unscanned),
+            rng.integers(-top, top, 300),
+        ]
+        ok, ext = coder.covers(keys)
+        assert ext[0] == (0, 9)
+        if not ok:
+            new = coder.widened(ext)
+            assert new is not None and new.known == coder.known
+            coder = new
+        assert coder.covers(keys)[0]
+        seen.append(keys)
+    keys = [np.concatenate([np.asarray(k[j]) for k in seen]) for j in range(2)]
+    code = coder.encode(keys, len(keys[0]))
+    assert all((x == y).all() for x, y in zip(coder.decode(code), keys, strict=True))
+    order = np.lexsort((keys[1], keys[0]))
+    assert (np.diff(code[order]) >= 0).all()
+    # Every key known: nothing to scan, nothing to widen.
+    both = KeyCoder([np.dtype(np.int32)] * 2, [(0, 9), (3, 4)])
+    assert both.covers([seen[0][0], seen[0][0]]) == (True, [(0, 9), (3, 4)])
+
+
 def test_min_over_windows_whose_rows_were_all_filtered_out() -> None:
     """A task whose complete windows lost every row to the selection yields no rows for
     them (the window kernel used to fail on the empty range)."""

@@ -35,10 +35,11 @@ import numpy as np
 from .assembly import ResultStage, WindowBatch
 from .dispatcher import DEFAULT_TASK_SIZE, Dispatcher
 from .errors import StreamError
-from .fragments import Fragments, Task, TaskResult, run_task
+from .fragments import Fragments, Task, TaskResult, fragment_counts, run_task
 from .gpu import GpuWorker
 from .query import Plan, Query
 from .scheduler import Scheduler, make_scheduler
+from .window import WindowSpec
 from .workers import CpuPool, Processor
 
 
@@ -56,10 +57,21 @@ class TaskEvent:
     t_end: float
     first: int
     last: int
-    fragments: Fragments
     # CPU seconds of the thread that ran the task (time.thread_time), from the end of its
     # previous task (the scheduler's take included); None where not measured.
     cpu_seconds: float | None = None
+    # What ``fragments`` is counted from: the window and the task's bounds in it.
+    window: WindowSpec | None = None
+    k_lo: int = 0
+    k_open: int = 0
+
+    @property
+    def fragments(self) -> Fragments:
+        """Windows of each kind the task touched (counted on demand: an observer that
+        traces 1 % of the tasks should not pay for the other 99 %)."""
+        if self.window is None:
+            return Fragments()
+        return fragment_counts(self.window, self.first, self.last, self.k_lo, self.k_open)
 
 
 @dataclass
@@ -256,8 +268,10 @@ class Engine:
                         r.t_end,
                         r.first,
                         r.last,
-                        r.fragments,
                         self._task_cpu.pop(r.task_id, None),
+                        plan.window,
+                        r.k_lo,
+                        r.k_open,
                     )
                 )
             else:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -37,6 +37,7 @@ from .kernels import Partials, pane_partials, windows_from_partials
 from .operators import run_steps
 from .query import ROW_COLUMN, Plan
 from .schema import check_order
+from .window import WindowSpec
 
 PartialsFn = Callable[..., Partials]
 # A fused task kernel: a task's rows -> its pane partials, the operators and the partials
@@ -92,7 +93,6 @@ class TaskResult:
     k_open: int
     complete: dict[str, np.ndarray] | None
     boundary: Partials | None
-    fragments: Fragments = field(default_factory=Fragments)
     kind: str = ""
     worker: str = ""
     defer: bool = False  # complete windows left to the result stage (boundary: every pane)
@@ -101,8 +101,9 @@ class TaskResult:
     error: BaseException | None = None
 
 
-def fragment_counts(plan: Plan, first: int, last: int, k_lo: int, k_open: int) -> Fragments:
-    win = plan.window
+def fragment_counts(win: WindowSpec, first: int, last: int, k_lo: int, k_open: int) -> Fragments:
+    """How many windows of each kind a task spanning window times ``first..last`` touched
+    (``k_lo``, ``k_open``: :meth:`WindowSpec.task_bounds`)."""
     k_first = max(0, (first - win.size) // win.slide + 1)
     k_last = last // win.slide
 
@@ -185,7 +186,9 @@ def run_task(
     if n_complete > 0 and len(part) and not defer:
         complete = _complete(part, plan, k_lo, k_open - 1, xp, inc)
     boundary = None
-    if defer:
+    if defer or (n_complete <= 0 and win.w >= win.s):
+        # Every pane serves a closing, pending or opening window (the usual task when
+        # windows are longer than tasks): nothing to cut.
         boundary = part
     elif len(part):
         # Panes the closing/pending windows need (before head_end) and those the opening and
@@ -203,7 +206,10 @@ def run_task(
         else:
             sel = xp.concatenate([xp.arange(i_head), xp.arange(i_tail, n)])
             boundary = part.take(sel)
-        boundary = boundary.map(to_host) if len(boundary) else None
+    if boundary is not None and not len(boundary):
+        boundary = None
+    elif boundary is not None and xp is not np:
+        boundary = boundary.map(to_host)
     return TaskResult(
         task_id=task.id,
         qid=plan.qid,
@@ -215,7 +221,6 @@ def run_task(
         k_open=k_open,
         complete=complete,
         boundary=boundary,
-        fragments=fragment_counts(plan, task.first, task.last, k_lo, k_open),
         defer=defer,
         t_start=t0,
         t_end=time.time(),

@@ -81,7 +81,9 @@ def for_plan(plan: Plan) -> IncrementalWindows:
     needs = plan.needs
     vd = plan.value_dtypes
     ext = {("min", c): vd[c] for c in needs.mins} | {("max", c): vd[c] for c in needs.maxs}
-    return IncrementalWindows(win.w, win.s, plan.key_dtypes, {c: vd[c] for c in needs.sums}, ext)
+    return IncrementalWindows(
+        win.w, win.s, plan.key_dtypes, {c: vd[c] for c in needs.sums}, ext, plan.key_ranges
+    )
 
 
 def sorted_unique(a: np.ndarray) -> np.ndarray:
@@ -106,14 +108,29 @@ class KeyCoder:
     lo1)) * span2 + ...``. Ranges start at the keys seen and widen with headroom, so a stream
     whose ids grow re-codes its state a logarithmic number of times."""
 
-    def __init__(self, dtypes: Sequence[np.dtype]) -> None:
+    def __init__(
+        self,
+        dtypes: Sequence[np.dtype],
+        known: Sequence[tuple[int, int] | None] | None = None,
+    ) -> None:
         self.dtypes = [np.dtype(d) for d in dtypes]
-        self.lo: list[int] = [0] * len(self.dtypes)
-        self.span: list[int] = [0] * len(self.dtypes)  # 0: nothing seen yet
+        # A key's (min, max) known in advance (a join table's ranks): never scanned, and the
+        # coder starts out holding it.
+        self.known = list(known) if known is not None else [None] * len(self.dtypes)
+        self.lo: list[int] = [r[0] if r else 0 for r in self.known]
+        self.span: list[int] = [r[1] - r[0] + 1 if r else 0 for r in self.known]  # 0: none yet
+        ranges = [r for r in self.known if r is not None]
+        self.all_known = ranges if len(ranges) == len(self.known) else None
 
     def covers(self, keys: Sequence[Any]) -> tuple[bool, list[tuple[int, int]]]:
-        """Whether the ranges hold ``keys``, and each key's (min, max)."""
-        ext = [(int(k.min()), int(k.max())) for k in keys]
+        """Whether the ranges hold ``keys``, and each key's (min, max) (the known range for
+        a key that has one: a task's keys lie in it)."""
+        if self.all_known is not None:  # held from the start; a widened coder holds more
+            return True, self.all_known
+        ext = [
+            r if r is not None else (int(k.min()), int(k.max()))
+            for k, r in zip(keys, self.known, strict=True)
+        ]
         ok = all(
             s and lo <= a and b < lo + s
             for (a, b), lo, s in zip(ext, self.lo, self.span, strict=True)
@@ -123,7 +140,7 @@ class KeyCoder:
     def widened(self, ext: list[tuple[int, int]]) -> KeyCoder | None:
         """A coder whose ranges also hold ``ext``; ``None`` if no int64 code fits them."""
         for room in (True, False):
-            new = KeyCoder(self.dtypes)
+            new = KeyCoder(self.dtypes, self.known)
             total = 1
             for j, (a, b) in enumerate(ext):
                 if self.span[j]:
@@ -153,14 +170,17 @@ class KeyCoder:
         return out
 
     def encode(self, keys: Sequence[Any], n: int) -> np.ndarray:
-        code = np.zeros(n, np.int64)
+        code: np.ndarray | None = None
         for k, lo, span in zip(keys, self.lo, self.span, strict=True):
-            kk = k.astype(np.int64)
+            kk = k.astype(np.int64)  # a copy: ours to change in place
             if lo:
                 kk -= lo
-            code *= span
-            code += kk
-        return code
+            if code is None:  # the first key is the code so far
+                code = kk
+            else:
+                code *= span
+                code += kk
+        return code if code is not None else np.zeros(n, np.int64)
 
     def decode(self, codes: np.ndarray) -> list[np.ndarray]:
         out: list[np.ndarray] = []
@@ -238,6 +258,8 @@ class PaneRing:
         return (got + self.start).tolist()
 
     def drop_below(self, pane: int) -> None:
+        if self.start < self.end and self.pane[self.start] >= pane:
+            return  # nothing to drop, as in most tasks: no search
         self.start = self.find(pane)
 
     def recode(self, old: KeyCoder, new: KeyCoder) -> None:
@@ -259,9 +281,10 @@ class IncrementalWindows:
         key_dtypes: Sequence[np.dtype],
         value_dtypes: dict[str, Any],
         ext_dtypes: dict[Spec, Any] | None = None,
+        key_ranges: Sequence[tuple[int, int] | None] | None = None,
     ) -> None:
         self.w, self.s = w, s
-        self.coder = KeyCoder(key_dtypes)
+        self.coder = KeyCoder(key_dtypes, key_ranges)
         self.nkeys = len(key_dtypes)
         sdt = {c: sum_dtype(d) for c, d in value_dtypes.items()}
         self.sum_dtypes = sdt
