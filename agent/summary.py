@@ -8,6 +8,7 @@ the table and a reader can check it by hand against the rows.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,10 @@ from wattspan.collectors.base import number as _num
 from wattspan.collectors.cpu import busy_seconds
 
 _CPU = ("cpu_user_seconds_total", "cpu_system_seconds_total")
+# A process's CPU seconds come in clock ticks (USER_HZ: 10 ms), so over one 0.1 s sampling
+# interval a share is +-10 % (a one-thread loop read 88 % then 112.5 %). The CPU peak is the
+# highest average over this long (+-2 %), or over the whole sampled run where it is shorter.
+PEAK_WINDOW_S = 1.0
 
 
 @dataclass(slots=True)
@@ -83,9 +88,11 @@ class RunSummary:
         self._have_run = False
         self._outlived: list[Sample] = []
         self._last_tree: Sample | None = None
-        self._prev_tree: tuple[float, float] | None = None
-        self._prev_alive = False
+        # Tree samples (ts, CPU seconds, alive) from the latest one at least PEAK_WINDOW_S
+        # before the newest: a few intervals' worth.
+        self._tree_win: deque[tuple[float, float, bool]] = deque()
         self._cpu_peak: float | None = None
+        self._span_cpu: float | None = None  # over the whole run, while shorter than a window
         self._peak_rss: float | None = None
         self._util = _Mean()
         self._busy = _Counter()  # the node's busy CPU seconds, every core (/proc/stat)
@@ -147,12 +154,18 @@ class RunSummary:
         # before the first sample) saw nothing run: it says nothing of the peak.
         procs = _num(s, "processes")
         alive = procs is None or procs > 0  # a sample without the count: taken as alive
-        if self._prev_tree is not None and (alive or self._prev_alive):
-            dt = s.ts - self._prev_tree[0]
-            if dt > 0:
-                pct = 100.0 * max(cpu - self._prev_tree[1], 0.0) / dt
+        win = self._tree_win
+        win.append((s.ts, cpu, alive))
+        while len(win) > 2 and win[1][0] <= s.ts - PEAK_WINDOW_S:
+            win.popleft()
+        t0, c0, alive0 = win[0]
+        dt = s.ts - t0
+        if len(win) > 1 and dt > 0 and (alive or alive0):
+            pct = 100.0 * max(cpu - c0, 0.0) / dt
+            if dt >= PEAK_WINDOW_S:
                 self._cpu_peak = pct if self._cpu_peak is None else max(self._cpu_peak, pct)
-        self._prev_tree, self._prev_alive = (s.ts, cpu), alive
+            else:  # no whole window yet: win[0] is the first sample, this the run so far
+                self._span_cpu = pct
         self._last_tree = s
         if not self._have_run:
             self._final = s
@@ -228,8 +241,9 @@ class RunSummary:
             out.update(self._cpu_parts(final, user + system))
         if self._peak_rss is not None:
             out["peak_rss_bytes"] = int(self._peak_rss)
-        if self._cpu_peak is not None:
-            out["cpu_percent_peak"] = self._cpu_peak
+        peak = self._cpu_peak if self._cpu_peak is not None else self._span_cpu
+        if peak is not None:
+            out["cpu_percent_peak"] = peak
         if self._last_tree is not None:
             for key in ("read_bytes_total", "write_bytes_total"):
                 v = _num(self._last_tree, key)

@@ -109,7 +109,7 @@ def summary_rows(run: Run, summary: dict[str, Any]) -> Rows:
         if n > len(listed):
             t.add_row("outlived", f"{n - len(listed)} more", "not listed")
     t.add_row("CPU avg", fmt_num(summary.get("cpu_percent_avg"), "%", 1), "100% = one core")
-    t.add_row("CPU peak", fmt_num(summary.get("cpu_percent_peak"), "%", 1), "per sample interval")
+    t.add_row("CPU peak", fmt_num(summary.get("cpu_percent_peak"), "%", 1), "highest 1 s average")
     t.add_row("peak RSS", fmt_bytes(summary.get("peak_rss_bytes")), "")
     _energy_rows(t, summary)
     for g in summary.get("gpus", []):
