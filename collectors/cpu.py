@@ -27,52 +27,64 @@ def busy_seconds(s: Sample) -> float:
 
 
 class Stat:
-    """One read of ``/proc/stat``: node-wide and per-core seconds by mode (psutil's
-    computation), context switches and interrupts since boot (None where the kernel's file
-    has no such line)."""
+    """One read of ``/proc/stat``: node-wide seconds by mode (psutil's computation), context
+    switches and interrupts since boot (None where the file has no such line), and per-core
+    seconds, parsed when first asked for (the power model needs only the node's)."""
 
-    __slots__ = ("cores", "ctxt", "intr", "total")
+    __slots__ = ("_core_lines", "_cores", "_ticks", "ctxt", "intr", "total")
 
     def __init__(
         self,
         total: dict[str, float],
-        cores: list[tuple[str, dict[str, float]]],
+        core_lines: list[bytes],
         ctxt: int | None,
         intr: int | None,
+        ticks: int = 100,
     ) -> None:
         self.total = total
-        self.cores = cores
+        self._core_lines = core_lines
+        self._cores: list[tuple[str, dict[str, float]]] | None = None
+        self._ticks = ticks
         self.ctxt = ctxt
         self.intr = intr
+
+    @property
+    def cores(self) -> list[tuple[str, dict[str, float]]]:
+        """``(number, seconds by mode)`` per core line (``cpu3`` -> ``"3"``): an offline core
+        leaves a gap rather than renaming the ones after it. ``ValueError`` if one is
+        garbled."""
+        if self._cores is None:
+            out = []
+            for line in self._core_lines:
+                fields = line.split()
+                out.append((fields[0][3:].decode(), stat_times(fields, self._ticks)))
+            self._cores = out
+        return self._cores
 
 
 def read_stat(path: str = "/proc/stat") -> Stat:
     """Everything a tick needs from ``/proc/stat`` in one read: psutil's ``cpu_times()``,
-    ``cpu_times(percpu=True)`` and ``cpu_stats()`` read and parse the file once each. A core
-    is named by its number in the file (``cpu3`` -> ``"3"``), so an offline core leaves a
-    gap rather than renaming the ones after it. ``ValueError`` if the file has no node-wide
-    line or a garbled ``cpu`` line, ``OSError`` if it cannot be read."""
+    ``cpu_times(percpu=True)`` and ``cpu_stats()`` read and parse the file once each.
+    ``ValueError`` if the file has no node-wide line or a garbled one, ``OSError`` if it
+    cannot be read."""
     with open(path, "rb") as f:
         data = f.read()
     ticks = os.sysconf("SC_CLK_TCK")
     total: dict[str, float] | None = None
-    cores: list[tuple[str, dict[str, float]]] = []
+    cores: list[bytes] = []
     ctxt = intr = None
     for line in data.splitlines():
-        if line.startswith(b"cpu"):
-            fields = line.split()
-            name = fields[0][3:].decode()
-            if name:
-                cores.append((name, stat_times(fields, ticks)))
-            else:
-                total = stat_times(fields, ticks)
+        if line.startswith(b"cpu "):
+            total = stat_times(line.split(), ticks)
+        elif line.startswith(b"cpu"):
+            cores.append(line)
         elif line.startswith(b"ctxt "):
             ctxt = int(line.split()[1])
         elif line.startswith(b"intr "):
             intr = int(line.split(None, 2)[1])  # the total; the per-source counts follow
     if total is None:
         raise ValueError(f"{path} has no node-wide cpu line")
-    return Stat(total, cores, ctxt, intr)
+    return Stat(total, cores, ctxt, intr, ticks)
 
 
 # The last reading and the tick (``now``) it was taken for. Every collector of one tick is

@@ -31,6 +31,7 @@ from wattspan.engines.stream import queries as Q
 from wattspan.engines.stream.assembly import ResultStage
 from wattspan.engines.stream.dispatcher import Dispatcher
 from wattspan.engines.stream.fragments import run_task
+from wattspan.engines.stream.operators import StaticTable
 from wattspan.engines.stream.schema import CM_SCHEMA, LRB_SCHEMA, SG_SCHEMA, YSB_SCHEMA
 
 Batch = dict[str, np.ndarray]
@@ -479,3 +480,28 @@ def test_ysb_join_drops_negative_and_unknown_ad_ids(workers: int) -> None:
     got = run_frame(Engine(workers, task_size=8 * 1024), q, split(b, 3, rng))
     assert_same(got, want)
     assert int(got["count"].sum()) < int((b["event_type"] == 0).sum())  # some were dropped
+
+
+@pytest.mark.parametrize("step", ["derive", "select"])
+def test_a_joined_key_written_over_later_groups_by_the_new_values(step: str) -> None:
+    """A joined column used only as a group key travels as the table's ranks; a later step
+    that writes the column (without reading it) makes the key another column's values,
+    which must then travel as themselves (they used to be decoded as table ranks)."""
+    schema = Schema({"t": np.int64, "ad": np.int32, "u": np.int32}, time="t")
+    rng = np.random.default_rng(1)
+    n = 2000
+    b = {
+        "t": np.sort(rng.integers(0, 1000, n)).astype(np.int64),
+        "ad": rng.integers(0, 10, n).astype(np.int32),
+        "u": rng.integers(0, 50, n).astype(np.int32),
+    }
+    table = StaticTable(
+        "ad", {"ad": np.arange(10, dtype=np.int32), "c": np.arange(10, dtype=np.int64) * 1000}
+    )
+    q = Query(schema).join(table, on="ad", columns=["c"])
+    q = q.derive(c=col("u")) if step == "derive" else q.select("t", c=col("u"))
+    q = q.window(size=100, slide=50, range_="t").group_by("c").agg(n=Agg.count())
+    assert q.compile().key_ranges == [None]
+    want = reference(q, [b])
+    for workers in (0, 2):
+        assert_same(engine_frame(collect(Engine(workers, task_size=4800).run(q, [b]), q)), want)

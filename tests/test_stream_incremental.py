@@ -257,6 +257,7 @@ def test_a_known_key_range_is_never_scanned_and_survives_widening() -> None:
         if not ok:
             new = coder.widened(ext)
             assert new is not None and new.known == coder.known
+            assert (new.lo[0], new.span[0]) == (0, 10)  # a known range is never widened
             coder = new
         assert coder.covers(keys)[0]
         seen.append(keys)
@@ -267,7 +268,16 @@ def test_a_known_key_range_is_never_scanned_and_survives_widening() -> None:
     assert (np.diff(code[order]) >= 0).all()
     # Every key known: nothing to scan, nothing to widen.
     both = KeyCoder([np.dtype(np.int32)] * 2, [(0, 9), (3, 4)])
-    assert both.covers([seen[0][0], seen[0][0]]) == (True, [(0, 9), (3, 4)])
+    threes = np.full(300, 3, np.int32).view(Unscanned)
+    assert both.covers([seen[0][0], threes]) == (True, [(0, 9), (3, 4)])
+    # A known key's span stays as it is however far the other key grows, so int64 codes
+    # hold up to about 2**62 / 10 of it, not 2**62 / (10 * 2**widenings).
+    wide = KeyCoder([np.dtype(np.int32), np.dtype(np.int64)], [(0, 9), None])
+    for top in (2**k for k in range(4, 59, 6)):
+        got = wide.widened([(0, 9), (0, top)])
+        assert got is not None, top
+        wide = got
+    assert wide.span[0] == 10
 
 
 def test_min_over_windows_whose_rows_were_all_filtered_out() -> None:

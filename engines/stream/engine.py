@@ -61,9 +61,9 @@ class TaskEvent:
     # previous task (the scheduler's take included); None where not measured.
     cpu_seconds: float | None = None
     # What ``fragments`` is counted from: the window and the task's bounds in it.
-    window: WindowSpec | None = None
-    k_lo: int = 0
-    k_open: int = 0
+    window: WindowSpec | None = field(default=None, kw_only=True)
+    k_lo: int = field(default=0, kw_only=True)
+    k_open: int = field(default=0, kw_only=True)
 
     @property
     def fragments(self) -> Fragments:
@@ -269,9 +269,9 @@ class Engine:
                         r.first,
                         r.last,
                         self._task_cpu.pop(r.task_id, None),
-                        plan.window,
-                        r.k_lo,
-                        r.k_open,
+                        window=plan.window,
+                        k_lo=r.k_lo,
+                        k_open=r.k_open,
                     )
                 )
             else:

@@ -143,6 +143,9 @@ class KeyCoder:
             new = KeyCoder(self.dtypes, self.known)
             total = 1
             for j, (a, b) in enumerate(ext):
+                if self.known[j] is not None:  # never grows: no room to leave
+                    total *= new.span[j]
+                    continue
                 if self.span[j]:
                     a, b = min(a, self.lo[j]), max(b, self.lo[j] + self.span[j] - 1)
                 n = b - a + 1

@@ -180,7 +180,10 @@ class Plan:
         for i, st in enumerate(steps):
             if not isinstance(st, Join):
                 continue
-            later = set().union(*(s.reads() for s in steps[i + 1 :])) | set(value_cols)
+            after = steps[i + 1 :]
+            # Read later (as a value), or written over later (the key is then another
+            # column's values, not the table's): the real values must travel.
+            later = set().union(*(s.reads() | _writes(s) for s in after)) | set(value_cols)
             codes = frozenset(c for c in st.take if c in q.keys and c not in later)
             st.set_codes(codes)
             for j, k in enumerate(q.keys):
@@ -266,14 +269,18 @@ class Plan:
         return {c: np.empty(0, d) for c, d in self.out_dtypes.items()}
 
 
+def _writes(st: Step) -> set[str]:
+    """Columns a step sets (computed, or taken from a table)."""
+    if isinstance(st, (Derive, Select)):
+        return set(st.exprs)
+    if isinstance(st, Join):
+        return set(st.take)
+    return set()
+
+
 def _reads_before(steps: Sequence[Step], final: set[str]) -> set[str]:
     """Input columns the steps (and the window) read from the source."""
     needed = set(final)
     for st in reversed(steps):
-        produced: set[str] = set()
-        if isinstance(st, (Derive, Select)):
-            produced = set(st.exprs)
-        elif isinstance(st, Join):
-            produced = set(st.take)
-        needed = (needed - produced) | st.reads()
+        needed = (needed - _writes(st)) | st.reads()
     return needed
