@@ -237,6 +237,11 @@ def random_case(draw: Any) -> dict[str, Any]:
     size = draw(st.integers(1, 40))
     slide = draw(st.one_of(st.integers(1, size), st.integers(1, 60)))
     keys = draw(st.sampled_from([(), ("a",), ("b",), ("a", "b"), ("b", "a")]))
+    # A join on a: its column c as a key (travels as table ranks), or written over after the
+    # join by a derive (travels as its own values), or no join.
+    join = draw(st.sampled_from(["none", "none", "key", "overwritten"]))
+    if join != "none":
+        keys = draw(st.sampled_from([("c",), ("c", "b"), ("b", "c")]))
     fns = draw(
         st.lists(
             st.sampled_from(
@@ -266,6 +271,7 @@ def random_case(draw: Any) -> dict[str, Any]:
         threshold=threshold,
         having=having,
         seed=seed,
+        join=join,
     )
 
 
@@ -287,6 +293,13 @@ def build(case: dict[str, Any]) -> tuple[Query, Batch]:
             fn, c = f.split("_")
             aggs[f] = Agg(fn, c)
     q = Query(RSCHEMA).where(col("x") < case["threshold"]).derive(z=col("y") * 2)
+    if case["join"] != "none":
+        # a in -3..3; the table lacks 3 (an inner join drops those rows), its ids scattered.
+        ids = np.arange(-3, 3, dtype=np.int32)
+        table = StaticTable("a", {"a": ids, "c": (ids.astype(np.int64) * 7919) % 1000})
+        q = q.join(table, on="a", columns=["c"])
+        if case["join"] == "overwritten":
+            q = q.derive(c=col("b") * 10)
     if case["rows"]:
         q = q.window(size=case["size"], slide=case["slide"], rows=True)
     else:
