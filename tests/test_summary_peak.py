@@ -59,3 +59,13 @@ def test_a_run_shorter_than_the_window_gets_its_average() -> None:
 def test_no_live_process_at_any_sample_gives_no_peak() -> None:
     samples = [tree(100.0 + i * 0.1, 0.02, processes=0) for i in range(20)]
     assert peak(samples) is None
+
+
+def test_the_peak_is_never_below_the_average() -> None:
+    # A 0.6 s run whose samples (from 50 ms in) saw less than wait4's whole-run CPU: the
+    # average is 130 % of a core, and no window of it can peak lower.
+    samples = ticks([0.1] * 5, t0=100.05)
+    run = Sample("run", 100.6, {}, {"cpu_user_seconds_total": 0.78})
+    got = summarize([*samples, run], 100.0, 100.6)
+    assert got["cpu_percent_avg"] == pytest.approx(130.0)
+    assert got["cpu_percent_peak"] == pytest.approx(130.0)
