@@ -293,7 +293,7 @@ def build(case: dict[str, Any]) -> tuple[Query, Batch]:
             fn, c = f.split("_")
             aggs[f] = Agg(fn, c)
     q = Query(RSCHEMA).where(col("x") < case["threshold"]).derive(z=col("y") * 2)
-    if case["join"] != "none":
+    if case.get("join", "none") != "none":
         # a in -3..3; the table lacks 3 (an inner join drops those rows), its ids scattered.
         ids = np.arange(-3, 3, dtype=np.int32)
         table = StaticTable("a", {"a": ids, "c": (ids.astype(np.int64) * 7919) % 1000})

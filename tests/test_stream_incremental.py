@@ -125,6 +125,22 @@ def test_growing_and_negative_keys_recode_the_state() -> None:
     assert_same(frame, reference(q, [b]))
 
 
+@pytest.mark.parametrize("y_hi", [50, 10**9])
+def test_tumbling_windows_over_many_tasks_sum_each_windows_panes(y_hi: int) -> None:
+    """Tumbling windows that span many tasks are summed from their panes per group, on a
+    dense (window x group) table where the groups are few and by sorting where keys are
+    spread (y up to 1e9: more cells than entries); gaps leave windows empty."""
+    rng = np.random.default_rng(11)
+    t, a = bursts(rng, 20)
+    b = rows_of(t, a % 7, rng, y_hi=y_hi)
+    for keys in (("a", "b"), ("y",), ()):
+        q = query(40, 40, keys)
+        want = reference(q, [b])
+        for task_rows in (1, 9, 64, 10_000):
+            assert_same(run(q, b, task_rows), want)
+        assert_same(run(q, b, 9, workers=2), want)
+
+
 def test_keys_too_spread_for_a_code_fall_back_to_recomputing() -> None:
     """Half way through, int64 keys spread over the whole range arrive: no int64 code holds
     (a, y-key) any more, and the stage carries on with the recomputing buffer."""
