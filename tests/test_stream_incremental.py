@@ -141,6 +141,36 @@ def test_tumbling_windows_over_many_tasks_sum_each_windows_panes(y_hi: int) -> N
         assert_same(run(q, b, 9, workers=2), want)
 
 
+@pytest.mark.parametrize("kind", ["spread", "uint64"])
+def test_keys_whose_code_would_overflow_int64_group_exactly(kind: str) -> None:
+    """Keys whose ranges each fit an int64 code but not together (k1 spans 2**61 beside
+    k0's 9 values), and uint64 keys past int64's range: every group exact, every window in
+    order, tumbling and sliding, inline and threaded (merged groups and IndexErrors before)."""
+    rng = np.random.default_rng(0)
+    n = 180
+    if kind == "spread":
+        k1 = rng.choice(np.array([0, 2**61 - 1], np.int64), n)
+    else:
+        k1 = rng.choice(np.array([2**63, 2**64 - 1, 5], np.uint64), n)
+    b = {
+        "t": np.sort(rng.integers(0, 40, n)).astype(np.int64),
+        "k0": rng.integers(0, 9, n).astype(np.int64),
+        "k1": k1,
+    }
+    schema = Schema({c: v.dtype for c, v in b.items()}, time="t")
+    for size, slide in ((40, 40), (10, 5), (10, 1)):
+        q = (
+            Query(schema)
+            .window(size=size, slide=slide, range_="t")
+            .group_by("k0", "k1")
+            .agg(n=Agg.count())
+        )
+        want = reference(q, [b])
+        for workers, task_rows in ((0, 7), (0, 1000), (2, 7)):
+            got = collect(Engine(workers, task_size=task_rows * 24).run(q, [b]), q)
+            assert_same(engine_frame(got), want)
+
+
 def test_keys_too_spread_for_a_code_fall_back_to_recomputing() -> None:
     """Half way through, int64 keys spread over the whole range arrive: no int64 code holds
     (a, y-key) any more, and the stage carries on with the recomputing buffer."""

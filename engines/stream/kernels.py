@@ -30,6 +30,7 @@ import numpy as np
 from .backend import scatter
 
 _LIMIT = 1 << 62  # mixed-radix codes stay below this (int64)
+_INT64_MAX = (1 << 63) - 1
 
 
 @dataclass(frozen=True)
@@ -162,7 +163,8 @@ def pane_partials(
             known = ranges[j] if ranges is not None else None
             kmin, kmax = known if known is not None else (int(k.min()), int(k.max()))
             span, kk = kmax - kmin + 1, k
-        if not span or span >= _LIMIT:  # not an integer, or a range too wide to offset
+        # Not an integer, a range too wide to offset, or uint64 values past int64's: ranks.
+        if not span or span >= _LIMIT or kmax > _INT64_MAX:
             uniq, kk = xp.unique(k, return_inverse=True)
             kmin, span, decodable = 0, len(uniq), False
         if radix * span >= _LIMIT:
@@ -170,6 +172,9 @@ def pane_partials(
             _, code = xp.unique(code, return_inverse=True)
             radix = int(code.max()) + 1
             decodable = False
+            if radix * span >= _LIMIT:  # the key's own range is too wide beside them: ranks
+                uniq, kk = xp.unique(k, return_inverse=True)
+                kmin, span = 0, len(uniq)
         # In place on the product (our own array): a pass and a temporary fewer per key. A
         # narrower signed ``kk`` (an int32 rank) is widened by the add itself.
         code = code * span
@@ -319,7 +324,7 @@ def group_codes(keys: Sequence[Any], xp: Any = np) -> Any:
     radix = 1
     for k in keys:
         kmin, kmax = (int(k.min()), int(k.max())) if _is_int(k) and len(k) else (0, _LIMIT)
-        if kmax - kmin + 1 < _LIMIT:
+        if kmax - kmin + 1 < _LIMIT and kmax <= _INT64_MAX:
             span, kk = kmax - kmin + 1, k.astype(np.int64) - kmin
         else:
             uniq, kk = xp.unique(k, return_inverse=True)
@@ -331,6 +336,10 @@ def group_codes(keys: Sequence[Any], xp: Any = np) -> Any:
         if radix * span >= _LIMIT:
             _, code = xp.unique(code, return_inverse=True)
             radix = int(code.max()) + 1 if len(code) else 1
+            if radix * span >= _LIMIT:  # the key's own range is too wide beside them: ranks
+                uniq, kk = xp.unique(k, return_inverse=True)
+                span = max(len(uniq), 1)
+                kk = kk.astype(np.int64)
         code = code * span + kk
         radix *= span
     return code
