@@ -169,3 +169,70 @@ def test_a_failing_source_waits_for_the_tasks_before_it() -> None:
         for w in Engine(2, task_size=4 * S.row_bytes).run(Q, good_then_gone()):
             got.extend(int(x) for x in w.columns["window_start"])
     assert got  # the windows before the failure were emitted first
+
+
+@pytest.mark.parametrize(
+    ("build", "says"),
+    [
+        (lambda q: q.derive(t=col("t") // 3).window(size=4, range_="t"), "time column 't'"),
+        (lambda q: q.select("k", t=col("k")).window(size=4, range_="t"), "time column 't'"),
+        (lambda q: q.derive(__row__=col("k")).window(size=4, rows=True), "row index"),
+        (lambda q: q.window(size=4, range_="t").group_by("k", "k"), "named twice"),
+    ],
+)
+def test_queries_that_would_compute_nonsense_are_refused(build: Any, says: str) -> None:
+    """A computed time column would put rows in windows the dispatcher never cut tasks for
+    (wrong counts, or a crash deep in a kernel, before); a key named twice doubles a
+    result column."""
+    with pytest.raises(StreamError, match=says):
+        build(Query(S)).agg(n=Agg.count()).compile()
+
+
+@pytest.mark.parametrize("name", ["window_start", "window_end"])
+def test_result_column_names_are_not_aggregate_or_key_names(name: str) -> None:
+    q = Query(S).window(size=4, range_="t").group_by("k")
+    with pytest.raises(StreamError, match="result column"):
+        q.agg(**{name: Agg.count()}).compile()
+
+
+def test_a_select_under_a_row_window_keeps_the_row_index() -> None:
+    """The row index is the window's, not a column the user selects: a select used to drop
+    it and fail with "time column '__row__' was dropped"."""
+    q = Query(S).select("k", "v").window(size=4, rows=True).group_by("k").agg(n=Agg.count())
+    b = batch(list(range(20)), [i % 2 for i in range(20)])
+    got = collect(Engine(0, task_size=64).run(q, [b]), q)
+    assert got["n"].tolist() == [2] * 10
+    assert got["window_end"].tolist() == [e for e in range(4, 21, 4) for _ in range(2)]
+
+
+def test_uint64_keys_past_int64_do_not_join_with_key_0() -> None:
+    """The dense lookup's index cast wrapped 2**63 negative and clipped it onto slot 0."""
+    from wattspan.engines.stream.operators import StaticTable
+
+    table = StaticTable("k", {"k": np.arange(10), "c": np.arange(10) * 100})
+    keys = np.array([3, 2**63, 2**64 - 1, 9, 10], np.uint64)
+    assert table.lookup(keys, np).tolist() == [3, -1, -1, 9, -1]
+    schema = Schema({"t": np.int64, "k": np.uint64}, time="t")
+    q = (
+        Query(schema)
+        .join(table, on="k", columns=["c"])
+        .window(size=10, range_="t")
+        .group_by("c")
+        .agg(n=Agg.count())
+    )
+    got = collect(Engine(0).run(q, [{"t": np.zeros(5, np.int64), "k": keys}]), q)
+    assert got["c"].tolist() == [300, 900] and got["n"].tolist() == [1, 1]
+
+
+def test_one_engine_runs_one_query_at_a_time() -> None:
+    """Two runs of one engine consumed in turns used to hang: the second run's workers
+    replaced the first's, and the first waited for them at its end."""
+    eng = Engine(2, task_size=64)
+    first = eng.run(Q, [batch(list(range(100)))])
+    next(first)
+    with pytest.raises(StreamError, match="already running"):
+        next(eng.run(Q, [batch(list(range(100)))]))
+    rest = list(first)
+    assert rest  # the first run goes on
+    again = collect(eng.run(Q, [batch(list(range(100)))]), Q)  # and the engine is free after
+    assert len(again["window_start"])

@@ -559,3 +559,32 @@ def test_min_max_step_touches_each_pane_a_bounded_number_of_times(
     # A block of suffix rows (w x groups, and an identity column) plus a prefix row.
     assert max(state) <= specs * ((w + 1) * (groups + 1)), max(state)
     assert max(ring) <= 2 * (w + 10) * groups  # a window of panes and a task's
+
+
+@pytest.mark.parametrize("with_min", [False, True])
+@pytest.mark.parametrize("keys", [(), ("b",)])
+def test_an_inf_or_nan_stays_in_the_windows_that_hold_it(
+    keys: tuple[str, ...], with_min: bool
+) -> None:
+    """Running sums subtract what leaves a window, and prefix sums subtract what came
+    before: an inf or NaN once added made inf - inf = NaN of every later window (256 of
+    them, until the state was rebuilt). Each window must sum as numpy sums its rows."""
+    rng = np.random.default_rng(4)
+    n = 600
+    t = np.sort(rng.integers(0, 300, n)).astype(np.int64)
+    b = rows_of(t, rng.integers(0, 3, n), rng)
+    b["x"][[40, 41, 300, 420, 421]] = [np.inf, np.inf, np.nan, -np.inf, np.inf]
+    aggs: dict[str, Any] = {"n": Agg.count(), "sx": Agg.sum("x")}
+    if with_min:
+        aggs["lo"] = Agg.min("y")
+    q = Query(S).window(size=10, slide=1, range_="t").group_by(*keys).agg(**aggs)
+    for workers, task_rows in ((0, 7), (0, 10_000), (2, 13)):
+        got = collect(Engine(workers, task_size=task_rows * ROW_BYTES).run(q, [b]), q)
+        for i in range(len(got["window_start"])):
+            a, e = got["window_start"][i], got["window_end"][i]
+            rows = (b["t"] >= a) & (b["t"] < e)
+            for k in keys:
+                rows &= b[k] == got[k][i]
+            want = np.sum(b["x"][rows])
+            same = np.isclose(got["sx"][i], want, rtol=1e-9, atol=1e-9, equal_nan=True)
+            assert same, (a, want, got["sx"][i])

@@ -146,14 +146,23 @@ class Engine:
         self.stats = RunStats()
         self._task_cpu: dict[int, float] = {}  # task id -> CPU seconds, until observed
         self.scheduler: Scheduler | None = None
+        self._running = False
 
     def run(
         self, query: Query | Plan, batches: Iterable[Mapping[str, Any]]
     ) -> Iterator[WindowBatch]:
-        """Window results of ``query`` over ``batches``, in window order."""
+        """Window results of ``query`` over ``batches``, in window order. One run at a time
+        per engine (its workers and figures are the run's); a batch must not change once the
+        source has yielded it (tasks are views of it until the run has consumed them)."""
         plan = query if isinstance(query, Plan) else query.compile()
+        if self._running:
+            raise StreamError(
+                "this Engine is already running a query: finish or close that run first, "
+                "or use another Engine"
+            )
         stage = ResultStage(plan, self.max_in_flight)
         disp = Dispatcher(plan, self.task_size)
+        self._running = True
         self.stats = RunStats()
         self._task_cpu = {}
         t0 = time.perf_counter()
@@ -171,6 +180,7 @@ class Engine:
                 yield self._emitted(plan, last)
         finally:
             self.stats.wall = time.perf_counter() - t0
+            self._running = False
 
     def _threaded(
         self, plan: Plan, stage: ResultStage, disp: Dispatcher, batches: Iterable[Any]

@@ -574,6 +574,8 @@ class IncrementalWindows:
             # A window whose |sum| is far below what its group's running sum carried has
             # cancelled (large partials left): sum those windows' partials afresh.
             bad = np.abs(ms[c]) * _DRIFT < mag
+            # An inf or NaN that left a window leaves inf - inf behind: recompute those too.
+            bad |= ~np.isfinite(ms[c])
             bad &= mc > 0
             for r in np.flatnonzero(bad.any(axis=1)).tolist():
                 self._exact_row(ms[c][r], c, kb0 + r, u)
@@ -584,7 +586,8 @@ class IncrementalWindows:
         self.st_sums = {c: m[rows - 1][keep] for c, m in ms.items()}
         for c, mag in mags.items():
             self.st_mag[c] = mag = mag[keep]
-            if bool((mag > _DRIFT * np.abs(self.st_sums[c])).any()):
+            st = self.st_sums[c]
+            if bool((mag > _DRIFT * np.abs(st)).any()) or not bool(np.isfinite(st).all()):
                 self.st_dirty = True
         self.st_k = k_end
         mx: dict[Spec, np.ndarray] = {}

@@ -480,8 +480,27 @@ def _windows_dense(
 
 
 def _range_sum(v: Any, lo: Any, hi: Any, xp: Any) -> Any:
-    csum = xp.concatenate([xp.zeros(1, v.dtype), xp.cumsum(v, dtype=v.dtype)])
-    return csum[hi] - csum[lo]
+    """Sums of ``v[lo:hi]`` per query, as prefix-sum differences."""
+
+    def prefix(a: Any) -> Any:
+        return xp.concatenate([xp.zeros(1, a.dtype), xp.cumsum(a, dtype=a.dtype)])
+
+    if v.dtype.kind != "f" or bool(xp.isfinite(v).all()):
+        csum = prefix(v)
+        return csum[hi] - csum[lo]
+    # An inf or NaN would stay in every later prefix (inf - inf is NaN): sum the finite
+    # values so, and give a range holding non-finite ones what summing it gives.
+    csum = prefix(xp.where(xp.isfinite(v), v, 0))
+    out = csum[hi] - csum[lo]
+
+    def count(mask: Any) -> Any:
+        c = prefix(mask.astype(np.int64))
+        return c[hi] - c[lo]
+
+    pos, neg, nan = count(v == np.inf), count(v == -np.inf), count(xp.isnan(v))
+    out = xp.where(pos > 0, np.inf, out)
+    out = xp.where(neg > 0, -np.inf, out)
+    return xp.where((nan > 0) | ((pos > 0) & (neg > 0)), np.nan, out)
 
 
 def _range_extreme(v: Any, lo: Any, hi: Any, xp: Any, fn: str) -> Any:

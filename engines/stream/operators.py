@@ -105,6 +105,10 @@ class StaticTable:
             lut = arrs[lut_name]
             # Keys above the table's range clip onto the sentinel slot (-1) at the end
             # (CuPy's take has no clip mode: clip the keys there).
+            if keys.dtype.kind == "u" and keys.dtype.itemsize == 8:
+                # uint64 keys past int64's range would wrap negative in the index cast and
+                # clip onto slot 0: park them on the sentinel slot first.
+                keys = xp.minimum(keys, len(lut) - 1).astype(np.int64)
             if xp is np:
                 idx = np.take(lut, keys, mode="clip")
             else:

@@ -143,11 +143,19 @@ class Plan:
             if kind == "where":
                 st = Where(arg)
             elif kind == "select":
-                st = Select(arg[0], arg[1])
+                names = arg[0]
+                if win.rows and ROW_COLUMN not in names:  # the window's, never the user's
+                    names = (*names, ROW_COLUMN)
+                st = Select(names, arg[1])
             elif kind == "derive":
                 st = Derive(arg)
             else:
                 st = Join(arg[0], arg[1], arg[2])
+            if time_col in _writes(st):
+                # Tasks are cut, ordered and bounded on the input's time: a computed one
+                # would put rows in windows the dispatcher never cut for.
+                what = "the row index" if win.rows else f"the time column {time_col!r}"
+                raise StreamError(f"{kind}: cannot write {what}; derive a new column instead")
             available = st.output(available)
             steps.append(st)
         if time_col not in available:
@@ -168,6 +176,11 @@ class Plan:
                 value_cols.append(a.column)
             if name in q.keys:
                 raise StreamError(f"aggregate name {name!r} is also a group key")
+        for name in (*q.keys, *(n for n, _ in q.aggs)):
+            if name in ("window_start", "window_end"):
+                raise StreamError(f"{name!r} is a result column of every window: rename it")
+        if len(set(q.keys)) != len(q.keys):
+            raise StreamError(f"group_by: a column named twice ({', '.join(q.keys)})")
         sums = tuple(dict.fromkeys(a.column for _, a in q.aggs if a.fn in ("sum", "avg")))
         mins = tuple(dict.fromkeys(a.column for _, a in q.aggs if a.fn == "min"))
         maxs = tuple(dict.fromkeys(a.column for _, a in q.aggs if a.fn == "max"))
