@@ -134,6 +134,10 @@ class Step:
     def reads(self) -> set[str]:
         raise NotImplementedError
 
+    def writes(self) -> set[str]:
+        """Columns the step sets (computed, or taken from a table)."""
+        return set()
+
     def output(self, available: Sequence[str]) -> list[str]:
         raise NotImplementedError
 
@@ -181,6 +185,9 @@ class Derive(Step):
     def reads(self) -> set[str]:
         return set().union(*(e.columns() for e in self.exprs.values()))
 
+    def writes(self) -> set[str]:
+        return set(self.exprs)
+
     def output(self, available: Sequence[str]) -> list[str]:
         for name, e in self.exprs.items():
             check_columns(e, available, f"column {name!r}")
@@ -205,6 +212,9 @@ class Select(Step):
 
     def reads(self) -> set[str]:
         return set(self.names).union(*(e.columns() for e in self.exprs.values()))
+
+    def writes(self) -> set[str]:
+        return set(self.exprs)
 
     def output(self, available: Sequence[str]) -> list[str]:
         for n in self.names:
@@ -251,6 +261,9 @@ class Join(Step):
 
     def reads(self) -> set[str]:
         return {self.on}
+
+    def writes(self) -> set[str]:
+        return set(self.take)
 
     def output(self, available: Sequence[str]) -> list[str]:
         if self.on not in available:

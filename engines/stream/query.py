@@ -151,7 +151,7 @@ class Plan:
                 st = Derive(arg)
             else:
                 st = Join(arg[0], arg[1], arg[2])
-            if time_col in _writes(st):
+            if time_col in st.writes():
                 # Tasks are cut, ordered and bounded on the input's time: a computed one
                 # would put rows in windows the dispatcher never cut for.
                 what = "the row index" if win.rows else f"the time column {time_col!r}"
@@ -196,7 +196,7 @@ class Plan:
             after = steps[i + 1 :]
             # Read later (as a value), or written over later (the key is then another
             # column's values, not the table's): the real values must travel.
-            later = set().union(*(s.reads() | _writes(s) for s in after)) | set(value_cols)
+            later = set().union(*(s.reads() | s.writes() for s in after)) | set(value_cols)
             codes = frozenset(c for c in st.take if c in q.keys and c not in later)
             st.set_codes(codes)
             for j, k in enumerate(q.keys):
@@ -282,18 +282,9 @@ class Plan:
         return {c: np.empty(0, d) for c, d in self.out_dtypes.items()}
 
 
-def _writes(st: Step) -> set[str]:
-    """Columns a step sets (computed, or taken from a table)."""
-    if isinstance(st, (Derive, Select)):
-        return set(st.exprs)
-    if isinstance(st, Join):
-        return set(st.take)
-    return set()
-
-
 def _reads_before(steps: Sequence[Step], final: set[str]) -> set[str]:
     """Input columns the steps (and the window) read from the source."""
     needed = set(final)
     for st in reversed(steps):
-        needed = (needed - _writes(st)) | st.reads()
+        needed = (needed - st.writes()) | st.reads()
     return needed
