@@ -206,10 +206,11 @@ def run_task(
         else:
             sel = xp.concatenate([xp.arange(i_head), xp.arange(i_tail, n)])
             boundary = part.take(sel)
-    if boundary is not None and not len(boundary):
-        boundary = None
-    elif boundary is not None and xp is not np:
-        boundary = boundary.map(to_host)
+    if boundary is not None:
+        if not len(boundary):
+            boundary = None
+        elif xp is not np:
+            boundary = boundary.map(to_host)
     return TaskResult(
         task_id=task.id,
         qid=plan.qid,

@@ -424,38 +424,28 @@ class IncrementalWindows:
         if a >= b:
             return []
         radix = self.coder.radix if self.nkeys else 1
-        if (k_b - k_a + 1) * radix >= _LIMIT:
+        cells = (k_b - k_a + 1) * radix
+        if cells >= _LIMIT:
             return None
-        pane, code = ring.pane[a:b], ring.code[a:b]
-        cell = pane - k_a
+        cell = ring.pane[a:b] - k_a
         if radix > 1:
             cell *= radix
-            cell += code
-        cells = (k_b - k_a + 1) * radix
-        if cells <= max(4 * (b - a), 1 << 16):  # a dense table of (window, group) cells
-            u, inv = None, cell
-            size = cells
-        else:
-            u, inv = np.unique(cell, return_inverse=True)
-            size = len(u)
+            cell += ring.code[a:b]
+        dense = cells <= max(4 * (b - a), 1 << 16)  # a (window, group) table, else a sort
+        index, inv = (None, cell) if dense else np.unique(cell, return_inverse=True)
+        size = cells if index is None else len(index)
         count = np.zeros(size, np.int64)
         np.add.at(count, inv, ring.count[a:b])
-        live = np.flatnonzero(count) if u is None else np.arange(size)
-        index = live if u is None else u
         sums = {}
         for c, d in self.sum_dtypes.items():
-            acc = np.zeros(size, d)
-            np.add.at(acc, inv, ring.sums[c][a:b])
-            sums[c] = acc[live] if u is None else acc
+            sums[c] = np.zeros(size, d)
+            np.add.at(sums[c], inv, ring.sums[c][a:b])
+        if index is None:  # the table's cells that hold rows
+            index = np.flatnonzero(count)
+            count = count[index]
+            sums = {c: v[index] for c, v in sums.items()}
         k, g = np.divmod(index, radix)
-        return [
-            Partials(
-                k + k_a,
-                self.coder.decode(g) if self.nkeys else [],
-                count[live] if u is None else count,
-                sums,
-            )
-        ]
+        return [Partials(k + k_a, self.coder.decode(g) if self.nkeys else [], count, sums)]
 
     def _scratch(self, name: str, n: int, dtype: Any) -> np.ndarray:
         """A zeroed work array of ``n`` items, reused across steps (no fresh pages)."""

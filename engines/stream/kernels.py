@@ -165,16 +165,14 @@ def pane_partials(
             span, kk = kmax - kmin + 1, k
         # Not an integer, a range too wide to offset, or uint64 values past int64's: ranks.
         if not span or span >= _LIMIT or kmax > _INT64_MAX:
-            uniq, kk = xp.unique(k, return_inverse=True)
-            kmin, span, decodable = 0, len(uniq), False
+            (kk, span), kmin, decodable = _ranks(k, xp), 0, False
         if radix * span >= _LIMIT:
             # Compress the codes so far into their ranks: order and equality survive.
             _, code = xp.unique(code, return_inverse=True)
             radix = int(code.max()) + 1
             decodable = False
             if radix * span >= _LIMIT:  # the key's own range is too wide beside them: ranks
-                uniq, kk = xp.unique(k, return_inverse=True)
-                kmin, span = 0, len(uniq)
+                (kk, span), kmin = _ranks(k, xp), 0
         # In place on the product (our own array): a pass and a temporary fewer per key. A
         # narrower signed ``kk`` (an int32 rank) is widened by the add itself.
         code = code * span
@@ -316,6 +314,13 @@ def scalar_partials(
     )
 
 
+def _ranks(k: Any, xp: Any) -> tuple[Any, int]:
+    """Each value's rank among the distinct values of ``k`` (int64, order kept), and how many
+    distinct values there are (at least 1): a code for keys no offset range fits."""
+    uniq, kk = xp.unique(k, return_inverse=True)
+    return kk.astype(np.int64, copy=False), max(len(uniq), 1)
+
+
 def group_codes(keys: Sequence[Any], xp: Any = np) -> Any:
     """Order-preserving integer codes of the key tuples (equal tuples, equal codes)."""
     if not keys:
@@ -327,9 +332,7 @@ def group_codes(keys: Sequence[Any], xp: Any = np) -> Any:
         if kmax - kmin + 1 < _LIMIT and kmax <= _INT64_MAX:
             span, kk = kmax - kmin + 1, k.astype(np.int64) - kmin
         else:
-            uniq, kk = xp.unique(k, return_inverse=True)
-            span = max(len(uniq), 1)
-            kk = kk.astype(np.int64)
+            kk, span = _ranks(k, xp)
         if code is None:
             code, radix = kk, span
             continue
@@ -337,9 +340,7 @@ def group_codes(keys: Sequence[Any], xp: Any = np) -> Any:
             _, code = xp.unique(code, return_inverse=True)
             radix = int(code.max()) + 1 if len(code) else 1
             if radix * span >= _LIMIT:  # the key's own range is too wide beside them: ranks
-                uniq, kk = xp.unique(k, return_inverse=True)
-                span = max(len(uniq), 1)
-                kk = kk.astype(np.int64)
+                kk, span = _ranks(k, xp)
         code = code * span + kk
         radix *= span
     return code
@@ -485,12 +486,13 @@ def _range_sum(v: Any, lo: Any, hi: Any, xp: Any) -> Any:
     def prefix(a: Any) -> Any:
         return xp.concatenate([xp.zeros(1, a.dtype), xp.cumsum(a, dtype=a.dtype)])
 
-    if v.dtype.kind != "f" or bool(xp.isfinite(v).all()):
+    finite = xp.isfinite(v) if v.dtype.kind == "f" else None
+    if finite is None or bool(finite.all()):
         csum = prefix(v)
         return csum[hi] - csum[lo]
     # An inf or NaN would stay in every later prefix (inf - inf is NaN): sum the finite
     # values so, and give a range holding non-finite ones what summing it gives.
-    csum = prefix(xp.where(xp.isfinite(v), v, 0))
+    csum = prefix(xp.where(finite, v, 0))
     out = csum[hi] - csum[lo]
 
     def count(mask: Any) -> Any:
