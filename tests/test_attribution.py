@@ -140,6 +140,33 @@ def test_self_reported_cpu_replaces_the_sampled_figure(tmp_path: Path) -> None:
     assert sampled["cpu_source"] == "sampled"
 
 
+@pytest.mark.parametrize("u", [0.1, 0.5, 0.9])
+def test_a_span_that_starts_busy_after_idle_loses_at_most_a_quarter_interval(
+    tmp_path: Path, u: float
+) -> None:
+    """The model's one inexactness (README, "How attribution works"): a span that starts a
+    burst inside a sample interval gets that interval's busy time and energy spread
+    linearly over it. With the node idle before ``1000.5 + u * dt`` and one core busy
+    after, the span's interpolated busy there is ``(1 - u)**2 * dt`` of the true
+    ``(1 - u) * dt``: it loses ``u * (1 - u) * dt``, a quarter interval at most, and its
+    self-reported CPU seconds are then capped at the node's share."""
+    dt, k, idle = 0.1, 15.0, 20.0
+    # Interval 5 is idle for its first u and busy after; 6..9 are busy.
+    busy = [0.0] * 5 + [1.0 - u] + [1.0] * 4
+    watts = [idle + k * b for b in busy]
+    samples = node_samples(tmp_path, watts, 0.0, dt, busy, busy)
+    start = 1000.0 + (5 + u) * dt
+    end = 1000.0 + 9.5 * dt
+    cpu = end - start  # what the process measured of itself
+    (r,) = attribute(
+        [SpanWindow(start, end, pid=4242, cpu_seconds=cpu)], build_series(samples), idle
+    )
+    lost = u * (1 - u) * dt
+    assert r["process_cpu_share"] == 1.0
+    assert r["process_energy_joules"] == pytest.approx(k * (cpu - lost), abs=1e-5)
+    assert k * cpu - r["process_energy_joules"] <= k * dt / 4 + 1e-5
+
+
 def test_span_beyond_the_samples_reports_partial_coverage(tmp_path: Path) -> None:
     samples = node_samples(tmp_path, [50.0] * 4, 0.0, 1.0, [1.0] * 4, [1.0] * 4)
     (r,) = attribute([SpanWindow(1003.0, 1006.0, pid=4242)], build_series(samples), 50.0)
