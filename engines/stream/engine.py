@@ -39,6 +39,7 @@ from .fragments import Fragments, Task, TaskResult, fragment_counts, run_task
 from .gpu import GpuWorker
 from .query import Plan, Query
 from .scheduler import Scheduler, make_scheduler
+from .units import size_bytes
 from .window import WindowSpec
 from .workers import CpuPool, Processor
 
@@ -112,7 +113,7 @@ class Engine:
         self,
         workers: int = 1,
         *,
-        task_size: int = DEFAULT_TASK_SIZE,
+        task_size: int | str = DEFAULT_TASK_SIZE,
         scheduler: str | Scheduler = "fcfs",
         processors: Sequence[Processor] | None = None,
         gpu: bool = False,
@@ -133,7 +134,10 @@ class Engine:
         kinds = [p.kind for p in self.processors]
         if len(set(kinds)) != len(kinds):
             raise StreamError(f"two processors of the same kind: {kinds}")
-        self.task_size = task_size
+        try:
+            self.task_size = size_bytes(task_size)
+        except ValueError as exc:
+            raise StreamError(f"task_size: {exc}") from None
         self.scheduler_spec = scheduler
         self.sched_kw = {
             "switch_threshold": switch_threshold,
@@ -147,6 +151,22 @@ class Engine:
         self._task_cpu: dict[int, float] = {}  # task id -> CPU seconds, until observed
         self.scheduler: Scheduler | None = None
         self._running = False
+
+    @property
+    def observer(self) -> Observer | None:
+        return self._observer
+
+    @observer.setter
+    def observer(self, obs: Observer | None) -> None:
+        # Checked here, not found missing at the first task's end, deep in a run.
+        if obs is not None:
+            for method in ("task_done", "windows_emitted"):
+                if not callable(getattr(obs, method, None)):
+                    raise StreamError(
+                        f"observer {type(obs).__name__} has no {method}(event) method "
+                        "(an observer has task_done and windows_emitted)"
+                    )
+        self._observer = obs
 
     def run(
         self, query: Query | Plan, batches: Iterable[Mapping[str, Any]]

@@ -1,9 +1,10 @@
 """Column expressions for selections, computed columns and having clauses.
 
 ``col("speed") < 40``, ``(col("position") // 5280)``, ``col("event_type").isin([0, 1])``,
-``(col("a") > 1) & ~(col("b") == 2)``. An expression evaluates with Python operators on
-whatever arrays it is given, so the same tree runs on numpy arrays, on CuPy arrays (the GPU
-worker) and on pandas Series (the tests' reference evaluator).
+``(col("a") > 1) & ~(col("b") == 2)``, ``1 / -col("x")``, ``abs(col("d")) ** 2``. An
+expression evaluates with Python operators on whatever arrays it is given, so the same tree
+runs on numpy arrays, on CuPy arrays (the GPU worker) and on pandas Series (the tests'
+reference evaluator).
 """
 
 from __future__ import annotations
@@ -54,11 +55,26 @@ class Expr:
     def __truediv__(self, o: Any) -> Expr:
         return self._bin(o, operator.truediv, "/")
 
+    def __rtruediv__(self, o: Any) -> Expr:
+        return self._bin(o, operator.truediv, "/", True)
+
     def __floordiv__(self, o: Any) -> Expr:
         return self._bin(o, operator.floordiv, "//")
 
+    def __rfloordiv__(self, o: Any) -> Expr:
+        return self._bin(o, operator.floordiv, "//", True)
+
     def __mod__(self, o: Any) -> Expr:
         return self._bin(o, operator.mod, "%")
+
+    def __rmod__(self, o: Any) -> Expr:
+        return self._bin(o, operator.mod, "%", True)
+
+    def __pow__(self, o: Any) -> Expr:
+        return self._bin(o, operator.pow, "**")
+
+    def __rpow__(self, o: Any) -> Expr:
+        return self._bin(o, operator.pow, "**", True)
 
     def __lt__(self, o: Any) -> Expr:  # type: ignore[override]
         return self._bin(o, operator.lt, "<")
@@ -81,11 +97,32 @@ class Expr:
     def __and__(self, o: Any) -> Expr:
         return self._bin(o, operator.and_, "&")
 
+    def __rand__(self, o: Any) -> Expr:
+        return self._bin(o, operator.and_, "&", True)
+
     def __or__(self, o: Any) -> Expr:
         return self._bin(o, operator.or_, "|")
 
+    def __ror__(self, o: Any) -> Expr:
+        return self._bin(o, operator.or_, "|", True)
+
+    def __xor__(self, o: Any) -> Expr:
+        return self._bin(o, operator.xor, "^")
+
+    def __rxor__(self, o: Any) -> Expr:
+        return self._bin(o, operator.xor, "^", True)
+
     def __invert__(self) -> Expr:
-        return Not(self)
+        return UnOp(self, operator.invert, "~")
+
+    def __neg__(self) -> Expr:
+        return UnOp(self, operator.neg, "-")
+
+    def __pos__(self) -> Expr:
+        return self
+
+    def __abs__(self) -> Expr:
+        return UnOp(self, abs, "abs")
 
     def __hash__(self) -> int:
         return id(self)
@@ -93,7 +130,21 @@ class Expr:
     def __bool__(self) -> bool:
         raise StreamError("an expression has no truth value: combine with & | ~, not and/or/not")
 
+    def cast(self, dtype: Any) -> Expr:
+        """The values as ``dtype`` (``"int64"``, ``np.float32``): widen a narrow column
+        before arithmetic that would overflow it."""
+        try:
+            dt = np.dtype(dtype)
+        except TypeError:
+            raise StreamError(f"cast: {dtype!r} is not a numpy dtype") from None
+        return Cast(self, dt)
+
     def isin(self, values: Sequence[Any]) -> Expr:
+        """True where the value is one of ``values`` (a list or tuple, not one string)."""
+        if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+            raise StreamError(
+                f"isin: expected a list of values, got {values!r} (for one value: [{values!r}])"
+            )
         return IsIn(self, tuple(values))
 
 
@@ -141,18 +192,34 @@ class BinOp(Expr):
         return f"({self.a!r} {self.sym} {self.b!r})"
 
 
-class Not(Expr):
-    def __init__(self, a: Expr) -> None:
-        self.a = a
+class UnOp(Expr):
+    def __init__(self, a: Expr, op: Callable[[Any], Any], sym: str) -> None:
+        self.a, self.op, self.sym = a, op, sym
 
     def eval(self, cols: Columns, xp: Any = np) -> Any:
-        return ~self.a.eval(cols, xp)
+        return self.op(self.a.eval(cols, xp))
 
     def columns(self) -> set[str]:
         return self.a.columns()
 
     def __repr__(self) -> str:
-        return f"~{self.a!r}"
+        return f"abs({self.a!r})" if self.sym == "abs" else f"{self.sym}{self.a!r}"
+
+
+class Cast(Expr):
+    def __init__(self, a: Expr, dtype: np.dtype) -> None:
+        self.a, self.dtype = a, dtype
+
+    def eval(self, cols: Columns, xp: Any = np) -> Any:
+        v = self.a.eval(cols, xp)
+        # A literal is a Python scalar: make it one of the dtype, as an array's astype would.
+        return v.astype(self.dtype) if hasattr(v, "astype") else self.dtype.type(v)
+
+    def columns(self) -> set[str]:
+        return self.a.columns()
+
+    def __repr__(self) -> str:
+        return f"{self.a!r}.cast({self.dtype.name!r})"
 
 
 class IsIn(Expr):

@@ -138,6 +138,10 @@ class Step:
         """Columns the step sets (computed, or taken from a table)."""
         return set()
 
+    def label(self) -> str:
+        """The step as a message names it."""
+        raise NotImplementedError
+
     def output(self, available: Sequence[str]) -> list[str]:
         raise NotImplementedError
 
@@ -161,6 +165,9 @@ class Where(Step):
 
     def reads(self) -> set[str]:
         return self.predicate.columns()
+
+    def label(self) -> str:
+        return f"where {self.predicate!r}"
 
     def output(self, available: Sequence[str]) -> list[str]:
         check_columns(self.predicate, available, "where")
@@ -187,6 +194,9 @@ class Derive(Step):
 
     def writes(self) -> set[str]:
         return set(self.exprs)
+
+    def label(self) -> str:
+        return "derive " + ", ".join(f"{k}={e!r}" for k, e in self.exprs.items())
 
     def output(self, available: Sequence[str]) -> list[str]:
         for name, e in self.exprs.items():
@@ -215,6 +225,9 @@ class Select(Step):
 
     def writes(self) -> set[str]:
         return set(self.exprs)
+
+    def label(self) -> str:
+        return "select " + ", ".join([*self.names, *(f"{k}={e!r}" for k, e in self.exprs.items())])
 
     def output(self, available: Sequence[str]) -> list[str]:
         for n in self.names:
@@ -264,6 +277,10 @@ class Join(Step):
 
     def writes(self) -> set[str]:
         return set(self.take)
+
+    def label(self) -> str:
+        key = self.table.columns[self.table.key]
+        return f"join on {self.on!r} (table key {self.table.key!r}, {key.dtype})"
 
     def output(self, available: Sequence[str]) -> list[str]:
         if self.on not in available:
@@ -351,17 +368,7 @@ def compile_steps(steps: Sequence[Step], final: Sequence[str]) -> None:
     needed = set(final)
     for st in reversed(steps):
         st.keep = tuple(sorted(needed))
-        needed = (needed - _produced_by(st)) | st.reads()
-
-
-def _produced_by(st: Step) -> set[str]:
-    if isinstance(st, Derive):
-        return set(st.exprs)
-    if isinstance(st, Select):
-        return set(st.exprs)
-    if isinstance(st, Join):
-        return set(st.take)
-    return set()
+        needed = (needed - st.writes()) | st.reads()
 
 
 def run_steps(steps: Sequence[Step], cols: Cols, xp: Any) -> Cols:

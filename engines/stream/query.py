@@ -12,7 +12,9 @@
         ...
 
 Row operators (``where``, ``select``, ``derive``, ``join``) run in the order given, before the
-window; ``having`` filters the window results. Each builder call returns a new query.
+window; ``having`` filters the window results (a second ``having`` is ANDed with the first, as
+a second ``where`` is). ``window``, ``group_by`` and ``agg`` are given once each: a second call
+is an error, not a silent replacement. Each builder call returns a new query.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import numpy as np
 from .errors import StreamError
 from .expr import Expr, as_expr, check_columns
 from .kernels import Needs, Partials, sum_dtype
-from .operators import Agg, Derive, Join, Select, StaticTable, Step, Where, compile_steps, run_steps
+from .operators import Agg, Derive, Join, Select, StaticTable, Step, Where, compile_steps
 from .schema import Schema
 from .window import WindowSpec
 
@@ -60,9 +62,15 @@ class Query:
         e = {k: as_expr(v) for k, v in exprs.items()}
         return replace(self, steps=(*self.steps, ("derive", e)))
 
-    def join(self, table: StaticTable, on: str, columns: Sequence[str] | None = None) -> Query:
-        """Inner join with a static table: the stream's ``on`` column against the table key."""
-        take = tuple(columns) if columns is not None else tuple(table.value_names)
+    def join(
+        self, table: StaticTable, on: str, columns: Sequence[str] | str | None = None
+    ) -> Query:
+        """Inner join with a static table: the stream's ``on`` column against the table key;
+        ``columns``: the table's columns to add (one name or several; default all)."""
+        if columns is None:
+            take = tuple(table.value_names)
+        else:
+            take = (columns,) if isinstance(columns, str) else tuple(columns)
         return replace(self, steps=(*self.steps, ("join", (table, on, take))))
 
     def window(
@@ -77,20 +85,28 @@ class Query:
         ``slide`` defaults to ``size`` (tumbling)."""
         if (range_ is None) == (not rows):
             raise StreamError("window: give either range_=<time column> or rows=True")
+        self._once("window", self.window_spec is not None)
         spec = WindowSpec(size, size if slide is None else slide, range_)
         return replace(self, window_spec=spec)
 
     def group_by(self, *cols: str) -> Query:
+        self._once("group_by", bool(self.keys), "give every key in one call")
         return replace(self, keys=tuple(cols))
 
     def agg(self, **aggs: Agg | str | tuple[str, str]) -> Query:
         """Named aggregates: ``agg(n=Agg.count(), total=("sum", "cpu"))``."""
         if not aggs:
             raise StreamError("agg: give at least one aggregate")
+        self._once("agg", bool(self.aggs), "give every aggregate in one call")
         return replace(self, aggs=tuple((k, Agg.parse(v)) for k, v in aggs.items()))
 
     def having(self, predicate: Expr) -> Query:
-        return replace(self, having_expr=as_expr(predicate))
+        p = as_expr(predicate)
+        return replace(self, having_expr=p if self.having_expr is None else self.having_expr & p)
+
+    def _once(self, what: str, already: bool, hint: str = "build a new query for another") -> None:
+        if already:
+            raise StreamError(f"query {self.name!r}: {what} is already set ({hint})")
 
     def compile(self) -> Plan:
         return Plan.build(self)
@@ -208,7 +224,7 @@ class Plan:
         empty: dict[str, Any] = {c: np.empty(0, schema[c]) for c in input_cols}
         if win.rows:
             empty[ROW_COLUMN] = np.empty(0, np.int64)
-        dry = run_steps(steps, empty, np)
+        dry = _dry_run(steps, empty)
         key_dtypes = [
             key_decode[j].dtype if key_decode[j] is not None else dry[k].dtype
             for j, k in enumerate(q.keys)
@@ -280,6 +296,21 @@ class Plan:
 
     def empty_result(self) -> dict[str, np.ndarray]:
         return {c: np.empty(0, d) for c, d in self.out_dtypes.items()}
+
+
+def _dry_run(steps: Sequence[Step], cols: dict[str, Any]) -> dict[str, Any]:
+    """The steps on an empty batch: the output dtypes, and one line naming the step whose
+    expressions the columns' types cannot compute (numpy's error said nothing of where)."""
+    for st in steps:
+        try:
+            cols = st.apply(cols, np)
+        except StreamError:
+            raise
+        except (TypeError, ValueError, ArithmeticError) as exc:
+            cast = isinstance(exc, OverflowError) or isinstance(st, Join)
+            hint = " (cast the column first: col(name).cast('int64'))" * cast
+            raise StreamError(f"{st.label()}: {exc}{hint}") from None
+    return cols
 
 
 def _reads_before(steps: Sequence[Step], final: set[str]) -> set[str]:

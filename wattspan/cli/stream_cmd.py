@@ -173,17 +173,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-_SIZE_SUFFIXES = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-_SIZE = re.compile(r"^\s*(\d+)\s*([kKmMgG]?)(?:i?[bB])?\s*$")
 SCHEDULERS = ("fcfs", "static", "hls")
 
 
 def parse_size(text: str) -> int:
     """Bytes: ``1M`` (or ``1MiB``) = 1,048,576, ``64k`` = 65,536, plain ``4096``."""
-    m = _SIZE.match(text.replace("_", ""))
-    if not m or int(m.group(1)) < 1:
-        raise argparse.ArgumentTypeError(f"not a size in bytes: {text!r} (e.g. 64k, 1M, 16MiB)")
-    return int(m.group(1)) * _SIZE_SUFFIXES[m.group(2).lower()]
+    from wattspan.engines.stream.units import size_bytes  # numpy: only when asked
+
+    try:
+        return size_bytes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _rate(text: str) -> float:

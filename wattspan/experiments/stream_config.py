@@ -45,8 +45,6 @@ DEFAULTS: dict[str, Any] = {
 }
 
 # The units of `wattspan stream run`: sizes binary (64k = 65,536 B), counts decimal.
-_SIZE = re.compile(r"^\s*(\d+)\s*([kKmMgG]?)(?:i?[bB])?\s*$")
-_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 _COUNT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)\s*$")
 _COUNT_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}
 
@@ -143,15 +141,12 @@ def check_table(raw: Mapping[str, Any]) -> None:
 
 def parse_size(v: Any, key: str) -> int:
     """Bytes: an integer, or ``64k``, ``1M``, ``16MiB`` (binary units)."""
-    if isinstance(v, int) and not isinstance(v, bool):
-        n = v
-    elif isinstance(v, str) and (m := _SIZE.match(v.replace("_", ""))):
-        n = int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
-    else:
-        raise StreamValueError(key, f"not a size in bytes: {v!r} (e.g. 65536, 64K, 1M, 16MiB)")
-    if n < 1:
-        raise StreamValueError(key, f"must be at least 1 byte, got {v!r}")
-    return n
+    from wattspan.engines.stream.units import size_bytes
+
+    try:
+        return size_bytes(v)
+    except ValueError as exc:
+        raise StreamValueError(key, str(exc)) from None
 
 
 def parse_count(v: Any, key: str, what: str) -> float:
