@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from wattspan.agent import endpoints
 from wattspan.agent.calibration import Calibration
 from wattspan.agent.config import Config
 from wattspan.agent.exporters.sqlite import StoreSink
@@ -235,6 +236,13 @@ class Agent:
         self.start_receiver()
         self.ingest.start()
         self.scheduler.start()
+        if self.metrics is not None:
+            endpoints.record(
+                self.config.state_dir,
+                endpoints.source_of(self.config.source),
+                self.metrics.url,
+                self.otlp_endpoint,
+            )
 
     def start_receiver(self) -> None:
         """Starts the OTLP receiver (idempotent: ``wattspan run`` starts it before the child)."""
@@ -314,6 +322,7 @@ class Agent:
         self.pipeline.flush(timeout=left(0.5))
         if self.metrics is not None:
             self.metrics.stop()
+            endpoints.forget(self.config.state_dir)
         self.scheduler.close()
         self.pipeline.close(timeout=left())
         if self.store is not None and self.run is not None and self.run.kind == "agent":

@@ -673,3 +673,44 @@ def test_status_of_a_free_port_is_one_line(tmp_path: Path) -> None:
     p = _status(plain, "--metrics-port", str(free_port()))
     assert p.returncode == 1
     assert p.stderr.startswith("wattspan: no agent answering at") and p.stderr.count("\n") == 1
+
+
+def test_status_finds_an_agent_on_a_port_the_kernel_picked(tmp_path: Path) -> None:
+    """With ``metrics.port = 0`` the config cannot say where /metrics is: the agent records
+    what it bound in its state dir, and ``status`` with the same config reads it there."""
+    state = tmp_path / "state"
+    config = tmp_path / "w.toml"
+    config.write_text(f'[agent]\nstate_dir = "{state}"\n[metrics]\nport = 0\n')
+    record = state / "agent.json"
+    agent = Agent(tmp_path, config, {})
+    try:
+        wait_for(record.exists, 10, "the agent's endpoints record")
+        assert record.stat().st_mode & 0o777 == 0o600
+        rec = json.loads(record.read_text())
+        assert rec["pid"] == agent.proc.pid and rec["config"] == str(config.resolve())
+        assert rec["metrics_url"].endswith(f":{agent.metrics_port}/metrics")
+        assert rec["otlp_endpoint"].endswith(f":{agent.otlp_port}")
+        p = _status(config, "--json")
+        assert p.returncode == 0, p.stderr
+        assert "receiver:otlp" in json.loads(p.stdout)
+        # Another config is another agent's: this record is not its answer.
+        other = tmp_path / "other.toml"
+        other.write_text(config.read_text())
+        q = _status(other)
+        assert q.returncode == 1 and "metrics.port is 0" in q.stderr, q.stderr
+    finally:
+        log = agent.stop()
+    assert "Traceback" not in log
+    assert not record.exists()  # removed as the agent stopped
+    # A record left by an agent that died (its pid is gone) is not believed either.
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        text=True,
+        capture_output=True,
+        check=True,
+    )
+    rec["pid"] = int(dead.stdout)
+    record.write_text(json.dumps(rec))
+    p = _status(config)
+    assert p.returncode == 1 and p.stderr.count("\n") == 1
+    assert p.stderr.startswith("wattspan: metrics.port is 0") and "--metrics-port" in p.stderr

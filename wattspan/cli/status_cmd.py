@@ -15,12 +15,14 @@ import json
 import ssl
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections import defaultdict
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from wattspan.agent import endpoints
 from wattspan.agent.config import Config, load_config
 from wattspan.agent.errors import ConfigError
 from wattspan.agent.receiver.security import load_bearer_token
@@ -120,6 +122,20 @@ def cmd_status(args: argparse.Namespace) -> int:
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"
     port = args.metrics_port or m["port"]
+    if not args.metrics_port:
+        # The port the running agent bound, which the config cannot say when it is 0 (or
+        # when the agent was started with --metrics-port).
+        rec = endpoints.lookup(config.state_dir, endpoints.source_of(config.source))
+        if rec is not None and isinstance(rec.get("metrics_url"), str):
+            port = urllib.parse.urlsplit(rec["metrics_url"]).port or port
+    if not port:
+        print(
+            "wattspan: metrics.port is 0 (the kernel picks one) and no running agent with this "
+            f"config recorded its port in {config.state_dir / endpoints.FILE}; "
+            "give it with --metrics-port",
+            file=sys.stderr,
+        )
+        return 1
     netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     url = f"{'https' if context else 'http'}://{netloc}/metrics"
     status = _scrape_or_why(url, token, context, m["tls_client_ca_file"])
