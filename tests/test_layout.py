@@ -108,3 +108,29 @@ def test_checker_sees_a_cycle_and_a_forbidden_import(tmp_path: Path) -> None:
     rel.write_text("from .c import x\n", encoding="utf-8")
     assert _imports(rel, "wattspan.agent.b") == {"wattspan.agent.c"}
     assert wattspan.__name__ == "wattspan"
+
+
+def test_the_checkout_top_folder_serves_the_mapped_subpackages(tmp_path: Path) -> None:
+    """``python -c`` from the checkout's top folder imports the checkout's ``wattspan/``
+    (the current folder comes first on sys.path), which alone has no ``agent`` inside:
+    ``wattspan.agent`` was "No module named" there, even with wattspan installed. ``-S``
+    leaves out site-packages (and any editable finder), so only the checkout can answer."""
+    code = "import wattspan.agent.private as p, wattspan; print(p.__file__)"
+    p = subprocess.run(
+        [sys.executable, "-S", "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert p.returncode == 0, p.stderr
+    assert Path(p.stdout.strip()) == ROOT / "agent" / "private.py"
+    # Elsewhere the same folder name means nothing: a tree without the mapped folders is
+    # left as it is.
+    (tmp_path / "wattspan").mkdir()
+    (tmp_path / "wattspan" / "__init__.py").write_text((ROOT / "wattspan/__init__.py").read_text())
+    (tmp_path / "pyproject.toml").write_text("")
+    q = subprocess.run(
+        [sys.executable, "-S", "-c", "import wattspan; print(wattspan.__path__)"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert q.returncode == 0 and q.stdout.strip() == str([str(tmp_path / "wattspan")]), q

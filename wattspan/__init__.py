@@ -15,6 +15,21 @@ TYPE_CHECKING = False
 
 __version__ = "0.1.0"
 
+# Run from a source checkout's top folder (``python -c``, ``python -m wattspan``: the
+# current folder comes first on sys.path), this file is the checkout's, and the subpackages
+# that pyproject.toml maps from sibling folders (``wattspan.agent`` from ``agent/``...) would
+# not be found, whatever is installed. The checkout's top folder serves them then.
+_top = __path__[0].rpartition("/")[0] if __path__ else ""
+if _top:
+    import os.path as _p
+
+    if _p.isfile(_p.join(_top, "pyproject.toml")) and _p.isfile(
+        _p.join(_top, "agent", "__init__.py")
+    ):
+        __path__.append(_top)
+    del _p
+del _top
+
 if TYPE_CHECKING:
     from typing import Any
 
