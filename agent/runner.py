@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from wattspan.agent.daemon import Agent
     from wattspan.agent.store import Run
     from wattspan.agent.summary import RunSummary
-    from wattspan.collectors.base import Sample
+    from wattspan.collectors.base import Collector, Sample
     from wattspan.collectors.head import Head
 
 
@@ -541,10 +541,17 @@ def _start_receiver(agent: Agent) -> None:
 class _ExitClock:
     """When the child exited, seen by a thread waiting with ``WNOWAIT`` (the child stays a
     zombie for the main thread's wait4 and its rusage): the agent may still be coming up
-    when a short command ends, and its end must not wait for that."""
+    when a short command ends, and its end must not wait for that.
 
-    def __init__(self, pid: int) -> None:
+    With ``read_counters`` (the spawn's :func:`~wattspan.collectors.head.read`), the node's
+    energy and CPU counters are read at that instant too (:meth:`take_counters`): a command
+    that ends before its agent is up would otherwise be charged the agent's start-up, up to
+    the next sample (``wattspan run -- true``: 8 ms of command, 0.2 s of counters)."""
+
+    def __init__(self, pid: int, read_counters: Callable[[float], Head] | None = None) -> None:
         self.at: float | None = None
+        self._counters: Head | None = None
+        self._read = read_counters
         self._pid = pid
         import threading  # after the spawn: this watches the command that already runs
 
@@ -556,6 +563,24 @@ class _ExitClock:
         except OSError:  # ChildProcessError included: already reaped
             return
         self.at = time.time()
+        if self._read is not None:
+            self._counters = self._read(time.time())
+
+    def take_counters(self) -> Head | None:
+        """The counters read at the exit, once (None: not exited yet, or taken)."""
+        counters, self._counters = self._counters, None
+        self._read = None  # an exit seen after this call reads none: too late to use
+        return counters
+
+
+def _sample_counters(collectors: Sequence[Collector], counters: Head) -> list[Sample]:
+    """The collectors' samples of counters read elsewhere, after their last reads."""
+    out: list[Sample] = []
+    for c in collectors:
+        at = getattr(c, "sample_head", None)
+        if at is not None:
+            out.extend(at(counters))
+    return out
 
 
 def _agent_beside(
@@ -568,11 +593,13 @@ def _agent_beside(
     placeholder: _socket.socket | None,
     adopt: frozenset[int] | None,
     head: Head | None = None,
+    exit_clock: _ExitClock | None = None,
 ) -> tuple[Agent, RunSummary, float]:
     """The agent for a command that already runs as ``pid``: collectors first, seeded with
-    ``head`` (the counters read at the spawn), and their first sample at once, then the
-    rest, then the receiver on the reserved port. Returns the agent, its summary sink and
-    when the first sample was taken."""
+    ``head`` (the counters read at the spawn), then the counters read at the command's exit
+    if it has ended already, and their first sample at once, then the rest, then the
+    receiver on the reserved port. Returns the agent, its summary sink and when the first
+    sample was taken."""
     from wattspan.agent.scheduler import Scheduler
     from wattspan.collectors.process import ProcessCollector
     from wattspan.collectors.registry import build_collectors
@@ -588,6 +615,9 @@ def _agent_beside(
             seed = getattr(c, "seed", None)
             if seed is not None:
                 first.extend(seed(head))
+    ended = exit_clock.take_counters() if exit_clock is not None else None
+    if ended is not None:
+        first.extend(_sample_counters(collectors, ended))
     first_ts = time.time()
     Scheduler(collectors, interval, first.extend).tick(force=True)
     try:
@@ -709,7 +739,8 @@ def run_command(
         from wattspan.collectors import head as _head
 
         rapl = config["collectors.rapl"]
-        head = _head.read(rapl["root"] if rapl["enabled"] else None, time.time())
+        rapl_root = rapl["root"] if rapl["enabled"] else None
+        head = _head.read(rapl_root, time.time())
     start = time.time()
     try:
         try:
@@ -743,7 +774,9 @@ def run_command(
             log.warning("%s", why)
         if not subreaper:
             log.info("not a child subreaper: CPU of orphaned descendants will not be counted")
-        exit_clock = _ExitClock(proc.pid)
+        exit_clock = _ExitClock(
+            proc.pid, (lambda now: _head.read(rapl_root, now)) if head is not None else None
+        )
 
         if agent is None:
             run = _new_run(run_id, run_name, config, cmd, description)
@@ -757,6 +790,7 @@ def run_command(
                     placeholder=placeholder,
                     adopt=theirs if subreaper else None,
                     head=head,
+                    exit_clock=exit_clock,
                 )
             except BaseException:
                 # The command runs and must not be left behind: wait for it, then fail.
@@ -767,6 +801,11 @@ def run_command(
             agent.process_collector.add_root(proc.pid)
             if subreaper:
                 agent.process_collector.adopt_orphans(proc.pid, os.getpid(), theirs)
+        ended = exit_clock.take_counters()
+        if ended is not None and first_ts is not None and ended.ts > first_ts:
+            # Ended while its agent was being built: its exit's counters come before the
+            # scheduler's first tick (agent.start), as the end of the run's window.
+            agent.pipeline.emit(_sample_counters(agent.scheduler.collectors, ended))
         agent.start()
         # Loaded now, while the command runs, rather than by the summary at its end.
         import wattspan.agent.attribution

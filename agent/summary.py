@@ -25,12 +25,17 @@ _CPU = ("cpu_user_seconds_total", "cpu_system_seconds_total")
 PEAK_WINDOW_S = 1.0
 
 
+#: Latest values a counter keeps to find where the command ended among them: the samples
+#: taken after the end (while a short command's agent was still starting) are a handful.
+_RECENT = 64
+
+
 @dataclass(slots=True)
 class _Counter:
-    """First and last (ts, value) of a cumulative field, and how many values it had."""
+    """First and latest (ts, value) of a cumulative field, and how many values it had."""
 
     first: tuple[float, float] = (0.0, 0.0)
-    last: tuple[float, float] = (0.0, 0.0)
+    recent: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=_RECENT))
     n: int = 0
 
     def add(self, ts: float, v: float | None) -> None:
@@ -38,14 +43,24 @@ class _Counter:
             return
         if not self.n:
             self.first = (ts, v)
-        self.last = (ts, v)
+        self.recent.append((ts, v))
         self.n += 1
 
-    def delta(self) -> tuple[float, float] | None:
-        """(increase, seconds covered), None with fewer than two values."""
+    def delta(self, end: float | None = None) -> tuple[float, float] | None:
+        """(increase, seconds covered) from the first value to the first one at or after
+        ``end`` (default: the latest); None where that covers no time.
+
+        A command that ends before its agent is up (``wattspan run -- true``: 8 ms against
+        the agent's 200 ms start) has its counters read at its exit (agent/runner.py); the
+        samples after that count the agent's own start, not the command."""
         if self.n < 2:
             return None
-        return self.last[1] - self.first[1], self.last[0] - self.first[0]
+        last = self.recent[-1]
+        if end is not None:
+            last = next((p for p in self.recent if p[0] >= end), last)
+        if last[0] <= self.first[0]:
+            return None
+        return last[1] - self.first[1], last[0] - self.first[0]
 
 
 @dataclass(slots=True)
@@ -260,7 +275,7 @@ class RunSummary:
             for (src, domain), e in sorted(self._energy.items()):
                 if src != source:
                     continue
-                d = e.counter.delta()
+                d = e.counter.delta(end)
                 if d is None:
                     continue
                 joules, secs = d
@@ -269,7 +284,8 @@ class RunSummary:
                         "domain": domain,
                         "joules": joules,
                         # The counters' window: from the spawn (collectors/head.py) to the
-                        # final sample, a few ms past the command's end.
+                        # first reading at or after the command's end: its exit, or the
+                        # final sample a few ms past it.
                         "seconds": secs,
                         "watts_avg": joules / secs if secs > 0 else None,
                         "estimated": e.estimated,
@@ -281,7 +297,7 @@ class RunSummary:
         gpus: list[dict[str, Any]] = []
         for gpu, g in sorted(self._gpus.items()):
             row: dict[str, Any] = {"gpu": gpu, "name": g.name}
-            d = g.energy.delta()
+            d = g.energy.delta(end)
             if d is not None:
                 row["joules"] = d[0]
                 row["watts_avg"] = d[0] / d[1] if d[1] > 0 else None
@@ -291,11 +307,11 @@ class RunSummary:
             row["memory_total_bytes"] = int(g.mem_total) if g.mem_total is not None else None
             gpus.append(row)
         out["gpus"] = gpus
-        self._shares(out, idle_watts, idle_method)
+        self._shares(out, end, idle_watts, idle_method)
         return out
 
     def _shares(
-        self, out: dict[str, Any], idle_watts: float | None, idle_method: str | None
+        self, out: dict[str, Any], end: float, idle_watts: float | None, idle_method: str | None
     ) -> None:
         """Node energy of the primary domains, and its split into idle, the run's process
         share and other processes: ``s = min(c / C, 1)`` with ``c`` the tree's CPU seconds
@@ -311,7 +327,7 @@ class RunSummary:
         if idle_watts is None:
             return
         counted = self._energy.get((energy[primary[0]]["source"], primary[0]))
-        d = counted.counter.delta() if counted is not None else None
+        d = counted.counter.delta(end) if counted is not None else None
         secs = d[1] if d is not None else out["wall_seconds"]
         idle = min(max(idle_watts, 0.0) * secs, node)
         active = max(node - idle, 0.0)
@@ -320,7 +336,7 @@ class RunSummary:
             out["idle_method"] = idle_method
         out["idle_energy_joules"] = idle
         out["active_energy_joules"] = active
-        busy = self._busy.delta()
+        busy = self._busy.delta(end)
         cpu = out.get("cpu_seconds")
         if busy is None or cpu is None:
             return

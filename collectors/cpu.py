@@ -176,6 +176,13 @@ class CpuCollector:
             return []
         return [self._emit(head.ts, "total", dict(head.cpu_times))]
 
+    def sample_head(self, head: Head) -> list[Sample]:
+        """The node-wide sample of ``head``'s reading, taken after this collector's last
+        read (at the command's exit, agent/runner.py)."""
+        if head.cpu_times is None:
+            return []
+        return [self._emit(head.ts, "total", dict(head.cpu_times))]
+
     def sample(self, now: float) -> list[Sample]:
         st = stat_at(now)
         total = self._emit(now, "total", st.total)

@@ -69,8 +69,17 @@ class PowerModelCollector:
         fields["energy_joules_total"] = self._energy
         return [Sample("power_model", head.ts, dict(_TAGS), fields)]
 
+    def sample_head(self, head: Head) -> list[Sample]:
+        """Integrate up to ``head``'s CPU reading, taken after this collector's last read
+        (at the command's exit, agent/runner.py)."""
+        if head.cpu_times is None:
+            return []
+        return self._advance(head.ts, dict(head.cpu_times))
+
     def sample(self, now: float) -> list[Sample]:
-        times = total_times(now)
+        return self._advance(now, total_times(now))
+
+    def _advance(self, now: float, times: dict[str, float]) -> list[Sample]:
         fields = self._fields()
         if self._prev is not None:
             prev_ts, prev_times = self._prev

@@ -312,6 +312,27 @@ class RaplCollector:
             out.append(self._sample(z, head.ts, {"energy_joules_total": z.total_uj / 1e6}))
         return out
 
+    def sample_head(self, head: Head) -> list[Sample]:
+        """A sample from ``head``'s counters, read elsewhere after this collector's last
+        read (at the command's exit, agent/runner.py), as if this collector had read them."""
+        return [
+            self._advance(z, head.ts, raw)
+            for z in self._zones
+            if (raw := head.rapl_uj.get(z.key)) is not None
+        ]
+
+    def _advance(self, z: _Zone, now: float, raw: int) -> Sample:
+        delta_uj = 0
+        if z.last_raw_uj is not None:
+            delta_uj = unwrap_delta_uj(z.last_raw_uj, raw, z.max_range_uj)
+            z.total_uj += delta_uj
+        z.last_raw_uj = raw
+        fields: dict[str, float | int | str | bool] = {"energy_joules_total": z.total_uj / 1e6}
+        if z.prev_ts is not None and now > z.prev_ts:
+            fields["power_watts"] = delta_uj / 1e6 / (now - z.prev_ts)
+        z.prev_ts = now
+        return self._sample(z, now, fields)
+
     @staticmethod
     def _sample(z: _Zone, now: float, fields: dict[str, float | int | str | bool]) -> Sample:
         return Sample(
@@ -328,16 +349,7 @@ class RaplCollector:
             except (OSError, ValueError):
                 failed = True
                 continue
-            delta_uj = 0
-            if z.last_raw_uj is not None:
-                delta_uj = unwrap_delta_uj(z.last_raw_uj, raw, z.max_range_uj)
-                z.total_uj += delta_uj
-            z.last_raw_uj = raw
-            fields: dict[str, float | int | str | bool] = {"energy_joules_total": z.total_uj / 1e6}
-            if z.prev_ts is not None and now > z.prev_ts:
-                fields["power_watts"] = delta_uj / 1e6 / (now - z.prev_ts)
-            z.prev_ts = now
-            out.append(self._sample(z, now, fields))
+            out.append(self._advance(z, now, raw))
         idle_due = not self._zones and (
             self._last_scan is None or now - self._last_scan >= _EMPTY_RESCAN_S
         )

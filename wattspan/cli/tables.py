@@ -168,8 +168,9 @@ def _energy_rows(t: Rows, summary: dict[str, Any]) -> None:
         elabel = "estimated" if e.get("estimated") else "measured (RAPL)"
         note = f"whole node, {elabel}, avg {fmt_num(e.get('watts_avg'), 'W', 1)}"
         secs = e.get("seconds")
-        # The counters run from the spawn to the final sample, which cannot come before the
-        # agent is up: for a command shorter than that, say how long the figure covers.
+        # The counters run from the spawn to their reading at the exit; where that came too
+        # late to be used (the exit raced the agent's start), to the final sample, which
+        # cannot come before the agent is up: then say how long the figure covers.
         if secs is not None and wall is not None and secs - wall > max(0.02, 0.1 * wall):
             note += f" over {secs:.3f} s, to the agent's final sample"
         t.add_row(f"energy node {e['domain']}", fmt_num(e.get("joules"), "J"), note)

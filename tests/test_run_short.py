@@ -1,0 +1,90 @@
+"""A command shorter than its agent's start-up (``wattspan run -- true``: 8 ms, the agent
+about 0.2 s) is charged the node's energy over its own run, not up to the agent's first
+sample after it: its counters are read at its exit (agent/runner.py, ``_ExitClock``).
+
+Against a powercap tree whose counter follows a known model (tests/test_idle_model.py's
+FIFO), and against the power model that runs where there is no RAPL (CI, this VM).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.test_idle_model import P_IDLE, K, ModelledNode, modelled_node  # noqa: F401
+from wattspan.agent.store import Store
+
+CORES = os.cpu_count() or 1
+
+
+def _run(tmp_path: Path, cmd: list[str], rapl_root: Path | None = None) -> dict:
+    cfg = tmp_path / "agent.toml"
+    text = f'[agent]\nstate_dir = "{tmp_path / "state"}"\n'
+    if rapl_root is not None:
+        text += f'[collectors.rapl]\nroot = "{rapl_root}"\n'
+    else:
+        text += "[collectors.rapl]\nenabled = false\n"
+    cfg.write_text(text)
+    p = subprocess.run(
+        [
+            *(sys.executable, "-m", "wattspan", "run", "--json", "--config", str(cfg)),
+            *("--store", str(tmp_path / "w.db"), "--", *cmd),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    return json.loads(p.stdout)
+
+
+def _window(summary: dict) -> float:
+    (energy,) = [e for e in summary["energy"] if e["domain"] in ("package-0", "cpu")]
+    # The counters' window starts at the spawn, just before the run's clock starts, and ends
+    # at the exit's reading, just after it (a thread's wake-up and two reads).
+    assert summary["wall_seconds"] - 0.005 <= energy["seconds"] <= summary["wall_seconds"] + 0.05
+    return energy["seconds"]
+
+
+@pytest.mark.parametrize("cmd", [["true"], [sys.executable, "-S", "-c", "pass"]])
+def test_a_short_commands_energy_is_its_own_under_rapl(
+    tmp_path: Path,
+    modelled_node: ModelledNode,  # noqa: F811 (the fixture, imported above)
+    cmd: list[str],
+) -> None:
+    s = _run(tmp_path, cmd, modelled_node.root)
+    secs = _window(s)
+    # The model's energy over that window: idle power, and K per busy core (the node's
+    # busy seconds over the same window are in the summary).
+    want = P_IDLE * secs + K * s["node_busy_cpu_seconds"]
+    late = (P_IDLE + K * CORES) * 0.01  # the FIFO's answers, a few ms late (its module says)
+    assert s["node_energy_joules"] == pytest.approx(want, abs=late)
+    assert s["node_busy_cpu_seconds"] <= CORES * secs + 0.02
+    parts = s["process_energy_joules"] + s["other_energy_joules"] + s["idle_energy_joules"]
+    assert parts == pytest.approx(s["node_energy_joules"], rel=1e-9)
+
+
+@pytest.mark.parametrize("cmd", [["true"], ["sleep", "0.15"]])
+def test_a_short_commands_window_is_its_own_under_the_power_model(
+    tmp_path: Path, cmd: list[str]
+) -> None:
+    """``sleep 0.15`` ends after the first sample and before the agent's scheduler starts:
+    its exit's counters are fed in between; ``true`` ends before the first sample."""
+    s = _run(tmp_path, cmd)
+    secs = _window(s)
+    (energy,) = s["energy"]
+    assert energy["estimated"] is True
+    # The model's power lies between its idle power and its TDP: the energy, between
+    # those over the window (over the agent's start-up it was 20x the command's own).
+    (model,) = {
+        (x.fields["idle_power_watts"], x.fields["tdp_watts"])
+        for x in Store(tmp_path / "w.db").samples(s["run_id"], source="power_model")
+    }
+    idle_w, tdp_w = model
+    assert idle_w * secs * 0.999 <= s["node_energy_joules"] <= tdp_w * secs * 1.001
+    assert s["node_busy_cpu_seconds"] <= CORES * secs + 0.02
