@@ -563,8 +563,9 @@ class _ExitClock:
         except OSError:  # ChildProcessError included: already reaped
             return
         self.at = time.time()
-        if self._read is not None:
-            self._counters = self._read(time.time())
+        read = self._read  # once: take_counters may clear it meanwhile
+        if read is not None:
+            self._counters = read(time.time())
 
     def take_counters(self) -> Head | None:
         """The counters read at the exit, once (None: not exited yet, or taken)."""
