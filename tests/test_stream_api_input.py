@@ -5,6 +5,7 @@ aggregate list, masked rows, a size string, an observer missing a method."""
 from __future__ import annotations
 
 import operator
+import warnings
 from typing import Any
 
 import numpy as np
@@ -236,3 +237,31 @@ def test_cast_widens_a_column_and_makes_a_float_key_joinable() -> None:
     assert repr(col("k").cast("int64")) == "k.cast('int64')"
     with pytest.raises(StreamError, match="'wat' is not a numpy dtype"):
         col("k").cast("wat")
+
+
+@pytest.mark.parametrize(
+    ("dtype", "values"),
+    [
+        (np.uint64, [2**63, 5, 2**62, 7, 1, 2**63 - 1]),  # past int64, within uint64
+        (np.complex128, [1 + 2j, 3 - 1j, 0.5j, 2, -1j, 4 + 4j]),
+        (np.complex64, [1 + 2j, 3 - 1j, 0.5j, 2, -1j, 4 + 4j]),
+        (np.int64, [2**62, 2**61, -(2**62), 3, -5, 2**61]),
+    ],
+)
+@pytest.mark.parametrize(("size", "slide"), [(2, 2), (3, 1), (1, 1)])
+@pytest.mark.parametrize("workers", [0, 2])
+def test_sums_keep_the_columns_kind(
+    dtype: Any, values: list[Any], size: int, slide: int, workers: int
+) -> None:
+    """uint64 sums went through int64 and came out negative past 2**63; complex sums lost
+    their imaginary part (with a ComplexWarning)."""
+    schema = Schema({"t": np.int64, "v": dtype}, time="t")
+    v = np.array(values, dtype=dtype)
+    b = {"t": np.arange(len(v), dtype=np.int64), "v": v}
+    q = Query(schema).window(size=size, slide=slide, range_="t").agg(s=Agg.sum("v"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a ComplexWarning is a failure here
+        got = collect(Engine(workers, task_size=16).run(q, [b]), q)
+    for start, s in zip(got["window_start"].tolist(), got["s"].tolist(), strict=True):
+        want = sum(values[max(start, 0) : start + size])
+        assert s == pytest.approx(want) if np.dtype(dtype).kind == "c" else s == want

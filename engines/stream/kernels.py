@@ -95,9 +95,15 @@ class Partials:
         )
 
 
+_SUM_DTYPES = {"f": np.dtype(np.float64), "c": np.dtype(np.complex128), "u": np.dtype(np.uint64)}
+
+
 def sum_dtype(dtype: np.dtype) -> np.dtype:
-    """int64 for integer and boolean columns, float64 for floating ones."""
-    return np.dtype(np.float64) if np.dtype(dtype).kind == "f" else np.dtype(np.int64)
+    """The accumulator of a sum: float64 for floating columns, complex128 for complex ones,
+    uint64 for unsigned integers (an int64 one wrapped uint64 values past 2**63), int64 for
+    signed integers and booleans. Integer sums wrap past 64 bits, as numpy's do (and
+    Spark's outside ANSI mode): docs/stream.md says so."""
+    return _SUM_DTYPES.get(np.dtype(dtype).kind, np.dtype(np.int64))
 
 
 def extreme(dtype: np.dtype, low: bool) -> Any:
