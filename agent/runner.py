@@ -567,10 +567,12 @@ class _ExitClock:
         if read is not None:
             self._counters = read(time.time())
 
-    def take_counters(self) -> Head | None:
-        """The counters read at the exit, once (None: not exited yet, or taken)."""
+    def take_counters(self, last: bool = False) -> Head | None:
+        """The counters read at the exit, once (None: not exited yet, or taken). After the
+        ``last`` call an exit reads none: they would come too late to be used."""
+        if last:
+            self._read = None
         counters, self._counters = self._counters, None
-        self._read = None  # an exit seen after this call reads none: too late to use
         return counters
 
 
@@ -600,7 +602,7 @@ def _agent_beside(
     ``head`` (the counters read at the spawn), then the counters read at the command's exit
     if it has ended already, and their first sample at once, then the rest, then the
     receiver on the reserved port. Returns the agent, its summary sink and when the first
-    sample was taken."""
+    sample's reads were done."""
     from wattspan.agent.scheduler import Scheduler
     from wattspan.collectors.process import ProcessCollector
     from wattspan.collectors.registry import build_collectors
@@ -619,8 +621,8 @@ def _agent_beside(
     ended = exit_clock.take_counters() if exit_clock is not None else None
     if ended is not None:
         first.extend(_sample_counters(collectors, ended))
-    first_ts = time.time()
     Scheduler(collectors, interval, first.extend).tick(force=True)
+    first_ts = time.time()  # the first sample's reads are done
     try:
         agent, measured = _new_agent(
             config,
@@ -802,7 +804,9 @@ def run_command(
             agent.process_collector.add_root(proc.pid)
             if subreaper:
                 agent.process_collector.adopt_orphans(proc.pid, os.getpid(), theirs)
-        ended = exit_clock.take_counters()
+        ended = exit_clock.take_counters(last=True)
+        # Read after the first sample's reads (a counter read before them, fed after them,
+        # would go backwards: RAPL would take it for a wrap).
         if ended is not None and first_ts is not None and ended.ts > first_ts:
             # Ended while its agent was being built: its exit's counters come before the
             # scheduler's first tick (agent.start), as the end of the run's window.
@@ -840,7 +844,7 @@ def run_command(
         # How long after the spawn the energy counters started (the module doc says why);
         # the stored samples say it too (the first one's ts against the run's start).
         log.debug(
-            "first sample %.3f s after the command started; energy counted from %.4f s before",
+            "first sample read %.3f s after the command started; energy counted from %.4f s before",
             first_ts - start,
             start - head.ts if head is not None else 0.0,
         )
