@@ -582,3 +582,23 @@ def test_export_kinds_of_the_parser_match_the_analysis() -> None:
     from wattspan.cli import analysis_parsers
 
     assert tuple(analysis_parsers.EXPORT_KINDS) == tuple(analysis.EXPORT_KINDS)
+
+
+def test_show_on_a_pipe_keeps_each_span_on_one_line(
+    store: Store, store_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: Any
+) -> None:
+    """The summary table fitted 160 columns on a pipe, the span tree rich's 80, where a
+    span's line (name, time, CPU, energy, RSS) wrapped its last figures onto a line of
+    their own (with ``COLUMNS=80`` too, as the table ignores it on a pipe)."""
+    monkeypatch.setenv("COLUMNS", "80")
+    from wattspan.cli import main
+
+    assert main(["show", "--store", str(store_path), RUN_A]) == 0
+    out = capsys.readouterr().out
+    tree = out[out.index("spans of") : out.index("valued metrics")].splitlines()[1:-1]
+    # Nine spans (one line for the eight batches): every line a span's own, with a branch,
+    # a name and its figures to the last, none a wrapped tail.
+    assert len(tree) == 9, tree
+    for line in tree:
+        assert line.lstrip("│ ").startswith(("├── ", "└── ")) and line.endswith(" J"), line
+    assert max(len(line) for line in tree) > 80

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from rich.console import Console, RenderableType
+from rich.console import RenderableType
 from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
@@ -40,7 +40,7 @@ from wattspan.analysis import (
 )
 from wattspan.cli.resolve import resolve_runs
 from wattspan.cli.store_cmds import open_store
-from wattspan.cli.tables import fmt_bytes, fmt_grams, fmt_num, fmt_ts
+from wattspan.cli.tables import fmt_bytes, fmt_grams, fmt_num, fmt_ts, print_table
 
 PICK_LIMIT = 20  # runs offered by the interactive prompt
 
@@ -263,7 +263,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(json.dumps(comp.to_dict(), sort_keys=True, default=str) + "\n")
     else:
-        Console(soft_wrap=False).print(comparison_table(comp))
+        print_table(comparison_table(comp))
     return 0
 
 
@@ -505,13 +505,11 @@ def cmd_show(args: argparse.Namespace) -> int:
         row["summary"] = summary
         sys.stdout.write(json.dumps(row, sort_keys=True, default=str) + "\n")
         return 0
-    from rich.console import Console
+    from wattspan.cli.tables import console, summary_table
 
-    from wattspan.cli.tables import print_table, summary_table
-
-    print_table(summary_table(run, summary))
-    console = Console()
+    out = console()
+    out.print(summary_table(run, summary))
     metric = resolve_metric(store, [run], args.target_metric)
     for renderable in show_details(store, run, target_metric=metric, target=args.target):
-        console.print(renderable)
+        out.print(renderable)
     return 0

@@ -145,8 +145,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(json.dumps(status, sort_keys=True) + "\n")
         return 0
-    from rich.console import Console
     from rich.table import Table
+
+    from wattspan.cli.tables import print_table
 
     t = Table(title=f"wattspan agent at {netloc}")
     t.add_column("component")
@@ -158,7 +159,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 f"{value:,.0f}" if isinstance(value, float) and value.is_integer() else str(value)
             )
             t.add_row(comp, key, shown)
-    Console().print(t)
+    print_table(t)
     return 0
 
 

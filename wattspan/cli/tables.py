@@ -12,6 +12,7 @@ import sys
 from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from rich.console import Console
     from rich.table import Table
 
     from wattspan.agent.store import Run
@@ -258,14 +259,20 @@ def runs_table(runs: list[Run]) -> Table:
     return t
 
 
-def print_table(table: Table, stderr: bool = False) -> None:
+def console(stderr: bool = False) -> Console:
+    """A console for tables and trees: the terminal's width, or on a pipe or a file (no
+    width to fit) at least 160 columns, where rich's 80-column default would cut columns
+    and wrap tree lines."""
     from rich.console import Console
 
-    console = Console(stderr=stderr, soft_wrap=False)
-    if not console.is_terminal:
-        # A pipe or a file has no width to fit: rich's 80-column default would cut columns.
-        console.width = max(console.width, 160)
-    console.print(table)
+    out = Console(stderr=stderr, soft_wrap=False)
+    if not out.is_terminal:
+        out.width = max(out.width, 160)
+    return out
+
+
+def print_table(table: Table, stderr: bool = False) -> None:
+    console(stderr).print(table)
 
 
 def _styles(stream: IO[str]) -> tuple[str, str, str, str]:
