@@ -209,6 +209,24 @@ def test_export_samples_and_confusion_matrices(
     assert json.loads(got[0]["labels"]) == ["cat", "dog", "bird"]
 
 
+def test_runs_may_follow_the_options(store_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``export samples --store s.db RUN`` was "unrecognized arguments: RUN": argparse had
+    filled the runs (nargs="*") with nothing at ``samples``."""
+    make_store(store_path).close()
+    assert main(["export", "samples", RUN_A, "--store", str(store_path)]) == 0
+    before = capsys.readouterr().out
+    assert main(["export", "samples", "--store", str(store_path), RUN_A]) == 0
+    assert capsys.readouterr().out == before and before
+    assert main(["export", "runs", "--json", RUN_A, "--store", str(store_path), RUN_B]) == 0
+    assert [json.loads(x)["id"] for x in capsys.readouterr().out.splitlines()] == [RUN_A, RUN_B]
+    with pytest.raises(SystemExit) as e:  # what is not a run is still an error
+        main(["export", "samples", "--store", str(store_path), RUN_A, "--bogus"])
+    assert e.value.code == 2
+    assert "unrecognized arguments" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["runs", "--store", str(store_path), "extra"])
+
+
 MINE = ("run", "runs", "show", "rm", "compare", "report", "export", "status", "agent")
 
 

@@ -162,7 +162,17 @@ def _main(argv: Sequence[str] | None) -> int:
 
         return main_run(argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # argparse fills a command's positionals at their first stretch: in `export samples
+        # --store s.db RUN` the runs' nargs="*" has matched nothing by the time RUN comes.
+        # Runs after the options are runs still; anything else is the usual error.
+        if isinstance(getattr(args, "runs", None), list) and not any(
+            x.startswith("-") for x in extra
+        ):
+            args.runs.extend(extra)
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command is None:
         parser.print_help()
         return 2
