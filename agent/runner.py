@@ -538,6 +538,10 @@ def _start_receiver(agent: Agent) -> None:
         log.warning("%s; the command's spans will not be received", exc)
 
 
+#: The interpreter's switch interval while a command's exit may need its counters read.
+_EXIT_SWITCH_S = 0.0001
+
+
 class _ExitClock:
     """When the child exited, seen by a thread waiting with ``WNOWAIT`` (the child stays a
     zombie for the main thread's wait4 and its rusage): the agent may still be coming up
@@ -546,15 +550,21 @@ class _ExitClock:
     With ``read_counters`` (the spawn's :func:`~wattspan.collectors.head.read`), the node's
     energy and CPU counters are read at that instant too (:meth:`take_counters`): a command
     that ends before its agent is up would otherwise be charged the agent's start-up, up to
-    the next sample (``wattspan run -- true``: 8 ms of command, 0.2 s of counters)."""
+    the next sample (``wattspan run -- true``: 8 ms of command, 0.2 s of counters).
+
+    ``lock`` is held around that read and by whoever takes the collectors' readings while
+    the exit may come (the first sample), so an exit's reading comes wholly before theirs
+    (and is taken first) or wholly after.
+    """
 
     def __init__(self, pid: int, read_counters: Callable[[float], Head] | None = None) -> None:
+        import threading  # after the spawn: this watches the command that already runs
+
         self.at: float | None = None
+        self.lock = threading.RLock()
         self._counters: Head | None = None
         self._read = read_counters
         self._pid = pid
-        import threading  # after the spawn: this watches the command that already runs
-
         threading.Thread(target=self._watch, name="wattspan-exit", daemon=True).start()
 
     def _watch(self) -> None:
@@ -563,26 +573,32 @@ class _ExitClock:
         except OSError:  # ChildProcessError included: already reaped
             return
         self.at = time.time()
-        read = self._read  # once: take_counters may clear it meanwhile
-        if read is not None:
-            self._counters = read(time.time())
+        with self.lock:
+            if self._read is not None:
+                counters = self._read(self.at)
+                # Each read gave up the interpreter lock to a main thread busy building the
+                # agent: stamped when they were done, the window holds all they counted.
+                counters.ts = time.time()
+                self._counters = counters
 
     def take_counters(self, last: bool = False) -> Head | None:
         """The counters read at the exit, once (None: not exited yet, or taken). After the
         ``last`` call an exit reads none: they would come too late to be used."""
-        if last:
-            self._read = None
-        counters, self._counters = self._counters, None
-        return counters
+        with self.lock:
+            if last:
+                self._read = None
+            counters, self._counters = self._counters, None
+            return counters
 
 
-def _sample_counters(collectors: Sequence[Collector], counters: Head) -> list[Sample]:
-    """The collectors' samples of counters read elsewhere, after their last reads."""
+def _samples_of(collectors: Sequence[Collector], method: str, counters: Head) -> list[Sample]:
+    """What each collector that has ``method`` (``seed``, ``sample_head``) makes of
+    counters read elsewhere."""
     out: list[Sample] = []
     for c in collectors:
-        at = getattr(c, "sample_head", None)
-        if at is not None:
-            out.extend(at(counters))
+        m = getattr(c, method, None)
+        if m is not None:
+            out.extend(m(counters))
     return out
 
 
@@ -595,8 +611,8 @@ def _agent_beside(
     store_path: str | None,
     placeholder: _socket.socket | None,
     adopt: frozenset[int] | None,
+    exit_clock: _ExitClock,
     head: Head | None = None,
-    exit_clock: _ExitClock | None = None,
 ) -> tuple[Agent, RunSummary, float]:
     """The agent for a command that already runs as ``pid``: collectors first, seeded with
     ``head`` (the counters read at the spawn), then the counters read at the command's exit
@@ -612,17 +628,14 @@ def _agent_beside(
     if process is not None and adopt is not None:
         process.adopt_orphans(pid, os.getpid(), adopt)
     # The counters read at the spawn go first: the cumulative ones count from there.
-    first: list[Sample] = []
-    if head is not None:
-        for c in collectors:
-            seed = getattr(c, "seed", None)
-            if seed is not None:
-                first.extend(seed(head))
-    ended = exit_clock.take_counters() if exit_clock is not None else None
-    if ended is not None:
-        first.extend(_sample_counters(collectors, ended))
-    Scheduler(collectors, interval, first.extend).tick(force=True)
-    first_ts = time.time()  # the first sample's reads are done
+    first = _samples_of(collectors, "seed", head) if head is not None else []
+    with exit_clock.lock:
+        # An exit before these reads goes first (ts order); one during them waits for them.
+        ended = exit_clock.take_counters()
+        if ended is not None:
+            first.extend(_samples_of(collectors, "sample_head", ended))
+        Scheduler(collectors, interval, first.extend).tick(force=True)
+        first_ts = time.time()  # the first sample's reads are done
     try:
         agent, measured = _new_agent(
             config,
@@ -742,8 +755,8 @@ def run_command(
         from wattspan.collectors import head as _head
 
         rapl = config["collectors.rapl"]
-        rapl_root = rapl["root"] if rapl["enabled"] else None
-        head = _head.read(rapl_root, time.time())
+        head = _head.read(rapl["root"] if rapl["enabled"] else None, time.time())
+    switch = sys.getswitchinterval()
     start = time.time()
     try:
         try:
@@ -778,8 +791,14 @@ def run_command(
         if not subreaper:
             log.info("not a child subreaper: CPU of orphaned descendants will not be counted")
         exit_clock = _ExitClock(
-            proc.pid, (lambda now: _head.read(rapl_root, now)) if head is not None else None
+            proc.pid, (lambda now: _head.reread(head, now)) if head is not None else None
         )
+        # The exit's reads are system calls, each handing over the interpreter lock and
+        # waiting a switch interval (5 ms) to get it back from a main thread busy building
+        # the agent: 14-22 ms of reads (with five RAPL zones), counting that much of the
+        # agent's start. Until the last take the wait is 0.1 ms (no other thread wants the
+        # lock meanwhile).
+        sys.setswitchinterval(_EXIT_SWITCH_S)
 
         if agent is None:
             run = _new_run(run_id, run_name, config, cmd, description)
@@ -805,12 +824,13 @@ def run_command(
             if subreaper:
                 agent.process_collector.adopt_orphans(proc.pid, os.getpid(), theirs)
         ended = exit_clock.take_counters(last=True)
-        # Read after the first sample's reads (a counter read before them, fed after them,
-        # would go backwards: RAPL would take it for a wrap).
-        if ended is not None and first_ts is not None and ended.ts > first_ts:
-            # Ended while its agent was being built: its exit's counters come before the
-            # scheduler's first tick (agent.start), as the end of the run's window.
-            agent.pipeline.emit(_sample_counters(agent.scheduler.collectors, ended))
+        sys.setswitchinterval(switch)
+        if ended is not None:
+            # Ended while its agent was being built, after the first sample (the lock saw to
+            # that: read before it, fed after it, a counter would go backwards and RAPL
+            # would take it for a wrap): its exit's counters come before the scheduler's
+            # first tick (agent.start), as the end of the run's window.
+            agent.pipeline.emit(_samples_of(agent.scheduler.collectors, "sample_head", ended))
         agent.start()
         # Loaded now, while the command runs, rather than by the summary at its end.
         import wattspan.agent.attribution
@@ -830,6 +850,7 @@ def run_command(
         if on_exit is not None:
             on_exit()
     finally:
+        sys.setswitchinterval(switch)
         for s, h in previous.items():
             signal.signal(s, h)
         if subreaper and not was_subreaper:
