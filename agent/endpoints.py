@@ -70,9 +70,10 @@ def lookup(state_dir: Path, config_source: str) -> dict[str, Any] | None:
     if rec is None or rec.get("config") != config_source:
         return None
     pid = rec.get("pid")
-    if not isinstance(pid, int) or _started(pid) is None or _started(pid) != rec.get("started"):
+    if not isinstance(pid, int):
         return None
-    return rec
+    started = _started(pid)
+    return rec if started is not None and started == rec.get("started") else None
 
 
 def _read(path: Path) -> dict[str, Any] | None:

@@ -172,9 +172,7 @@ class CpuCollector:
     def seed(self, head: Head) -> list[Sample]:
         """Start from ``head``'s node-wide reading (:mod:`.head` says why): the node's busy
         seconds then count from the command's spawn. No per-core sample is made for it."""
-        if head.cpu_times is None or "total" in self._prev:
-            return []
-        return [self._emit(head.ts, "total", dict(head.cpu_times))]
+        return [] if "total" in self._prev else self.sample_head(head)
 
     def sample_head(self, head: Head) -> list[Sample]:
         """The node-wide sample of ``head``'s reading, taken after this collector's last

@@ -134,14 +134,23 @@ class Expr:
         """The values as ``dtype`` (``"int64"``, ``np.float32``): widen a narrow column
         before arithmetic that would overflow it."""
         try:
-            dt = np.dtype(dtype)
+            dt = np.dtype(dtype) if dtype is not None else None
         except TypeError:
-            raise StreamError(f"cast: {dtype!r} is not a numpy dtype") from None
+            dt = None
+        # Numbers only: a string or datetime column compiles, then fails in every kernel.
+        if dt is None or dt.kind not in "biufc":
+            raise StreamError(
+                f"cast: {dtype!r} is not a numeric numpy dtype (bool, int, uint, float, complex)"
+            )
         return Cast(self, dt)
 
     def isin(self, values: Sequence[Any]) -> Expr:
         """True where the value is one of ``values`` (a list or tuple, not one string)."""
-        if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        if (
+            isinstance(values, (str, bytes))
+            or not hasattr(values, "__iter__")
+            or getattr(values, "ndim", 1) == 0  # a 0-d array has __iter__ but no items
+        ):
             raise StreamError(
                 f"isin: expected a list of values, got {values!r} (for one value: [{values!r}])"
             )

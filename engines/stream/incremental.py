@@ -295,7 +295,8 @@ class IncrementalWindows:
         self.ring = PaneRing(sdt, edt)
         self.ext = SlidingExtrema(w, s, edt) if edt else None
         self.span_w = -(-w // s)  # windows a pane belongs to, at most
-        self.float_cols = [c for c, d in sdt.items() if d.kind == "f"]
+        # Floating and complex sums drift as panes are added and taken away: rebuilt.
+        self.float_cols = [c for c, d in sdt.items() if d.kind in "fc"]
         self.float_sums = bool(self.float_cols)
         self.rebase = max(4 * self.span_w, _REBASE)
         flat = not self.nkeys and not self.float_sums

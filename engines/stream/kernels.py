@@ -492,7 +492,7 @@ def _range_sum(v: Any, lo: Any, hi: Any, xp: Any) -> Any:
     def prefix(a: Any) -> Any:
         return xp.concatenate([xp.zeros(1, a.dtype), xp.cumsum(a, dtype=a.dtype)])
 
-    finite = xp.isfinite(v) if v.dtype.kind == "f" else None
+    finite = xp.isfinite(v) if v.dtype.kind in "fc" else None
     if finite is None or bool(finite.all()):
         csum = prefix(v)
         return csum[hi] - csum[lo]

@@ -230,6 +230,12 @@ class Plan:
             for j, k in enumerate(q.keys)
         ]
         value_dtypes = {c: dry[c].dtype for c in value_cols}
+        for name, a in q.aggs:
+            if a.fn in ("min", "max") and value_dtypes[a.column or ""].kind == "c":
+                raise StreamError(
+                    f"aggregate {name!r}: {a.fn} of complex column {a.column!r} (complex "
+                    "numbers have no order: take abs() first)"
+                )
         plan = Plan(
             q,
             next(_ids),
@@ -257,7 +263,8 @@ class Plan:
             elif a.fn == "sum":
                 out[name] = sum_dtype(value_dtypes[a.column or ""])
             elif a.fn == "avg":
-                out[name] = np.dtype(np.float64)
+                kind = value_dtypes[a.column or ""].kind
+                out[name] = np.dtype(np.complex128 if kind == "c" else np.float64)
             else:
                 out[name] = value_dtypes[a.column or ""]
         plan.out_dtypes = out

@@ -10,6 +10,7 @@ refused), 2 the config is wrong; every failure is one line on stderr.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import ssl
@@ -127,7 +128,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         # when the agent was started with --metrics-port).
         rec = endpoints.lookup(config.state_dir, endpoints.source_of(config.source))
         if rec is not None and isinstance(rec.get("metrics_url"), str):
-            port = urllib.parse.urlsplit(rec["metrics_url"]).port or port
+            with contextlib.suppress(ValueError):  # not a URL with a port: the config's
+                port = urllib.parse.urlsplit(rec["metrics_url"]).port or port
     if not port:
         print(
             "wattspan: metrics.port is 0 (the kernel picks one) and no running agent with this "
