@@ -8,14 +8,14 @@ calibration or from the regression, with one idle figure for every span of the r
 ``process + other + idle == node`` for each span.
 
 The tree is answered by a thread of this process, a little after the agent's tick reads
-it; the fixture records when, and each span is allowed what that lateness can explain
-(:func:`_lateness_joules`), so a busy CI runner is not mistaken for a model error.
+/proc/stat, so each stored energy reading is off the model (at the busy seconds stored
+beside it) by a little; that offset is computed exactly from the stored samples and taken
+out (:func:`_harness_offsets`), so a busy CI runner is not mistaken for a model error.
 """
 
 from __future__ import annotations
 
 import array
-import bisect
 import fcntl
 import json
 import os
@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.test_rapl import FakePowercap
@@ -132,8 +133,8 @@ def modelled_node(tmp_path: Path) -> Iterator[ModelledNode]:
         os.close(fd)
 
 
-def _run(tmp_path: Path, node: ModelledNode) -> tuple[dict, list, list[float]]:
-    """The run's summary, its ``burn`` spans, and the times of its RAPL samples."""
+def _run(tmp_path: Path, node: ModelledNode) -> tuple[dict, list, tuple[list, list]]:
+    """The run's summary, its ``burn`` spans, and the harness's offsets per tick."""
     cfg = tmp_path / "agent.toml"
     cfg.write_text(
         f'[agent]\nhost = "modelled"\nstate_dir = "{tmp_path / "state"}"\n'
@@ -153,56 +154,51 @@ def _run(tmp_path: Path, node: ModelledNode) -> tuple[dict, list, list[float]]:
     summary = json.loads(p.stdout)
     spans = [s for s in Store(store).spans(summary["run_id"]) if s.name == "burn"]
     assert len(spans) == 3
-    ticks = [x.ts for x in Store(store).samples(summary["run_id"], source="rapl")]
-    return summary, spans, ticks
+    return summary, spans, _harness_offsets(store, summary["run_id"])
 
 
-def _lateness_joules(node: ModelledNode, ticks: list[float], t0: float, t1: float) -> float:
-    """The most the answers' lateness can move a span's active energy.
+def _harness_offsets(store: Path, run_id: str) -> tuple[list[float], list[float]]:
+    """Per tick (ts), how far the stored energy is from the model at the stored busy
+    seconds: ``E - P_idle * ts - K * busy``, up to a constant.
 
-    A tick stamped ``ts`` reads /proc/stat at some ``ts_a >= ts`` and then the FIFO, whose
-    answer carries the model's energy at ``ts_w >= ts_a``: ``P_idle * (ts_w - ts)`` plus
-    ``K`` times what the node's CPUs did in ``[ts_a, ts_w]``, so that sample's energy is
-    high by between 0 and ``(P_idle + K * cores) * (ts_w - ts)``. An interpolated end is
-    a mix of its two samples, and a span's energy is the difference of two such ends, so
-    it is off by at most the largest of the four samples' allowance. Each tick's lateness
-    is taken as its last answer before the next tick (a pessimistic reading).
-    """
-    answers = node.answers
-    cores = os.cpu_count() or 1
+    The attribution interpolates energy and busy seconds linearly between ticks, and the
+    model is linear in both, so a span's active energy is ``K * C + (D(t1) - D(t0))`` with
+    ``C`` its interpolated busy seconds and ``D`` these offsets interpolated alike; its
+    process energy ``s * active`` is then ``K * c`` plus ``s`` times that difference."""
+    from wattspan.collectors.cpu import busy_seconds
 
-    def late(k: int) -> float:
-        if not 0 <= k < len(ticks):
-            return 0.0
-        lo = bisect.bisect_left(answers, ticks[k])
-        hi = bisect.bisect_left(answers, ticks[k + 1]) if k + 1 < len(ticks) else len(answers)
-        return answers[hi - 1] - ticks[k] if hi > lo else 0.0
-
-    worst = 0.0
-    for t in (t0, t1):
-        k = bisect.bisect_right(ticks, t) - 1  # the samples at k and k + 1 bracket t
-        worst = max(worst, late(k), late(k + 1))
-    return (P_IDLE + K * cores) * worst
+    db = Store(store)
+    energy = {x.ts: x.fields["energy_joules_total"] for x in db.samples(run_id, source="rapl")}
+    busy = {
+        x.ts: busy_seconds(x)
+        for x in db.samples(run_id, source="cpu")
+        if x.tags.get("cpu") == "total"
+    }
+    ts = sorted(set(energy) & set(busy))
+    assert len(ts) > 10, "ticks with both an energy and a busy reading"
+    t0 = ts[0]
+    return ts, [energy[t] - P_IDLE * (t - t0) - K * busy[t] for t in ts]
 
 
-def _check(summary: dict, spans: list, method: str, node: ModelledNode, ticks: list[float]) -> None:
+def _check(summary: dict, spans: list, method: str, offsets: tuple[list, list]) -> None:
     idles = {(s.resources["idle_power_watts"], s.resources["idle_method"]) for s in spans}
     assert len(idles) == 1, f"one idle figure per run, got {idles}"
     ((watts, got_method),) = idles
     assert got_method == method
     assert watts == pytest.approx(P_IDLE, rel=0.03)
     assert summary["idle_method"] == method
+    ts, d = offsets
     for s in spans:
         r = s.resources
         assert r["cpu_source"] == "self-reported"
-        # 3 %, plus what the idle estimate's own error (allowed 3 % above) moves into the
-        # process's share over the span, plus what the answers' lateness can explain.
-        slack = (
-            0.03 * K * r["cpu_seconds"]
-            + abs(watts - P_IDLE) * r["wall_seconds"]
-            + _lateness_joules(node, ticks, s.start_ts, s.end_ts)
+        harness = r["process_cpu_share"] * float(
+            np.interp(s.end_ts, ts, d) - np.interp(s.start_ts, ts, d)
         )
-        assert r["process_energy_joules"] == pytest.approx(K * r["cpu_seconds"], abs=slack)
+        # 3 %, plus what the idle estimate's own error (allowed 3 % above) moves into the
+        # process's share over the span.
+        slack = 0.03 * K * r["cpu_seconds"] + abs(watts - P_IDLE) * r["wall_seconds"]
+        got = r["process_energy_joules"] - harness
+        assert got == pytest.approx(K * r["cpu_seconds"], abs=slack), (harness, slack)
         parts = r["process_energy_joules"] + r["other_energy_joules"] + r["idle_energy_joules"]
         assert parts == pytest.approx(r["node_energy_total_joules"], rel=1e-9)
 
@@ -217,13 +213,13 @@ def test_calibrated_idle(tmp_path: Path, modelled_node: ModelledNode) -> None:
         measured_at=time.time(),
         quiet=True,
     ).save(tmp_path / "state")
-    summary, spans, ticks = _run(tmp_path, modelled_node)
-    _check(summary, spans, "calibration", modelled_node, ticks)
+    summary, spans, offsets = _run(tmp_path, modelled_node)
+    _check(summary, spans, "calibration", offsets)
 
 
 def test_regression_idle_without_calibration(tmp_path: Path, modelled_node: ModelledNode) -> None:
-    summary, spans, ticks = _run(tmp_path, modelled_node)
-    _check(summary, spans, "regression", modelled_node, ticks)
+    summary, spans, offsets = _run(tmp_path, modelled_node)
+    _check(summary, spans, "regression", offsets)
 
 
 def test_calibrate_command_measures_the_quiet_node(
