@@ -547,8 +547,8 @@ class _ExitClock:
     zombie for the main thread's wait4 and its rusage): the agent may still be coming up
     when a short command ends, and its end must not wait for that.
 
-    With ``read_counters`` (the spawn's :func:`~wattspan.collectors.head.read`), the node's
-    energy and CPU counters are read at that instant too (:meth:`take_counters`): a command
+    With ``read_counters`` (:func:`~wattspan.collectors.head.reread` of the spawn's), the
+    node's energy and CPU counters are read at that instant too (:meth:`take_counters`): a command
     that ends before its agent is up would otherwise be charged the agent's start-up, up to
     the next sample (``wattspan run -- true``: 8 ms of command, 0.2 s of counters).
 
