@@ -96,3 +96,31 @@ def test_a_short_commands_window_is_its_own_under_the_power_model(
     idle_w, tdp_w = model
     assert idle_w * secs * 0.999 <= s["node_energy_joules"] <= tdp_w * secs * 1.001
     assert s["node_busy_cpu_seconds"] <= CORES * secs + 0.02
+
+
+def test_a_gpu_first_read_after_the_end_says_the_run_has_no_gpu_window() -> None:
+    """NVML is first read at the first sample: for a command that ended before it, the
+    GPU's counter has no reading inside the run. Its energy is then absent, and the table
+    says why, rather than the agent's start-up energy (before) or a bare dash."""
+    from rich.console import Console
+
+    from wattspan.agent.store import Run
+    from wattspan.agent.summary import RunSummary
+    from wattspan.cli.tables import summary_table
+    from wattspan.collectors.base import Sample
+
+    def gpu(ts: float, joules: float) -> Sample:
+        return Sample("gpu", ts, {"gpu": "0", "name": "Fake", "energy_method": "counter"},
+                      {"energy_joules_total": joules})  # fmt: skip
+
+    short, long = RunSummary(), RunSummary()
+    short.add([gpu(100.05, 10.0), gpu(100.15, 40.0)])  # both after the end at 100.01
+    long.add([gpu(100.05, 10.0), gpu(100.15, 40.0), gpu(100.25, 70.0)])  # ends at 100.2
+    (g,) = short.result(100.0, 100.01)["gpus"]
+    assert "joules" not in g
+    (g2,) = long.result(100.0, 100.2)["gpus"]
+    assert g2["joules"] == pytest.approx(60.0)  # to the first reading at or after the end
+    console = Console(record=True, width=200)
+    run = Run(id="r", name="short", host="h", start_ts=100.0, kind="run")
+    console.print(summary_table(run, short.result(100.0, 100.01)))
+    assert "no NVML reading inside the run" in console.export_text()

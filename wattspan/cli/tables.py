@@ -117,6 +117,10 @@ def summary_rows(run: Run, summary: dict[str, Any]) -> Rows:
         gid = f"GPU {g['gpu']}"
         method = g.get("energy_method") or ""
         note = "NVML counter" if method == "counter" else "integrated power"
+        if g.get("joules") is None:
+            # NVML is not read at the spawn (it takes tens of ms to open): a command that
+            # ended before the first sample has no GPU window of its own.
+            note = "no NVML reading inside the run: it ended before the first sample"
         t.add_row(f"{gid} energy", fmt_num(g.get("joules"), "J"), note)
         t.add_row(f"{gid} power avg", fmt_num(g.get("watts_avg"), "W", 1), g.get("name", ""))
         util = g.get("utilization_avg")
