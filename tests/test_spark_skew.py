@@ -150,7 +150,11 @@ def test_content_dependent_cost_is_computation_skew(jobs: dict[str, Any]) -> Non
 def test_a_balanced_job_is_neither(jobs: dict[str, Any]) -> None:
     kind, a, _ = _check(jobs, "balanced")
     assert kind == "none", a["spark.stage.skew.reason"]
-    assert a["spark.stage.skew.tail_seconds"] < a["spark.stage.tasks.duration_seconds.p50"]
+    # At the end of a balanced stage one task at most runs alone, for at most about its own
+    # time: the tail is within a task's (a CI run read 0.075 s against a 0.075 s median,
+    # which a strict "shorter than the median" failed). The hot key's tail is > 0.5 s.
+    p50 = a["spark.stage.tasks.duration_seconds.p50"]
+    assert a["spark.stage.skew.tail_seconds"] <= 1.5 * p50
 
 
 def test_the_tail_is_while_fewer_than_half_the_slots_are_busy(jobs: dict[str, Any]) -> None:
