@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from wattspan.agent.pids import stat_field
 from wattspan.agent.private import make_private_dirs, open_private
 
 log = logging.getLogger("wattspan.endpoints")
@@ -23,22 +24,13 @@ log = logging.getLogger("wattspan.endpoints")
 FILE = "agent.json"
 
 
-def _started(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (``/proc/PID/stat`` field 22),
-    which tells a pid reused by another program apart from the agent's."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-            text = f.read()
-    except OSError:
-        return None
-    return text.rsplit(")", 1)[-1].split()[19]
-
-
 def record(state_dir: Path, config_source: str, metrics_url: str | None, otlp: str | None) -> None:
     """Write this process's endpoints; a state dir that cannot be written is one warning."""
     body = {
         "pid": os.getpid(),
-        "started": _started(os.getpid()),
+        # The start time (/proc/PID/stat field 22) tells a pid reused by another program
+        # apart from the agent's.
+        "started": stat_field(os.getpid(), 22),
         "config": config_source,
         "metrics_url": metrics_url,
         "otlp_endpoint": otlp,
@@ -72,7 +64,7 @@ def lookup(state_dir: Path, config_source: str) -> dict[str, Any] | None:
     pid = rec.get("pid")
     if not isinstance(pid, int):
         return None
-    started = _started(pid)
+    started = stat_field(pid, 22)
     return rec if started is not None and started == rec.get("started") else None
 
 
