@@ -20,6 +20,15 @@ from .errors import StreamError
 Columns = Mapping[str, Any]
 
 
+def _op(op: Callable[[Any, Any], Any], sym: str, rev: bool = False) -> Callable[..., Expr]:
+    """An operator method of :class:`Expr` (``rev``: the reflected one, ``1 / col("x")``)."""
+
+    def method(self: Expr, o: Any) -> Expr:
+        return self._bin(o, op, sym, rev)
+
+    return method
+
+
 class Expr:
     """A node of an expression tree; build with :func:`col` and :func:`lit`."""
 
@@ -34,83 +43,25 @@ class Expr:
         o = other if isinstance(other, Expr) else Lit(other)
         return BinOp(o, self, op, sym) if rev else BinOp(self, o, op, sym)
 
-    def __add__(self, o: Any) -> Expr:
-        return self._bin(o, operator.add, "+")
-
-    def __radd__(self, o: Any) -> Expr:
-        return self._bin(o, operator.add, "+", True)
-
-    def __sub__(self, o: Any) -> Expr:
-        return self._bin(o, operator.sub, "-")
-
-    def __rsub__(self, o: Any) -> Expr:
-        return self._bin(o, operator.sub, "-", True)
-
-    def __mul__(self, o: Any) -> Expr:
-        return self._bin(o, operator.mul, "*")
-
-    def __rmul__(self, o: Any) -> Expr:
-        return self._bin(o, operator.mul, "*", True)
-
-    def __truediv__(self, o: Any) -> Expr:
-        return self._bin(o, operator.truediv, "/")
-
-    def __rtruediv__(self, o: Any) -> Expr:
-        return self._bin(o, operator.truediv, "/", True)
-
-    def __floordiv__(self, o: Any) -> Expr:
-        return self._bin(o, operator.floordiv, "//")
-
-    def __rfloordiv__(self, o: Any) -> Expr:
-        return self._bin(o, operator.floordiv, "//", True)
-
-    def __mod__(self, o: Any) -> Expr:
-        return self._bin(o, operator.mod, "%")
-
-    def __rmod__(self, o: Any) -> Expr:
-        return self._bin(o, operator.mod, "%", True)
-
-    def __pow__(self, o: Any) -> Expr:
-        return self._bin(o, operator.pow, "**")
-
-    def __rpow__(self, o: Any) -> Expr:
-        return self._bin(o, operator.pow, "**", True)
-
-    def __lt__(self, o: Any) -> Expr:  # type: ignore[override]
-        return self._bin(o, operator.lt, "<")
-
-    def __le__(self, o: Any) -> Expr:  # type: ignore[override]
-        return self._bin(o, operator.le, "<=")
-
-    def __gt__(self, o: Any) -> Expr:  # type: ignore[override]
-        return self._bin(o, operator.gt, ">")
-
-    def __ge__(self, o: Any) -> Expr:  # type: ignore[override]
-        return self._bin(o, operator.ge, ">=")
-
-    def __eq__(self, o: Any) -> Expr:  # type: ignore[override]
-        return self._bin(o, operator.eq, "==")
-
-    def __ne__(self, o: Any) -> Expr:  # type: ignore[override]
-        return self._bin(o, operator.ne, "!=")
-
-    def __and__(self, o: Any) -> Expr:
-        return self._bin(o, operator.and_, "&")
-
-    def __rand__(self, o: Any) -> Expr:
-        return self._bin(o, operator.and_, "&", True)
-
-    def __or__(self, o: Any) -> Expr:
-        return self._bin(o, operator.or_, "|")
-
-    def __ror__(self, o: Any) -> Expr:
-        return self._bin(o, operator.or_, "|", True)
-
-    def __xor__(self, o: Any) -> Expr:
-        return self._bin(o, operator.xor, "^")
-
-    def __rxor__(self, o: Any) -> Expr:
-        return self._bin(o, operator.xor, "^", True)
+    # Arithmetic and bitwise operators from either side; comparisons need no reflected
+    # form (Python swaps them: ``1 < col("x")`` is ``col("x") > 1``).
+    __add__, __radd__ = _op(operator.add, "+"), _op(operator.add, "+", True)
+    __sub__, __rsub__ = _op(operator.sub, "-"), _op(operator.sub, "-", True)
+    __mul__, __rmul__ = _op(operator.mul, "*"), _op(operator.mul, "*", True)
+    __truediv__, __rtruediv__ = _op(operator.truediv, "/"), _op(operator.truediv, "/", True)
+    __floordiv__ = _op(operator.floordiv, "//")
+    __rfloordiv__ = _op(operator.floordiv, "//", True)
+    __mod__, __rmod__ = _op(operator.mod, "%"), _op(operator.mod, "%", True)
+    __pow__, __rpow__ = _op(operator.pow, "**"), _op(operator.pow, "**", True)
+    __and__, __rand__ = _op(operator.and_, "&"), _op(operator.and_, "&", True)
+    __or__, __ror__ = _op(operator.or_, "|"), _op(operator.or_, "|", True)
+    __xor__, __rxor__ = _op(operator.xor, "^"), _op(operator.xor, "^", True)
+    __lt__ = _op(operator.lt, "<")
+    __le__ = _op(operator.le, "<=")
+    __gt__ = _op(operator.gt, ">")
+    __ge__ = _op(operator.ge, ">=")
+    __eq__ = _op(operator.eq, "==")  # type: ignore[assignment]
+    __ne__ = _op(operator.ne, "!=")  # type: ignore[assignment]
 
     def __invert__(self) -> Expr:
         return UnOp(self, operator.invert, "~")

@@ -149,6 +149,11 @@ class Step:
         raise NotImplementedError
 
 
+def _assigned(exprs: Mapping[str, Expr]) -> list[str]:
+    """``name=expression`` of computed columns, as a step's label shows them."""
+    return [f"{k}={e!r}" for k, e in exprs.items()]
+
+
 def _full(value: Any, n: int, xp: Any) -> Any:
     return xp.full(n, value)
 
@@ -196,7 +201,7 @@ class Derive(Step):
         return set(self.exprs)
 
     def label(self) -> str:
-        return "derive " + ", ".join(f"{k}={e!r}" for k, e in self.exprs.items())
+        return "derive " + ", ".join(_assigned(self.exprs))
 
     def output(self, available: Sequence[str]) -> list[str]:
         for name, e in self.exprs.items():
@@ -227,7 +232,7 @@ class Select(Step):
         return set(self.exprs)
 
     def label(self) -> str:
-        return "select " + ", ".join([*self.names, *(f"{k}={e!r}" for k, e in self.exprs.items())])
+        return "select " + ", ".join([*self.names, *_assigned(self.exprs)])
 
     def output(self, available: Sequence[str]) -> list[str]:
         for n in self.names:

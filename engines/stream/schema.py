@@ -103,10 +103,10 @@ class Schema(Mapping[str, np.dtype]):
                     f"batch {index}: column {name!r} has dtype {arr.dtype}, schema says {dtype}"
                 )
             # The kernels read the data under a mask, so masked rows would count as values.
-            if isinstance(arr, np.ma.MaskedArray) and np.ma.count_masked(arr):
+            if isinstance(arr, np.ma.MaskedArray) and (masked := np.ma.count_masked(arr)):
                 raise StreamError(
-                    f"batch {index}: column {name!r} has {np.ma.count_masked(arr)} masked "
-                    "rows: fill them (.filled(value)) or drop them before the engine"
+                    f"batch {index}: column {name!r} has {masked} masked rows: fill them "
+                    "(.filled(value)) or drop them before the engine"
                 )
             if n < 0:
                 n = len(arr)
